@@ -1,0 +1,259 @@
+"""Model runtime over Hugging Face transformers: load a causal LM from a local directory and run ragged prefill/decode/verify with a per-row croppable KV cache.
+
+KV layout (`RaggedKV`): one transformers `DynamicCache` for B rows, plus a validity mask over its
+columns. Appending writes the same number of columns to every row (shorter rows get masked pad
+columns); cropping a row masks its trailing valid columns. Each row keeps its own position ids, so
+a row's keys and values are exactly those of its kept prefix wherever they sit in the cache; we
+pass our own 4-D attention mask (causal on columns AND valid). Columns that no row uses are trimmed
+and heavily holed caches are compacted, so a single row (B = 1) never has holes and runs on
+transformers' plain causal path.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedTokenizerBase
+from transformers.utils import logging as hf_logging
+
+__all__ = ["CausalLM", "RaggedKV", "ModelLoadError", "TokenizerMismatchError", "check_same_tokenizer"]
+
+hf_logging.disable_progress_bar()
+hf_logging.set_verbosity_error()
+
+
+class ModelLoadError(ValueError):
+    """A model directory is missing, incomplete or not a causal LM."""
+
+
+class TokenizerMismatchError(ValueError):
+    """Draft and target do not share a tokenizer, so their token ids mean different things."""
+
+
+@dataclass
+class RaggedKV:
+    """KV cache of B sequences; `valid[b, c]` says whether column c holds a token of row b."""
+
+    cache: DynamicCache
+    valid: torch.Tensor  # [B, C] bool
+    lengths: torch.Tensor  # [B] int64, valid tokens per row (= next position id)
+
+    @property
+    def batch_size(self) -> int:
+        return self.lengths.numel()
+
+    @property
+    def columns(self) -> int:
+        return self.valid.shape[1]
+
+    def length(self, row: int) -> int:
+        return int(self.lengths[row])
+
+
+def _layers(cache: DynamicCache):
+    return [layer for layer in cache.layers if getattr(layer, "keys", None) is not None]
+
+
+class CausalLM:
+    """A causal LM with its tokenizer, run in inference mode over `RaggedKV` caches."""
+
+    def __init__(self, model, tokenizer: PreTrainedTokenizerBase, path: Optional[Path] = None):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.path = path
+        self.config = model.config
+        self.device = next(model.parameters()).device
+        self.dtype = next(model.parameters()).dtype
+        self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
+        self._decoder = model.base_model
+        self._lm_head = model.get_output_embeddings()
+        # logit soft-capping and similar post-processing live in the model's own head: use its forward
+        self._plain_head = getattr(model.config, "final_logit_softcapping", None) is None
+        self._sdpa = getattr(model.config, "_attn_implementation", "sdpa") == "sdpa"
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> "CausalLM":
+        """Load weights (safetensors), config and tokenizer from a local directory; never touches a hub."""
+        path = Path(path)
+        if not path.is_dir():
+            raise ModelLoadError(f"model directory not found: {path}")
+        missing = [f for f in ("config.json",) if not (path / f).exists()]
+        if missing or not any(path.glob("*.safetensors")):
+            raise ModelLoadError(f"{path} is not a Hugging Face model directory (needs config.json and *.safetensors)")
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+            model = AutoModelForCausalLM.from_pretrained(
+                path, dtype=dtype, attn_implementation="sdpa", local_files_only=True
+            )
+        except (OSError, ValueError, KeyError) as exc:
+            raise ModelLoadError(f"cannot load a causal LM from {path}: {exc}") from exc
+        return cls(model.to(device), tokenizer, path)
+
+    @property
+    def eos_token_id(self) -> Optional[int]:
+        return self.tokenizer.eos_token_id
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    def tokenize(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    # ------------------------------------------------------------------ KV cache
+    def new_kv(self, batch_size: int) -> RaggedKV:
+        return RaggedKV(
+            cache=DynamicCache(config=self.config),
+            valid=torch.zeros(batch_size, 0, dtype=torch.bool, device=self.device),
+            lengths=torch.zeros(batch_size, dtype=torch.long, device=self.device),
+        )
+
+    @torch.inference_mode()
+    def crop(self, kv: RaggedKV, row: int, keep_tokens: int) -> None:
+        """Keep only the first `keep_tokens` tokens of `row` (its cache then equals a prefill of that prefix)."""
+        length = kv.length(row)
+        if not 0 <= keep_tokens <= length:
+            raise ValueError(f"cannot crop row {row} of length {length} to {keep_tokens} tokens")
+        if keep_tokens == length:
+            return
+        cols = kv.valid[row].nonzero().squeeze(-1)
+        kv.valid[row, cols[keep_tokens:]] = False
+        kv.lengths[row] = keep_tokens
+        self._trim(kv)
+
+    def _trim(self, kv: RaggedKV) -> None:
+        """Drop trailing columns no row uses; compact when more than half the columns are holes."""
+        used = kv.valid.any(dim=0).nonzero()
+        keep = int(used.max()) + 1 if used.numel() else 0
+        if keep < kv.columns:
+            for layer in _layers(kv.cache):
+                layer.keys, layer.values = layer.keys[..., :keep, :], layer.values[..., :keep, :]
+            kv.valid = kv.valid[:, :keep]
+        if kv.columns > 2 * int(kv.lengths.max()) + 16:
+            self._compact(kv)
+
+    def _compact(self, kv: RaggedKV) -> None:
+        """Move each row's valid columns to the front, in order; keys/values are gathered, not recomputed."""
+        width = int(kv.lengths.max())
+        order = torch.sort((~kv.valid).to(torch.int8), dim=1, stable=True).indices[:, :width]  # [B, W]
+        for layer in _layers(kv.cache):
+            idx = order[:, None, :, None].expand(-1, layer.keys.shape[1], -1, layer.keys.shape[-1])
+            layer.keys, layer.values = layer.keys.gather(2, idx), layer.values.gather(2, idx)
+        kv.valid = torch.arange(width, device=kv.valid.device)[None, :] < kv.lengths[:, None]
+
+    # ------------------------------------------------------------------ forward
+    def _mask(self, kv: RaggedKV, new_valid: torch.Tensor) -> torch.Tensor:
+        """[B, 1, n, C + n] mask: causal over columns AND valid; each new column also sees itself (no empty rows)."""
+        past, n = kv.columns, new_valid.shape[1]
+        valid = torch.cat([kv.valid, new_valid], dim=1)  # [B, C + n]
+        cols = torch.arange(past + n, device=self.device)
+        q_cols = past + torch.arange(n, device=self.device)
+        causal = cols[None, :] <= q_cols[:, None]  # [n, C + n]
+        mask = (causal[None] & valid[:, None, :]) | (cols[None, None, :] == q_cols[None, :, None])  # [B, n, C + n]
+        mask = mask[:, None]
+        if self._sdpa:
+            return mask
+        return torch.zeros(mask.shape, dtype=self.dtype, device=self.device).masked_fill(~mask, torch.finfo(self.dtype).min)
+
+    @torch.inference_mode()
+    def forward(self, kv: RaggedKV, new_tokens: Sequence[Sequence[int]], last_n: Optional[Sequence[int]] = None) -> torch.Tensor:
+        """Append `new_tokens[b]` to row b (0 allowed) and return logits of the last `last_n[b]` appended tokens.
+
+        Returns flat float32 logits [Σ last_n, V], rows in batch order (default last_n = all appended).
+        """
+        counts = [len(t) for t in new_tokens]
+        if len(counts) != kv.batch_size:
+            raise ValueError(f"expected token lists for {kv.batch_size} rows, got {len(counts)}")
+        last_n = counts if last_n is None else list(last_n)
+        if any(not 0 <= m <= c for m, c in zip(last_n, counts)):
+            raise ValueError("last_n must be between 0 and the number of appended tokens of each row")
+        width = max(counts)
+        if width == 0:
+            return torch.zeros(0, self.vocab_size)
+        if len(set(counts)) == 1 and len(set(last_n)) == 1 and bool(kv.valid.all()):
+            return self._forward_plain(kv, new_tokens, width, last_n[0])
+        return self._forward_ragged(kv, new_tokens, counts, last_n, width)
+
+    def _forward_plain(self, kv: RaggedKV, new_tokens, n: int, m: int) -> torch.Tensor:
+        """Every row appends n tokens to a hole-free cache: transformers' own causal path, no mask."""
+        ids = torch.tensor([list(t) for t in new_tokens], dtype=torch.long, device=self.device)  # [B, n]
+        hidden = self._hidden(ids, None, None, kv.cache)  # [B, n, H]
+        kv.valid = torch.ones(kv.batch_size, kv.columns + n, dtype=torch.bool, device=self.device)
+        kv.lengths = kv.lengths + n
+        selected = hidden[:, n - m :].reshape(kv.batch_size * m, hidden.shape[-1])
+        return (self._lm_head(selected) if self._plain_head else selected).float()
+
+    def _forward_ragged(self, kv: RaggedKV, new_tokens, counts: list[int], last_n: list[int], width: int) -> torch.Tensor:
+        # 1. right-padded input, per-row positions and validity of the new columns
+        ids = torch.tensor([list(t) + [0] * (width - len(t)) for t in new_tokens], dtype=torch.long, device=self.device)
+        count_t = torch.tensor(counts, device=self.device)
+        new_valid = torch.arange(width, device=self.device)[None, :] < count_t[:, None]  # [B, n]
+        positions = kv.lengths[:, None] + torch.arange(width, device=self.device)[None, :]
+        # 2. one forward under our own mask
+        hidden = self._hidden(ids, self._mask(kv, new_valid), positions, kv.cache)  # [B, n, H]
+        # 3. bookkeeping: validity and lengths; drop columns nobody uses
+        kv.valid = torch.cat([kv.valid, new_valid], dim=1)
+        kv.lengths = kv.lengths + count_t
+        # 4. logits only where asked
+        rows = torch.repeat_interleave(torch.arange(kv.batch_size), torch.tensor(last_n))
+        cols = torch.cat([torch.arange(c - m, c) for c, m in zip(counts, last_n)])
+        logits = self._logits(hidden, rows.to(self.device), cols.to(self.device))
+        self._trim(kv)
+        return logits
+
+    def _hidden(self, ids, mask, positions, cache) -> torch.Tensor:
+        if self._plain_head:
+            return self._decoder(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True).last_hidden_state
+        return self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True).logits
+
+    def _logits(self, hidden: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        selected = hidden[rows, cols]  # [R, H] (or [R, V] when `hidden` already holds logits)
+        if self._plain_head:
+            selected = self._lm_head(selected)
+        return selected.float()
+
+    # ------------------------------------------------------------------ conveniences
+    def prefill(self, kv: RaggedKV, prompts: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Process whole prompts; logits of each prompt's last token [B, V]."""
+        return self.forward(kv, prompts, [1 if len(p) else 0 for p in prompts])
+
+    def decode(self, kv: RaggedKV, tokens: Sequence[int]) -> torch.Tensor:
+        """One token per row; logits [B, V]."""
+        return self.forward(kv, [[t] for t in tokens])
+
+
+def _tokenizer_fingerprint(tok: PreTrainedTokenizerBase) -> tuple:
+    specials = tuple(sorted((k, str(v)) for k, v in tok.special_tokens_map.items()))
+    return tok.get_vocab(), specials
+
+
+def check_same_tokenizer(draft: CausalLM, target: CausalLM) -> None:
+    """Refuse a draft/target pair whose tokenizers differ (vocabulary, special tokens or model vocab size)."""
+    dv, ds = _tokenizer_fingerprint(draft.tokenizer)
+    tv, ts = _tokenizer_fingerprint(target.tokenizer)
+    problems = []
+    if dv != tv:
+        only_d, only_t = len(dv.keys() - tv.keys()), len(tv.keys() - dv.keys())
+        changed = sum(1 for k in dv.keys() & tv.keys() if dv[k] != tv[k])
+        problems.append(f"vocabularies differ ({only_d} tokens only in the draft, {only_t} only in the target, {changed} with different ids)")
+    if ds != ts:
+        problems.append(f"special tokens differ ({dict(ds)} vs {dict(ts)})")
+    if draft.vocab_size != target.vocab_size:
+        problems.append(f"output vocabulary sizes differ ({draft.vocab_size} vs {target.vocab_size})")
+    if problems:
+        raise TokenizerMismatchError(
+            f"draft {draft.path} and target {target.path} do not share a tokenizer: " + "; ".join(problems)
+        )
+
+
+def read_train_report(model_dir: Path) -> Optional[dict]:
+    report = Path(model_dir).parent / "train_report.json"
+    return json.loads(report.read_text()) if report.exists() else None
