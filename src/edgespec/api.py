@@ -1,0 +1,103 @@
+"""The public Python API: a `SpeculativeDecoder` over a draft and a target model, and the verification functions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+from edgespec.models.bundle import bundled_path
+from edgespec.models.decoder import GenerationConfig, GenerationResult, generate_ad, generate_sd
+from edgespec.models.runtime import CausalLM, check_same_tokenizer
+from edgespec.spec.sampling import SamplingParams, probs_from_logits
+from edgespec.spec.theory import expected_tokens_per_round, leviathan_speedup, odld_gamma, tkslt_speedup
+from edgespec.spec.verify import DraftBatch, DraftError, DraftLimits, VerifyResult, validate_draft, verify
+
+__all__ = [
+    "SpeculativeDecoder",
+    "GenerationConfig",
+    "GenerationResult",
+    "SamplingParams",
+    "CausalLM",
+    "DraftBatch",
+    "DraftError",
+    "DraftLimits",
+    "VerifyResult",
+    "verify",
+    "validate_draft",
+    "probs_from_logits",
+    "expected_tokens_per_round",
+    "leviathan_speedup",
+    "tkslt_speedup",
+    "odld_gamma",
+]
+
+Prompt = Union[str, Sequence[int]]
+
+
+class SpeculativeDecoder:
+    """Generate with a target model, speculatively (a draft proposes, the target verifies) or autoregressively.
+
+    >>> dec = SpeculativeDecoder.bundled()
+    >>> out = dec.generate("def fibonacci(n):", max_new_tokens=32)
+    >>> out.text, out.acceptance_rate
+    """
+
+    def __init__(self, target: CausalLM, draft: Optional[CausalLM] = None):
+        if draft is not None:
+            check_same_tokenizer(draft, target)
+        self.target, self.draft = target, draft
+
+    @classmethod
+    def load(cls, target_dir: str | Path, draft_dir: str | Path | None = None, device: str = "cpu") -> "SpeculativeDecoder":
+        """Load Hugging Face checkpoints from local directories."""
+        draft = CausalLM.load(draft_dir, device) if draft_dir is not None else None
+        return cls(CausalLM.load(target_dir, device), draft)
+
+    @classmethod
+    def bundled(cls, device: str = "cpu") -> "SpeculativeDecoder":
+        """The draft/target code-completion pair shipped with edgespec."""
+        return cls.load(bundled_path("target"), bundled_path("draft"), device)
+
+    def encode(self, prompt: Prompt) -> list[int]:
+        """Text is tokenized and prefixed with the BOS token when the tokenizer has one; id lists pass through."""
+        if not isinstance(prompt, str):
+            return list(prompt)
+        bos = self.target.tokenizer.bos_token_id
+        return ([bos] if bos is not None else []) + self.target.tokenize(prompt)
+
+    def generate(
+        self,
+        prompt: Union[Prompt, list[Prompt]],
+        *,
+        mode: str = "sd",
+        max_new_tokens: int = 64,
+        gamma: int = 4,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        q_mode: str = "full",
+        q_top_k: int = 8,
+        seed: int = 0,
+        stop_at_eos: bool = True,
+    ) -> Union[GenerationResult, list[GenerationResult]]:
+        """Generate for one prompt (returns a result) or a list of prompts (returns a list, batched)."""
+        single = isinstance(prompt, str) or (len(prompt) > 0 and isinstance(prompt[0], int))
+        prompts = [self.encode(p) for p in ([prompt] if single else prompt)]
+        cfg = GenerationConfig(
+            max_new_tokens=max_new_tokens,
+            sampling=SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p),
+            gamma=gamma,
+            q_mode=q_mode,
+            q_top_k=q_top_k,
+            seed=seed,
+            stop_at_eos=stop_at_eos,
+        )
+        if mode == "ad":
+            results = generate_ad(self.target, prompts, cfg)
+        elif mode == "sd":
+            if self.draft is None:
+                raise ValueError("speculative decoding needs a draft model; load one or use mode='ad'")
+            results = generate_sd(self.draft, self.target, prompts, cfg)
+        else:
+            raise ValueError(f"mode must be 'ad' or 'sd', got {mode!r}")
+        return results[0] if single else results

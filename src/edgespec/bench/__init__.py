@@ -1,0 +1,1 @@
+"""Benchmarks reachable from the CLI (`edgespec bench …`); scripts under benchmarks/ wrap them."""
