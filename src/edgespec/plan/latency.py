@@ -1,0 +1,398 @@
+"""The serving-latency model of SD (and AD) over a wireless edge network, returning breakdowns rather than one number.
+
+Reconstruction of paper 2510.11331's model (its full text was not available; every assumption
+is listed in docs/planner.md and marked A1…A12 here):
+
+- A1 Compute per forward step comes from a measured profile when the node has one, else from a
+  roofline FLOPs/bytes model: per token per layer 4h² + 4h·kv (attention projections; = 8h² without
+  GQA) + 4·ctx·h (attention) + 4h·h_ff (6h·h_ff SwiGLU), plus 2h·V for the LM head;
+  T = max(FLOPs / effective_flops, bytes / memory_bandwidth) + step_overhead, where bytes are the
+  weights read once per step plus every sequence's KV cache.
+- A2 A batch is padded: every sequence is costed at the batch's longest prompt and the mean
+  context over the longest generation, ctx = max I + max O / 2 (static batching).
+- A3 Rounds per batch: N(γ) = max_k ceil(O_k / E(α_k, γ)) with E the expected tokens per round
+  under i.i.d. acceptance (fixed-output-length, expected-value model; no variance).
+- A4 One SD round of a group of g sequences: draft γ steps (batch g, 1 new token each), send the
+  drafts (latency + bytes / rate), verify (batch g, γ+1 new tokens each), return verdicts
+  (latency + bytes / rate). The drafter's catch-up on the bonus token is neglected.
+- A5 Pipelining (the paper's draft/verify overlap): a batch of n ≥ 2 may be split into two groups
+  of ceil(n/2) that alternate, so one group drafts while the other is sent, verified and answered.
+  With d the draft time and s = transfer + verify + downlink of a group, the exact two-group
+  schedule takes d + s + (2N − 1)·max(d, s) (both groups costed at the larger group's size).
+- A6 AD (γ = 0): the verifier decodes the batch N = max O_k times; tokens stream back to the
+  drafter node without stalling the verifier, so only the last downlink is on the critical path.
+- A7 Prefill: the drafter node forwards the prompts to the verifier (latency + bytes / rate); the
+  draft and target prefills run in parallel, prefill = max(draft prefill, forward + target prefill).
+- A8 Batches run one after another in plan order; batch m starts when the previous one has ended
+  and all its prompts have been uploaded. A task completes when its batch completes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from edgespec.plan.profile import profile_prefill_time_s, profile_step_time_s
+from edgespec.plan.scenario import ModelShape, NodeSpec, ServingSystem, SpecConfig, Task
+
+__all__ = [
+    "param_count",
+    "weight_bytes",
+    "kv_bytes_per_token",
+    "flops_per_token",
+    "step_time_s",
+    "prefill_time_s",
+    "batch_memory_bytes",
+    "draft_bytes_per_token",
+    "expected_tokens",
+    "rounds_needed",
+    "RoundTimes",
+    "round_times",
+    "serve_time_s",
+    "batch_prefill_s",
+    "batch_cost_s",
+    "effective_pipelined",
+    "BatchBreakdown",
+    "batch_breakdown",
+    "PlannedBatch",
+    "Breakdown",
+    "TaskLatency",
+    "BatchTiming",
+    "PlanLatency",
+    "evaluate_plan",
+]
+
+
+# ----------------------------------------------------------------------------- compute (A1)
+
+
+def param_count(model: ModelShape) -> float:
+    """Parameters of the attention and FFN matrices plus embeddings (norms and biases neglected)."""
+    h, kv, ff = model.hidden, model.kv_width, model.ffn_hidden
+    per_layer = 2 * h * h + 2 * h * kv + (3 if model.swiglu else 2) * h * ff
+    embeddings = model.vocab * h * (1 if model.tied_embeddings else 2)
+    return float(model.n_layers * per_layer + embeddings)
+
+
+def weight_bytes(model: ModelShape) -> float:
+    """Bytes of weights read per forward step."""
+    return param_count(model) * model.dtype_bytes
+
+
+def kv_bytes_per_token(model: ModelShape) -> float:
+    """KV-cache bytes per token of context: K and V of width kv for every layer."""
+    return 2.0 * model.n_layers * model.kv_width * model.dtype_bytes
+
+
+def flops_per_token(model: ModelShape, context_tokens: Any) -> np.ndarray:
+    """Forward FLOPs per new token at a given context: DESIGN §4's per-layer count plus the LM head."""
+    h, kv, ff = model.hidden, model.kv_width, model.ffn_hidden
+    ctx = np.asarray(context_tokens, dtype=float)
+    ffn = (6 if model.swiglu else 4) * h * ff
+    per_layer = 4 * h * h + 4 * h * kv + 4 * ctx * h + ffn
+    return model.n_layers * per_layer + 2.0 * h * model.vocab
+
+
+def step_time_s(node: NodeSpec, batch_size: Any, new_tokens: Any, context_tokens: Any) -> np.ndarray:
+    """Wall time of one forward over `batch_size` sequences adding `new_tokens` each (profile, else roofline)."""
+    if node.profile is not None:
+        return profile_step_time_s(node.profile, batch_size, new_tokens)
+    n = np.asarray(batch_size, dtype=float)
+    t = np.asarray(new_tokens, dtype=float)
+    ctx = np.asarray(context_tokens, dtype=float)
+    flops = n * t * flops_per_token(node.model, ctx)
+    mem = weight_bytes(node.model) + n * ctx * kv_bytes_per_token(node.model)
+    return np.maximum(flops / node.effective_flops, mem / node.memory_bandwidth_bytes_per_s) + node.step_overhead_s
+
+
+def prefill_time_s(node: NodeSpec, batch_size: Any, prompt_tokens: Any) -> np.ndarray:
+    """Wall time to prefill `batch_size` prompts of `prompt_tokens` tokens (mean attention context prompt/2)."""
+    if node.profile is not None:
+        return profile_prefill_time_s(node.profile, batch_size, prompt_tokens)
+    p = np.asarray(prompt_tokens, dtype=float)
+    return step_time_s(node, batch_size, p, p / 2.0)
+
+
+def batch_memory_bytes(node: NodeSpec, batch_size: Any, context_tokens: Any) -> np.ndarray:
+    """Device memory a batch needs: weights plus the KV cache of every sequence at its full context."""
+    n = np.asarray(batch_size, dtype=float)
+    return weight_bytes(node.model) + n * np.asarray(context_tokens, dtype=float) * kv_bytes_per_token(node.model)
+
+
+# ----------------------------------------------------------------------------- wire format
+
+
+def draft_bytes_per_token(spec: SpecConfig, vocab: int) -> float:
+    """Bytes on the link per drafted token: the token id plus q (top-K pairs, the full vector, or nothing)."""
+    if spec.q_mode == "topk":
+        return spec.id_bytes + spec.top_k * (spec.id_bytes + spec.prob_bytes)
+    if spec.q_mode == "full":
+        return spec.id_bytes + vocab * spec.prob_bytes
+    return spec.id_bytes
+
+
+# ----------------------------------------------------------------------------- rounds (A3)
+
+
+def expected_tokens(alpha: Any, gamma: Any) -> np.ndarray:
+    """Vectorised E(γ) = (1 − α^(γ+1)) / (1 − α) (see edgespec.spec.theory.expected_tokens_per_round)."""
+    a = np.asarray(alpha, dtype=float)
+    g = np.asarray(gamma, dtype=float)
+    return (1.0 - a ** (g + 1.0)) / (1.0 - a)
+
+
+def rounds_needed(output_tokens: Any, alpha: Any, gamma: Any) -> np.ndarray:
+    """Rounds for one sequence to emit `output_tokens` tokens: ceil(O / E(α, γ)) (tiny slack against rounding)."""
+    o = np.asarray(output_tokens, dtype=float)
+    return np.ceil(o / expected_tokens(alpha, gamma) - 1e-9)
+
+
+# ----------------------------------------------------------------------------- one round (A4)
+
+
+@dataclass(frozen=True)
+class RoundTimes:
+    """Times of one round of one group (floats or broadcast arrays)."""
+
+    draft_s: Any
+    transfer_s: Any
+    verify_s: Any
+    downlink_s: Any
+
+
+def round_times(system: ServingSystem, group_size: Any, gamma: Any, context_tokens: Any) -> RoundTimes:
+    """Draft, draft-transfer, verify and verdict-downlink times of one round for a group (A4, A6 for γ = 0)."""
+    g = np.asarray(group_size, dtype=float)
+    gam = np.asarray(gamma, dtype=float)
+    link, spec = system.link, system.speculation
+    sd = gam > 0
+    draft = gam * step_time_s(system.drafter, g, 1, context_tokens)
+    payload_bytes = g * gam * draft_bytes_per_token(spec, system.verifier.model.vocab) + spec.message_overhead_bytes
+    transfer = np.where(sd, link.latency_s + 8.0 * payload_bytes / link.uplink_bps, 0.0)
+    verify = step_time_s(system.verifier, g, gam + 1.0, context_tokens)
+    verdict_bytes = g * spec.verdict_bytes + spec.message_overhead_bytes
+    downlink = link.latency_s + 8.0 * verdict_bytes / link.downlink_bps + 0.0 * g
+    return RoundTimes(draft, transfer, verify, downlink)
+
+
+def effective_pipelined(batch_size: Any, gamma: Any, pipelined: Any) -> np.ndarray:
+    """Pipelining needs two groups and something to draft: n ≥ 2 and γ ≥ 1."""
+    return np.asarray(pipelined, dtype=bool) & (np.asarray(batch_size) >= 2) & (np.asarray(gamma) >= 1)
+
+
+def serve_time_s(rt: RoundTimes, rounds: Any, gamma: Any, pipelined: Any) -> np.ndarray:
+    """Time to run all rounds of a batch after prefill: AD (A6), sequential SD, or two-group pipelined SD (A5)."""
+    n_rounds = np.asarray(rounds, dtype=float)
+    gam = np.asarray(gamma)
+    s = rt.transfer_s + rt.verify_s + rt.downlink_s
+    sequential = n_rounds * (rt.draft_s + s)
+    piped = rt.draft_s + s + (2.0 * n_rounds - 1.0) * np.maximum(rt.draft_s, s)
+    ad = n_rounds * rt.verify_s + rt.downlink_s
+    return np.where(gam == 0, ad, np.where(np.asarray(pipelined, dtype=bool), piped, sequential))
+
+
+def batch_prefill_s(system: ServingSystem, batch_size: Any, max_input: Any, sum_input: Any, gamma: Any) -> np.ndarray:
+    """Prefill of a batch (A7): forward prompts and prefill the target, in parallel with the draft prefill (SD only)."""
+    link, spec = system.link, system.speculation
+    forward = link.latency_s + 8.0 * (np.asarray(sum_input, dtype=float) * spec.id_bytes + spec.message_overhead_bytes) / link.uplink_bps
+    target = forward + prefill_time_s(system.verifier, batch_size, max_input)
+    draft = prefill_time_s(system.drafter, batch_size, max_input)
+    return np.where(np.asarray(gamma) > 0, np.maximum(draft, target), target)
+
+
+def batch_cost_s(
+    system: ServingSystem,
+    batch_size: Any,
+    max_input: Any,
+    max_output: Any,
+    sum_input: Any,
+    rounds: Any,
+    gamma: Any,
+    pipelined: Any,
+) -> np.ndarray:
+    """Prefill + serve time of batches (vectorised; inf where a batch does not fit in device memory)."""
+    n = np.asarray(batch_size, dtype=float)
+    gam = np.asarray(gamma)
+    piped = effective_pipelined(n, gam, pipelined)
+    group = np.where(piped, np.ceil(n / 2.0), n)
+    ctx = np.asarray(max_input, dtype=float) + np.asarray(max_output, dtype=float) / 2.0
+    rt = round_times(system, group, gam, ctx)
+    total = batch_prefill_s(system, n, max_input, sum_input, gam) + serve_time_s(rt, rounds, gam, piped)
+    full_ctx = np.asarray(max_input, dtype=float) + np.asarray(max_output, dtype=float) + gam + 1.0
+    fits = (batch_memory_bytes(system.verifier, n, full_ctx) <= system.verifier.memory_bytes) & (
+        (gam == 0) | (batch_memory_bytes(system.drafter, n, full_ctx) <= system.drafter.memory_bytes)
+    )
+    return np.where(fits, total, np.inf)
+
+
+# ----------------------------------------------------------------------------- one batch, readable
+
+
+@dataclass(frozen=True)
+class BatchBreakdown:
+    """Latency of one batch from its start, seen by any of its tasks; serve = draft + transfer + verify + downlink + stall."""
+
+    batch_size: int
+    gamma: int
+    pipelined: bool
+    rounds: int
+    group_size: int
+    context_tokens: float
+    prefill_s: float
+    draft_compute_s: float
+    draft_transfer_s: float
+    verify_compute_s: float
+    downlink_s: float
+    pipeline_stall_s: float
+    serve_s: float
+    total_s: float
+    fits_memory: bool
+
+
+def batch_breakdown(system: ServingSystem, tasks: Sequence[Task], gamma: int, pipelined: bool) -> BatchBreakdown:
+    """Breakdown of one batch: a task's own N rounds of each stage, plus the stall while the other group holds a stage."""
+    n = len(tasks)
+    if n == 0:
+        raise ValueError("a batch needs at least one task")
+    max_in = max(t.input_tokens for t in tasks)
+    max_out = max(t.output_tokens for t in tasks)
+    sum_in = sum(t.input_tokens for t in tasks)
+    rounds = int(max(rounds_needed(t.output_tokens, t.alpha, gamma) for t in tasks))
+    piped = bool(effective_pipelined(n, gamma, pipelined))
+    group = math.ceil(n / 2) if piped else n
+    ctx = max_in + max_out / 2.0
+    rt = round_times(system, group, gamma, ctx)
+    d, x, v, y = (float(np.asarray(val)) for val in (rt.draft_s, rt.transfer_s, rt.verify_s, rt.downlink_s))
+    serve = float(serve_time_s(rt, rounds, gamma, piped))
+    prefill = float(batch_prefill_s(system, n, max_in, sum_in, gamma))
+    total = float(batch_cost_s(system, n, max_in, max_out, sum_in, rounds, gamma, piped))
+    downlink = y if gamma == 0 else rounds * y
+    stall = serve - rounds * (d + x + v) - downlink
+    return BatchBreakdown(
+        batch_size=n, gamma=int(gamma), pipelined=piped, rounds=rounds, group_size=group, context_tokens=ctx,
+        prefill_s=prefill, draft_compute_s=rounds * d, draft_transfer_s=rounds * x, verify_compute_s=rounds * v,
+        downlink_s=downlink, pipeline_stall_s=max(stall, 0.0), serve_s=serve, total_s=total,
+        fits_memory=math.isfinite(total),
+    )
+
+
+# ----------------------------------------------------------------------------- a whole plan (A8)
+
+
+@dataclass(frozen=True)
+class PlannedBatch:
+    """One batch of a plan: which tasks (by task_id), its speculation length and whether it is pipelined."""
+
+    task_ids: tuple[int, ...]
+    gamma: int
+    pipelined: bool
+
+
+@dataclass(frozen=True)
+class Breakdown:
+    """Latency components that add up to `total_s` (see TaskLatency and PlanLatency for what each means)."""
+
+    upload_s: float
+    queue_s: float
+    prefill_s: float
+    draft_compute_s: float
+    draft_transfer_s: float
+    verify_compute_s: float
+    downlink_s: float
+    pipeline_stall_s: float
+    total_s: float
+
+
+@dataclass(frozen=True)
+class TaskLatency:
+    """One task's latency: its own upload, the queue until its batch starts, then its batch's breakdown."""
+
+    task_id: int
+    batch_index: int
+    breakdown: Breakdown
+
+
+@dataclass(frozen=True)
+class BatchTiming:
+    """When a batch runs: it starts at max(previous end, last upload of its tasks)."""
+
+    start_s: float
+    end_s: float
+    ready_s: float
+    detail: BatchBreakdown
+
+
+@dataclass(frozen=True)
+class PlanLatency:
+    """Predicted latency of a plan: makespan (the objective), per-batch timings and per-task breakdowns.
+
+    `breakdown` is the critical path of the makespan: `upload_s` is the time the servers waited
+    for uploads (before the first batch and between batches), `queue_s` is 0, and the rest are
+    sums over batches.
+    """
+
+    makespan_s: float
+    mean_task_latency_s: float
+    breakdown: Breakdown
+    batches: tuple[BatchTiming, ...]
+    tasks: tuple[TaskLatency, ...]
+
+
+def evaluate_plan(
+    system: ServingSystem, tasks: Sequence[Task], batches: Sequence[PlannedBatch], upload_s: Sequence[float]
+) -> PlanLatency:
+    """Timeline of a plan (A8): batches in order, each starting when the previous ends and its uploads are done.
+
+    `upload_s[i]` is the upload time of `tasks[i]`; every task must appear in exactly one batch.
+    """
+    by_id = {t.task_id: i for i, t in enumerate(tasks)}
+    seen = [tid for b in batches for tid in b.task_ids]
+    if sorted(seen) != sorted(by_id):
+        raise ValueError("a plan must place every task in exactly one batch")
+    end = 0.0
+    waited = 0.0
+    timings: list[BatchTiming] = []
+    per_task: list[TaskLatency] = []
+    for m, batch in enumerate(batches):
+        members = [tasks[by_id[tid]] for tid in batch.task_ids]
+        detail = batch_breakdown(system, members, batch.gamma, batch.pipelined)
+        ready = max(float(upload_s[by_id[tid]]) for tid in batch.task_ids)
+        start = max(end, ready)
+        waited += start - end
+        end = start + detail.total_s
+        timings.append(BatchTiming(start, end, ready, detail))
+        for tid in batch.task_ids:
+            up = float(upload_s[by_id[tid]])
+            per_task.append(TaskLatency(tid, m, _task_breakdown(up, start - up, detail, end)))
+    per_task.sort(key=lambda t: t.task_id)
+    parts = [t.detail for t in timings]
+    total = Breakdown(
+        upload_s=waited,
+        queue_s=0.0,
+        prefill_s=sum(p.prefill_s for p in parts),
+        draft_compute_s=sum(p.draft_compute_s for p in parts),
+        draft_transfer_s=sum(p.draft_transfer_s for p in parts),
+        verify_compute_s=sum(p.verify_compute_s for p in parts),
+        downlink_s=sum(p.downlink_s for p in parts),
+        pipeline_stall_s=sum(p.pipeline_stall_s for p in parts),
+        total_s=end,
+    )
+    mean = sum(t.breakdown.total_s for t in per_task) / len(per_task)
+    return PlanLatency(end, mean, total, tuple(timings), tuple(per_task))
+
+
+def _task_breakdown(upload: float, queue: float, d: BatchBreakdown, end: float) -> Breakdown:
+    return Breakdown(
+        upload_s=upload,
+        queue_s=queue,
+        prefill_s=d.prefill_s,
+        draft_compute_s=d.draft_compute_s,
+        draft_transfer_s=d.draft_transfer_s,
+        verify_compute_s=d.verify_compute_s,
+        downlink_s=d.downlink_s,
+        pipeline_stall_s=d.pipeline_stall_s,
+        total_s=end,
+    )

@@ -1,0 +1,196 @@
+"""Speculation-length (γ) policies: how many tokens a session drafts in its next round.
+
+All policies share one interface, used alike by the real drafter node and the simulator:
+
+- ``gamma(now_s) -> int``: the most tokens to draft this round (0 means an AD round);
+- ``should_stop(draft_prob) -> bool``: asked after each drafted token with the draft model's
+  probability q(x) of that token; True means *discard this token and stop drafting* (SLED);
+- ``observe(RoundObservation)``: feedback after the verdict (drafted and accepted counts and
+  the measured times of the round).
+
+Time is passed in (``now_s``, measured durations); no policy reads a clock and none is random.
+One instance serves one session (or one group of sessions that share statistics).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+from edgespec.spec.theory import as2_choice, leviathan_speedup, tkslt_speedup
+
+__all__ = [
+    "RoundObservation",
+    "GammaPolicy",
+    "StaticGamma",
+    "HeuristicGamma",
+    "ConfidenceGamma",
+    "RunningEstimates",
+    "OdldGamma",
+    "LeviathanGamma",
+]
+
+
+@dataclass(frozen=True)
+class RoundObservation:
+    """What one SD round showed: counts, and optionally its measured times (seconds)."""
+
+    drafted: int
+    accepted: int
+    now_s: float = 0.0
+    draft_time_s: Optional[float] = None  # drafter compute for the `drafted` tokens
+    upload_time_s: Optional[float] = None  # drafts on the wire, drafter → verifier
+    verify_time_s: Optional[float] = None  # one target forward (the verification pass)
+
+    def __post_init__(self) -> None:
+        if self.drafted < 0 or not (0 <= self.accepted <= self.drafted):
+            raise ValueError(f"need 0 <= accepted <= drafted, got accepted={self.accepted}, drafted={self.drafted}")
+
+
+class GammaPolicy:
+    """Base class: a fixed upper bound `max_gamma`, no early stop, no learning."""
+
+    max_gamma: int = 0
+
+    def gamma(self, now_s: float = 0.0) -> int:
+        """Tokens to draft in the next round (an upper bound when `should_stop` may end drafting early)."""
+        return self.max_gamma
+
+    def should_stop(self, draft_prob: float) -> bool:
+        """Called with q(x) of each drafted token; True discards that token and ends the draft."""
+        return False
+
+    def observe(self, obs: RoundObservation) -> None:
+        """Feedback after the verdict of a round."""
+
+
+def _check_range(lo: int, hi: int) -> None:
+    if lo < 0 or hi < lo:
+        raise ValueError(f"need 0 <= min_gamma <= max_gamma, got {lo}, {hi}")
+
+
+class StaticGamma(GammaPolicy):
+    """Always draft `gamma` tokens."""
+
+    def __init__(self, gamma: int) -> None:
+        _check_range(gamma, gamma)
+        self.max_gamma = gamma
+
+
+class HeuristicGamma(GammaPolicy):
+    """The +2/−1 heuristic: γ += 2 after a round with every draft accepted, else γ −= 1, clamped to [min, max]."""
+
+    def __init__(self, initial: int = 4, min_gamma: int = 1, max_gamma: int = 16, increase: int = 2, decrease: int = 1) -> None:
+        _check_range(min_gamma, max_gamma)
+        self.min_gamma, self.max_gamma = min_gamma, max_gamma
+        self.increase, self.decrease = increase, decrease
+        self.current = min(max(initial, min_gamma), max_gamma)
+
+    def gamma(self, now_s: float = 0.0) -> int:
+        return self.current
+
+    def observe(self, obs: RoundObservation) -> None:
+        if obs.drafted == 0:
+            return  # an AD round says nothing about acceptance
+        step = self.increase if obs.accepted == obs.drafted else -self.decrease
+        self.current = min(max(self.current + step, self.min_gamma), self.max_gamma)
+
+
+class ConfidenceGamma(GammaPolicy):
+    """SLED's confidence rule: draft up to `max_gamma`, stopping at the first token with q(x) < `threshold`."""
+
+    def __init__(self, threshold: float, max_gamma: int = 8) -> None:
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+        _check_range(0, max_gamma)
+        self.threshold, self.max_gamma = threshold, max_gamma
+
+    def should_stop(self, draft_prob: float) -> bool:
+        return draft_prob < self.threshold
+
+
+class RunningEstimates:
+    """Exponential moving averages of acceptance and of TK-SLT's time ratios c = t_draft/t_target and b = t_upload/t_target.
+
+    α is estimated as accepted / (accepted + rejections), the maximum-likelihood estimate for
+    i.i.d. acceptance with drafts truncated at γ (accepted / drafted would be biased low).
+    Per-token draft and upload times are taken per drafted token; t_target is the verify time.
+    """
+
+    def __init__(self, alpha: float = 0.6, c: float = 0.05, b: float = 0.0, smoothing: float = 0.1) -> None:
+        if not 0.0 < smoothing <= 1.0:
+            raise ValueError(f"smoothing must be in (0, 1], got {smoothing}")
+        if not 0.0 <= alpha < 1.0:
+            raise ValueError(f"alpha must be in [0, 1), got {alpha}")
+        self.smoothing = smoothing
+        self._accepted, self._rejected = alpha, 1.0 - alpha  # a prior worth one round
+        self.c, self.b = c, b
+
+    def _ema(self, old: float, new: float) -> float:
+        return (1.0 - self.smoothing) * old + self.smoothing * new
+
+    @property
+    def alpha(self) -> float:
+        """Estimated per-token acceptance probability."""
+        return self._accepted / (self._accepted + self._rejected)
+
+    @property
+    def L(self) -> float:  # noqa: N802 — TK-SLT's symbol
+        """TK-SLT's L = b + c."""
+        return self.b + self.c
+
+    def update(self, obs: RoundObservation) -> None:
+        """Fold one round into the averages (rounds with nothing drafted carry no acceptance information)."""
+        if obs.drafted == 0:
+            return
+        self._accepted = self._ema(self._accepted, obs.accepted)
+        self._rejected = self._ema(self._rejected, 1.0 if obs.accepted < obs.drafted else 0.0)
+        t_target = obs.verify_time_s
+        if t_target is not None and t_target > 0:
+            if obs.draft_time_s is not None:
+                self.c = self._ema(self.c, obs.draft_time_s / obs.drafted / t_target)
+            if obs.upload_time_s is not None:
+                self.b = self._ema(self.b, obs.upload_time_s / obs.drafted / t_target)
+
+
+class OdldGamma(GammaPolicy):
+    """TK-SLT's ODLD γ* from running α, b, c; with `use_as2` it falls back to AD (γ = 0) when S(γ*) ≤ 1."""
+
+    def __init__(self, max_gamma: int = 16, min_gamma: int = 0, use_as2: bool = True, estimates: Optional[RunningEstimates] = None) -> None:
+        _check_range(min_gamma, max_gamma)
+        self.min_gamma, self.max_gamma, self.use_as2 = min_gamma, max_gamma, use_as2
+        self.estimates = estimates or RunningEstimates()
+
+    def gamma(self, now_s: float = 0.0) -> int:
+        alpha, L = min(self.estimates.alpha, 0.999), max(self.estimates.L, 1e-3)
+        try:
+            decision = as2_choice(alpha, L)
+            sd_gamma, use_sd = decision.gamma, decision.use_sd
+        except (ValueError, OverflowError):  # extreme α, L: the Lambert-W form under/overflows
+            sd_gamma = max(range(1, self.max_gamma + 1), key=lambda g: tkslt_speedup(alpha, g, L))
+            use_sd = tkslt_speedup(alpha, sd_gamma, L) > 1.0
+        choice = sd_gamma if use_sd else (0 if self.use_as2 else max(sd_gamma, 1))
+        return min(max(choice, self.min_gamma), self.max_gamma)
+
+    def observe(self, obs: RoundObservation) -> None:
+        self.estimates.update(obs)
+
+
+class LeviathanGamma(GammaPolicy):
+    """Leviathan et al.'s optimum: the γ in [1, max_gamma] maximising E(γ)/(γ·c + 1) from running α and c."""
+
+    def __init__(self, max_gamma: int = 16, estimates: Optional[RunningEstimates] = None) -> None:
+        _check_range(1, max_gamma)
+        self.max_gamma = max_gamma
+        self.estimates = estimates or RunningEstimates()
+
+    def gamma(self, now_s: float = 0.0) -> int:
+        alpha = min(self.estimates.alpha, 0.999)
+        c = max(self.estimates.c, 0.0)
+        speedups = [leviathan_speedup(alpha, g, c) for g in range(1, self.max_gamma + 1)]
+        best = max(range(len(speedups)), key=lambda i: (speedups[i], -i))
+        return best + 1 if math.isfinite(speedups[best]) else self.max_gamma
+
+    def observe(self, obs: RoundObservation) -> None:
+        self.estimates.update(obs)
