@@ -8,13 +8,14 @@ Llama-style HF checkpoints written in float16 safetensors (loaded as float32 at 
 Steps:
   1. collect the corpus (sorted file list, hashed into the report),
   2. train a shared byte-level BPE tokenizer (HF `tokenizers`),
-  3. train target and draft together: the target on next-token cross-entropy, the draft on a mix
-     of cross-entropy and KL to the target's current predictions (online distillation),
-  4. distil the draft alone against the frozen, final target,
+  3. train the target on next-token cross-entropy (with --cotrain-draft the draft trains alongside it
+     on a mix of cross-entropy and KL to the target's current predictions),
+  4. distil the draft against the frozen, final target (KL to the target plus a little cross-entropy),
   5. evaluate validation loss and teacher-forced greedy agreement (a proxy for greedy α),
   6. save both models, the tokenizer and `train_report.json`.
 
 Usage: python scripts/train_bundled_pair.py --out src/edgespec/models/bundled [--steps N] [--seed S]
+       [--init-from DIR] (continue from a saved pair; docs/bundled_pair.md gives the exact recipe)
 """
 
 from __future__ import annotations
@@ -137,6 +138,20 @@ def distill_loss(draft_logits: torch.Tensor, target_logits: torch.Tensor, labels
     return (1.0 - kl_weight) * ce + kl_weight * kl
 
 
+def cpu_has_fast_bf16() -> bool:
+    """True where the CPU multiplies bf16 natively (AVX-512 BF16 or AMX); elsewhere bf16 is emulated and slow."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def autocast(args: argparse.Namespace):
+    """bf16 autocast when --precision resolves to bf16, else a no-op context (float32)."""
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16")
+
+
 def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
     for group in opt.param_groups:
         group["lr"] = lr
@@ -152,11 +167,12 @@ def train(args: argparse.Namespace, target: LlamaForCausalLM, draft: LlamaForCau
     total = args.steps + args.distill_steps
     for step in range(total):
         co_training = step < args.steps
+        train_draft = args.cotrain_draft or not co_training
         batch = sample_batch(train_ids, rng, args.batch, args.seq)
         inputs, labels = batch[:, :-1], batch[:, 1:]
         # target: train during co-training, frozen teacher afterwards
         target.train(co_training)
-        with torch.autocast("cpu", dtype=torch.bfloat16), torch.set_grad_enabled(co_training):
+        with autocast(args), torch.set_grad_enabled(co_training):
             t_logits = target(input_ids=inputs).logits
         t_loss = F.cross_entropy(t_logits.float().view(-1, VOCAB), labels.reshape(-1))
         if co_training:
@@ -166,19 +182,22 @@ def train(args: argparse.Namespace, target: LlamaForCausalLM, draft: LlamaForCau
             torch.nn.utils.clip_grad_norm_(target.parameters(), 1.0)
             opt_t.step()
         # draft: mix of ground truth and the target's (detached) predictions
-        kl_weight = args.kl_weight if co_training else 0.9
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            d_logits = draft(input_ids=inputs).logits
-        d_loss = distill_loss(d_logits, t_logits.detach(), labels, kl_weight)
-        set_lr(opt_d, lr_at(step, total, args.lr_draft, args.warmup))
-        opt_d.zero_grad(set_to_none=True)
-        d_loss.backward()
-        torch.nn.utils.clip_grad_norm_(draft.parameters(), 1.0)
-        opt_d.step()
+        d_loss = torch.zeros(())
+        if train_draft:
+            kl_weight = args.kl_weight if co_training else 0.9
+            with autocast(args):
+                d_logits = draft(input_ids=inputs).logits
+            d_loss = distill_loss(d_logits, t_logits.detach(), labels, kl_weight)
+            d_step, d_total = (step, total) if args.cotrain_draft else (step - args.steps, args.distill_steps)
+            set_lr(opt_d, lr_at(d_step, d_total, args.lr_draft, args.warmup))
+            opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            torch.nn.utils.clip_grad_norm_(draft.parameters(), 1.0)
+            opt_d.step()
         if step % args.log_every == 0 or step == total - 1:
             elapsed = time.perf_counter() - t0
             tok_s = (step + 1) * args.batch * args.seq / elapsed
-            row = {"step": step, "phase": "co-train" if co_training else "distill", "target_loss": round(t_loss.item(), 4),
+            row = {"step": step, "phase": ("co-train" if args.cotrain_draft else "target") if co_training else "distill", "target_loss": round(t_loss.item(), 4),
                    "draft_loss": round(d_loss.item(), 4), "elapsed_s": round(elapsed, 1), "tokens_per_s": round(tok_s)}
             log.append(row)
             print(json.dumps(row), flush=True)
@@ -217,17 +236,23 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("src/edgespec/models/bundled"))
     ap.add_argument("--seed", type=int, default=1234)
-    ap.add_argument("--steps", type=int, default=600, help="co-training steps (target and draft)")
+    ap.add_argument("--steps", type=int, default=600, help="target training steps")
     ap.add_argument("--distill-steps", type=int, default=200, help="draft-only distillation steps afterwards")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--lr-target", type=float, default=1.5e-3)
     ap.add_argument("--lr-draft", type=float, default=3e-3)
-    ap.add_argument("--kl-weight", type=float, default=0.5)
+    ap.add_argument("--kl-weight", type=float, default=0.5, help="KL share of the draft loss while co-training")
+    ap.add_argument("--cotrain-draft", action="store_true", help="train the draft alongside the target (stage 1 of the shipped pair)")
+    ap.add_argument("--init-from", type=Path, default=None, help="start from the pair saved in this directory (its tokenizer too)")
     ap.add_argument("--warmup", type=int, default=40)
     ap.add_argument("--log-every", type=int, default=10)
+    ap.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                    help="training arithmetic; auto = bf16 where the CPU has native bf16 (AVX-512 BF16/AMX), else fp32")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     args = ap.parse_args()
+    if args.precision == "auto":
+        args.precision = "bf16" if cpu_has_fast_bf16() else "fp32"
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -235,12 +260,20 @@ def main() -> None:
     files, corpus_hash = collect_corpus(stdlib)
     texts = read_texts(files)
     tmp_tok_dir = args.out / "_tokenizer"
-    tok = train_tokenizer(texts, tmp_tok_dir)
+    if args.init_from is not None:
+        tok = PreTrainedTokenizerFast.from_pretrained(args.init_from / "target")
+        tok.save_pretrained(tmp_tok_dir)
+    else:
+        tok = train_tokenizer(texts, tmp_tok_dir)
     n_val = max(1, len(texts) // 50)
     train_ids, val_ids = encode_corpus(texts[:-n_val], tok), encode_corpus(texts[-n_val:], tok)
     print(json.dumps({"files": len(files), "corpus_hash": corpus_hash, "train_tokens": len(train_ids), "val_tokens": len(val_ids)}), flush=True)
 
-    target, draft = make_model(TARGET, tok), make_model(DRAFT, tok)
+    if args.init_from is not None:
+        target = LlamaForCausalLM.from_pretrained(args.init_from / "target", dtype=torch.float32)
+        draft = LlamaForCausalLM.from_pretrained(args.init_from / "draft", dtype=torch.float32)
+    else:
+        target, draft = make_model(TARGET, tok), make_model(DRAFT, tok)
     result = train(args, target, draft, train_ids)
     metrics = evaluate(target, draft, val_ids, args.seq, batches=8, seed=args.seed)
     print(json.dumps(metrics), flush=True)
@@ -248,7 +281,10 @@ def main() -> None:
     for f in tmp_tok_dir.iterdir():
         f.unlink()
     tmp_tok_dir.rmdir()
+    previous = json.loads((args.init_from / "train_report.json").read_text()) if args.init_from else None
     report = {
+        "previous_stage": previous,
+        "total_train_time_s": round(result["train_time_s"] + (previous or {}).get("total_train_time_s", (previous or {}).get("train_time_s", 0)), 1),
         "seed": args.seed, "python_stdlib": str(stdlib), "corpus_files": len(files), "corpus_hash": corpus_hash,
         "train_tokens": int(len(train_ids)), "val_tokens": int(len(val_ids)), "vocab": VOCAB,
         "target_shape": asdict(TARGET), "draft_shape": asdict(DRAFT),

@@ -22,7 +22,10 @@ app.add_typer(bench_app, name="bench")
 def _console():
     from rich.console import Console
 
-    return Console(stderr=False, highlight=False)
+    console = Console(highlight=False)
+    if not console.is_terminal:  # pipes and logs: wide enough for the benchmark tables
+        console = Console(highlight=False, width=160)
+    return console
 
 
 def _load_pair(draft: Optional[Path], target: Optional[Path], need_draft: bool = True):

@@ -54,18 +54,26 @@ class Row:
     share_of_bound: float
 
 
-def _median_step_s(lm: CausalLM, context: list[int], n_tokens: int, repeats: int) -> float:
-    """Median time of one forward over n_tokens new tokens on top of `context`, cropped back each time."""
-    kv = lm.new_kv(1)
-    lm.prefill(kv, [context])
-    probe = context[-n_tokens:] if len(context) >= n_tokens else (context * n_tokens)[:n_tokens]
-    times = []
+def _step_timings(draft: CausalLM, target: CausalLM, context: list[int], gammas: Sequence[int], repeats: int) -> dict:
+    """Median seconds of one forward of each kind, interleaved so machine noise hits all of them alike.
+
+    Keys: "draft" (1 token), "target" (1 token), and each γ (target pass over γ + 1 tokens); every
+    forward runs on top of `context` and is cropped back afterwards.
+    """
+    kinds = [("draft", draft, 1), ("target", target, 1)] + [(g, target, g + 1) for g in gammas]
+    caches = {}
+    for lm in (draft, target):
+        caches[id(lm)] = lm.new_kv(1)
+        lm.prefill(caches[id(lm)], [context])
+    samples: dict = {key: [] for key, _, _ in kinds}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        lm.forward(kv, [probe], [n_tokens])
-        times.append(time.perf_counter() - t0)
-        lm.crop(kv, 0, len(context))
-    return statistics.median(times)
+        for key, lm, n in kinds:
+            kv = caches[id(lm)]
+            t0 = time.perf_counter()
+            lm.forward(kv, [context[-n:]], [n])
+            samples[key].append(time.perf_counter() - t0)
+            lm.crop(kv, 0, len(context))
+    return {key: statistics.median(v) for key, v in samples.items()}
 
 
 def _run(fn: Callable[[Sequence[int]], GenerationResult], prompts: list[list[int]]) -> tuple[float, list[GenerationResult]]:
@@ -98,12 +106,12 @@ def run(
         ad_before, ad_results = _run(lambda p: generate_ad(target, [p], cfg)[0], prompts)
         context = prompts[0] + ad_results[0].token_ids[:32]
         say("step timings")
-        t_draft = _median_step_s(draft, context, 1, repeats)
-        t_target = _median_step_s(target, context, 1, repeats)
+        steps = _step_timings(draft, target, context, gammas, repeats)
+        t_draft, t_target = steps["draft"], steps["target"]
         sd_rows = []
         for gamma in gammas:
             say(f"SD γ={gamma}")
-            t_verify = _median_step_s(target, context, gamma + 1, repeats)
+            t_verify = steps[gamma]
             g_cfg = GenerationConfig(max_new_tokens=max_new_tokens, gamma=gamma, stop_at_eos=False)
             sd_rate, sd_results = _run(lambda p: generate_sd(draft, target, [p], g_cfg)[0], prompts)
             for a, s in zip(ad_results, sd_results):

@@ -111,7 +111,7 @@ def _draw(logits: torch.Tensor, params: SamplingParams, q_mode: str, top_k: int,
     probs = probs_from_logits(logits, params)
     if q_mode == "topk":
         ids, kept = sparsify_topk(probs, top_k)
-        choice = torch.multinomial(kept, 1, generator=gen)  # [R, 1]
+        choice = sample(kept, gen).unsqueeze(1)  # [R, 1]
         return ids.gather(1, choice).squeeze(1), kept, ids, kept.max(-1).values
     tokens = sample(probs, gen)
     return tokens, (probs if q_mode == "full" else None), None, probs.max(-1).values

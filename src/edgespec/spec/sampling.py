@@ -18,6 +18,7 @@ __all__ = [
     "probs_from_logits",
     "greedy_tokens",
     "sample",
+    "uniform",
     "sparsify_topk",
 ]
 
@@ -85,9 +86,21 @@ def probs_from_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Ten
     return torch.softmax(logits, dim=-1)
 
 
+def uniform(n: int, generator: torch.Generator, device: torch.device | str = "cpu") -> torch.Tensor:
+    """n draws from U(0, 1) in float64 from an explicit (CPU) generator, placed on `device`."""
+    return torch.rand(n, generator=generator, dtype=torch.float64).to(device)
+
+
 def sample(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """One draw per row from [N, V] probabilities with an explicit generator -> [N] token ids."""
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    """One draw per row from [N, V] (unnormalised, non-negative) probabilities -> [N] token ids.
+
+    Inverse-CDF sampling with uniforms from an explicit CPU generator, so the same seed gives the same
+    tokens on any device. Tokens with zero probability are never drawn.
+    """
+    cdf = torch.cumsum(probs.double(), dim=-1)  # [N, V]
+    u = uniform(probs.shape[0], generator, probs.device) * cdf[:, -1]
+    idx = torch.searchsorted(cdf, u.unsqueeze(-1), right=True).squeeze(-1)
+    return idx.clamp_max(probs.shape[-1] - 1)
 
 
 def sparsify_topk(probs: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:

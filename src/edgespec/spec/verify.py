@@ -23,7 +23,7 @@ from typing import Literal, Optional
 
 import torch
 
-from edgespec.spec.sampling import SamplingParams, greedy_tokens, probs_from_logits
+from edgespec.spec.sampling import SamplingParams, greedy_tokens, probs_from_logits, sample, uniform
 
 __all__ = ["QMode", "DraftBatch", "DraftLimits", "DraftError", "VerifyResult", "validate_draft", "verify", "verify_probs"]
 
@@ -167,10 +167,10 @@ def validate_draft(draft: DraftBatch, vocab_size: int, limits: DraftLimits = Dra
 def _index(draft: DraftBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """seq_of [N] (sequence of each draft token), pos [N] (its position in the block), target_row [N]."""
     gammas = draft.gammas.long()
-    n = draft.token_ids.numel()
-    seq_of = torch.repeat_interleave(torch.arange(draft.batch_size), gammas)
-    pos = torch.arange(n) - draft.cu_gammas.long()[seq_of]
-    return seq_of, pos, torch.arange(n) + seq_of
+    n, dev = draft.token_ids.numel(), draft.token_ids.device
+    seq_of = torch.repeat_interleave(torch.arange(draft.batch_size, device=dev), gammas)
+    pos = torch.arange(n, device=dev) - draft.cu_gammas.long()[seq_of]
+    return seq_of, pos, torch.arange(n, device=dev) + seq_of
 
 
 def _num_accepted(accept: torch.Tensor, draft: DraftBatch, seq_of: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
@@ -186,7 +186,7 @@ def _dense_q(draft: DraftBatch, rows: torch.Tensor, vocab_size: int) -> torch.Te
     if draft.q_mode == "full":
         q = draft.q_probs[rows].float()
     elif draft.q_mode == "topk":
-        q = torch.zeros(rows.numel(), vocab_size).scatter_(1, draft.q_ids[rows].long(), draft.q_probs[rows].float())
+        q = torch.zeros(rows.numel(), vocab_size, device=rows.device).scatter_(1, draft.q_ids[rows].long(), draft.q_probs[rows].float())
     else:
         return torch.nn.functional.one_hot(x, vocab_size).float()
     return q / q.sum(dim=-1, keepdim=True)
@@ -196,7 +196,7 @@ def _q_at_tokens(draft: DraftBatch) -> torch.Tensor:
     """q(x) for every drafted token x, renormalised as `_dense_q` does. -> [N] float32."""
     x = draft.token_ids.long()
     if draft.q_mode == "tokens":
-        return torch.ones(x.numel())
+        return torch.ones(x.numel(), device=x.device)
     probs = draft.q_probs.float()
     total = probs.sum(-1)
     if draft.q_mode == "full":
@@ -204,20 +204,28 @@ def _q_at_tokens(draft: DraftBatch) -> torch.Tensor:
     return (probs * (draft.q_ids.long() == x.view(-1, 1))).sum(-1) / total
 
 
+def _to_device(draft: DraftBatch, device: torch.device) -> DraftBatch:
+    if draft.token_ids.device == device:
+        return draft
+    move = lambda t: None if t is None else t.to(device)  # noqa: E731
+    return DraftBatch(move(draft.token_ids), move(draft.cu_gammas), draft.q_mode, move(draft.q_probs), move(draft.q_ids))
+
+
 def verify_probs(target_probs: torch.Tensor, draft: DraftBatch, generator: torch.Generator) -> VerifyResult:
     """Stochastic verification against target probabilities p [N + B, V] (already validated draft)."""
+    draft = _to_device(draft, target_probs.device)
     seq_of, pos, target_row = _index(draft)
     bsz, vocab = draft.batch_size, target_probs.shape[-1]
     x = draft.token_ids.long()
     # 1. accept/reject every drafted position at once: u·q(x) < p(x)
-    u = torch.rand(x.numel(), generator=generator, dtype=torch.float64)
+    u = uniform(x.numel(), generator, x.device)
     p_x = target_probs[target_row, x].double()
     accept = u * _q_at_tokens(draft).double() < p_x
     n_acc = _num_accepted(accept, draft, seq_of, pos)
     # 2. distribution of the next token: residual at the first rejection, p itself for the bonus
     cu = draft.cu_gammas.long()
     is_bonus = n_acc == draft.gammas.long()
-    p_next = target_probs[cu[:-1] + torch.arange(bsz) + n_acc].float()  # [B, V]
+    p_next = target_probs[cu[:-1] + torch.arange(bsz, device=cu.device) + n_acc].float()  # [B, V]
     dist = p_next.clone()
     rejected = (~is_bonus).nonzero().squeeze(-1)
     if rejected.numel():
@@ -227,17 +235,18 @@ def verify_probs(target_probs: torch.Tensor, draft: DraftBatch, generator: torch
         # p == q exactly leaves no residual; then a rejection has probability 0 and p is the right fallback
         dist[rejected] = torch.where(mass > 1e-12, residual / mass.clamp_min(1e-30), p_next[rejected])
     # 3. one draw per sequence
-    next_tokens = torch.multinomial(dist, 1, generator=generator).squeeze(-1)
+    next_tokens = sample(dist, generator)
     return VerifyResult(n_acc, next_tokens, is_bonus)
 
 
 def verify_greedy(target_logits: torch.Tensor, draft: DraftBatch) -> VerifyResult:
     """Greedy verification: accept while x == argmax p; the next token is argmax p at the stop."""
+    draft = _to_device(draft, target_logits.device)
     seq_of, pos, target_row = _index(draft)
     best = greedy_tokens(target_logits)  # [N + B]
     accept = draft.token_ids.long() == best[target_row]
     n_acc = _num_accepted(accept, draft, seq_of, pos)
-    rows = draft.cu_gammas.long()[:-1] + torch.arange(draft.batch_size) + n_acc
+    rows = draft.cu_gammas.long()[:-1] + torch.arange(draft.batch_size, device=n_acc.device) + n_acc
     return VerifyResult(n_acc, best[rows], n_acc == draft.gammas.long())
 
 
