@@ -2,14 +2,16 @@
 
 Regime: one sequence at a time (batch 1), temperature 0, float32, short code prompts, a fixed
 token budget; both modes pay the same prefill. For each γ it measures, in one run:
-- α (accepted / drafted) and the mean tokens emitted per round;
+- α (accepted / drafted, vLLM's acceptance rate), the mean tokens E emitted per round, and α_token,
+  the per-token acceptance of Leviathan's i.i.d. model that gives the same E;
 - t_draft (one draft decode step), t_target (one target decode step), t_verify(γ) (one target pass
   over γ + 1 tokens), each the median of repeated steps at the prompts' context length;
 - AD and SD tokens/s and the measured speedup;
-- Leviathan's bound E(γ)/(γc + 1) with c = t_draft/t_target (assumes a verify pass costs one decode
+- Leviathan's bound E/(γc + 1) with c = t_draft/t_target (assumes a verify pass costs one decode
   step), and the zero-overhead bound E·t_target/(γ·t_draft + t_verify(γ)) built from the measured
-  parts, where E is the measured mean number of tokens per round; measured/bound is the share of
-  the achievable speedup that survives framework overhead (sampling, verification, cache crops).
+  parts; measured/bound is the share of the achievable speedup that survives framework overhead
+  (sampling, verification, cache crops). The gap between the two bounds is t_verify(γ) − t_target.
+AD, SD and the step timings run in alternating passes so machine noise falls on all of them alike.
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ import torch
 
 from edgespec.models.decoder import GenerationConfig, GenerationResult, generate_ad, generate_sd
 from edgespec.models.runtime import CausalLM
-from edgespec.spec.theory import expected_tokens_per_round, leviathan_speedup
+from scipy.optimize import brentq
+
+from edgespec.spec.theory import expected_tokens_per_round
 
 PROMPTS = (
     "import os\nimport sys\n\n\ndef main(argv):\n",
@@ -41,6 +45,7 @@ PROMPTS = (
 class Row:
     gamma: int
     alpha: float
+    alpha_token: float
     tokens_per_round: float
     c: float
     t_draft_s: float
@@ -54,8 +59,8 @@ class Row:
     share_of_bound: float
 
 
-def _step_timings(draft: CausalLM, target: CausalLM, context: list[int], gammas: Sequence[int], repeats: int) -> dict:
-    """Median seconds of one forward of each kind, interleaved so machine noise hits all of them alike.
+def _step_samples(draft: CausalLM, target: CausalLM, context: list[int], gammas: Sequence[int], repeats: int) -> dict:
+    """Seconds of `repeats` forwards of each kind, interleaved so machine noise hits all of them alike.
 
     Keys: "draft" (1 token), "target" (1 token), and each γ (target pass over γ + 1 tokens); every
     forward runs on top of `context` and is cropped back afterwards.
@@ -73,17 +78,7 @@ def _step_timings(draft: CausalLM, target: CausalLM, context: list[int], gammas:
             lm.forward(kv, [context[-n:]], [n])
             samples[key].append(time.perf_counter() - t0)
             lm.crop(kv, 0, len(context))
-    return {key: statistics.median(v) for key, v in samples.items()}
-
-
-def _run(fn: Callable[[Sequence[int]], GenerationResult], prompts: list[list[int]]) -> tuple[float, list[GenerationResult]]:
-    results, wall, tokens = [], 0.0, 0
-    for p in prompts:
-        r = fn(p)
-        results.append(r)
-        wall += r.wall_s
-        tokens += len(r.token_ids)
-    return tokens / wall, results
+    return samples
 
 
 def run(
@@ -91,60 +86,92 @@ def run(
     target: CausalLM,
     gammas: Sequence[int] = (1, 2, 3, 4, 5, 6, 8),
     max_new_tokens: int = 96,
-    repeats: int = 25,
+    repeats: int = 24,
+    passes: int = 3,
     progress: Optional[Callable[[str], None]] = None,
 ) -> list[Row]:
-    """Measure every γ; returns one row per γ (AD measured twice, before and after, and averaged)."""
+    """Measure every γ; returns one row per γ.
+
+    The measurement is split into `passes` passes, each running AD, SD at every γ and a slice of
+    the step timings in turn, so that machine noise (2 shared cores) lands on all of them alike:
+    rates are total tokens over total wall time across passes, step times medians over all passes.
+    """
     say = progress or (lambda _msg: None)
     bos = target.tokenizer.bos_token_id
     prompts = [([bos] if bos is not None else []) + target.tokenize(p) for p in PROMPTS]
     cfg = GenerationConfig(max_new_tokens=max_new_tokens, stop_at_eos=False)
+    ad = _Tally()
+    sd = {g: _Tally() for g in gammas}
+    samples: dict = {}
     with torch.inference_mode():
         say("warm-up")
         generate_sd(draft, target, [prompts[0]], GenerationConfig(max_new_tokens=8))
-        say("AD (before)")
-        ad_before, ad_results = _run(lambda p: generate_ad(target, [p], cfg)[0], prompts)
-        context = prompts[0] + ad_results[0].token_ids[:32]
-        say("step timings")
-        steps = _step_timings(draft, target, context, gammas, repeats)
-        t_draft, t_target = steps["draft"], steps["target"]
-        sd_rows = []
-        for gamma in gammas:
-            say(f"SD γ={gamma}")
-            t_verify = steps[gamma]
-            g_cfg = GenerationConfig(max_new_tokens=max_new_tokens, gamma=gamma, stop_at_eos=False)
-            sd_rate, sd_results = _run(lambda p: generate_sd(draft, target, [p], g_cfg)[0], prompts)
-            for a, s in zip(ad_results, sd_results):
-                if a.token_ids != s.token_ids:
-                    raise AssertionError(f"greedy SD output differs from AD at γ={gamma}: losslessness violated")
-            sd_rows.append((gamma, t_verify, sd_rate, sd_results))
-        say("AD (after)")
-        ad_after, _ = _run(lambda p: generate_ad(target, [p], cfg)[0], prompts)
-    ad_rate = (ad_before + ad_after) / 2
-    return [_row(g, tv, sd, res, ad_rate, t_draft, t_target) for g, tv, sd, res in sd_rows]
+        for k in range(passes):
+            # 1. AD, the reference output of this pass
+            say(f"pass {k + 1}/{passes}: AD")
+            ad_results = ad.add(lambda p: generate_ad(target, [p], cfg)[0], prompts)
+            # 2. SD at every γ, checked token for token against AD
+            for gamma in gammas:
+                say(f"pass {k + 1}/{passes}: SD γ={gamma}")
+                g_cfg = GenerationConfig(max_new_tokens=max_new_tokens, gamma=gamma, stop_at_eos=False)
+                sd_results = sd[gamma].add(lambda p: generate_sd(draft, target, [p], g_cfg)[0], prompts)
+                for a, s in zip(ad_results, sd_results):
+                    if a.token_ids != s.token_ids:
+                        raise AssertionError(f"greedy SD output differs from AD at γ={gamma}: losslessness violated")
+            # 3. a slice of the step timings
+            say(f"pass {k + 1}/{passes}: step timings")
+            context = prompts[0] + ad_results[0].token_ids[:32]
+            for key, values in _step_samples(draft, target, context, gammas, max(1, repeats // passes)).items():
+                samples.setdefault(key, []).extend(values)
+    steps = {key: statistics.median(v) for key, v in samples.items()}
+    return [_row(g, steps[g], sd[g], ad.rate, steps["draft"], steps["target"]) for g in gammas]
 
 
-def _row(gamma, t_verify, sd_rate, results, ad_rate, t_draft, t_target) -> Row:
-    drafted = sum(r.num_draft_tokens for r in results)
-    accepted = sum(r.num_accepted_tokens for r in results)
-    rounds = sum(r.num_rounds for r in results)
-    alpha = accepted / drafted if drafted else 0.0
-    per_round = sum(len(r.token_ids) for r in results) / rounds
+class _Tally:
+    """Tokens, wall time and results of repeated generation runs."""
+
+    def __init__(self) -> None:
+        self.tokens, self.wall_s, self.results = 0, 0.0, []
+
+    def add(self, fn: Callable[[Sequence[int]], GenerationResult], prompts: list[list[int]]) -> list[GenerationResult]:
+        results = [fn(p) for p in prompts]
+        self.results += results
+        self.tokens += sum(len(r.token_ids) for r in results)
+        self.wall_s += sum(r.wall_s for r in results)
+        return results
+
+    @property
+    def rate(self) -> float:
+        return self.tokens / self.wall_s
+
+
+def _fit_alpha(tokens_per_round: float, gamma: int) -> float:
+    """Per-token acceptance α of Leviathan's i.i.d. model whose E(γ) = (1 − α^(γ+1))/(1 − α) equals the measured one."""
+    target = min(max(tokens_per_round, 1.0), gamma + 1 - 1e-9)
+    return float(brentq(lambda a: expected_tokens_per_round(a, gamma) - target, 0.0, 1 - 1e-12))
+
+
+def _row(gamma: int, t_verify: float, sd: "_Tally", ad_rate: float, t_draft: float, t_target: float) -> Row:
+    drafted = sum(r.num_draft_tokens for r in sd.results)
+    accepted = sum(r.num_accepted_tokens for r in sd.results)
+    rounds = sum(r.num_rounds for r in sd.results)
+    per_round = sd.tokens / rounds
     c = t_draft / t_target
+    speedup = sd.rate / ad_rate
     bound = per_round * t_target / (gamma * t_draft + t_verify)
-    speedup = sd_rate / ad_rate
     return Row(
         gamma=gamma,
-        alpha=round(alpha, 4),
+        alpha=round(accepted / drafted if drafted else 0.0, 4),
+        alpha_token=round(_fit_alpha(per_round, gamma), 4),
         tokens_per_round=round(per_round, 3),
         c=round(c, 4),
         t_draft_s=t_draft,
         t_target_s=t_target,
         t_verify_s=t_verify,
         ad_tokens_per_s=round(ad_rate, 2),
-        sd_tokens_per_s=round(sd_rate, 2),
+        sd_tokens_per_s=round(sd.rate, 2),
         speedup=round(speedup, 3),
-        leviathan_bound=round(leviathan_speedup(min(alpha, 0.9999), gamma, c), 3),
+        leviathan_bound=round(per_round / (gamma * c + 1), 3),
         speedup_bound=round(bound, 3),
         share_of_bound=round(speedup / bound, 3),
     )
@@ -157,6 +184,5 @@ def rows_to_json(rows: list[Row]) -> dict:
         "best_gamma": best.gamma,
         "best_speedup": best.speedup,
         "best_share_of_bound": best.share_of_bound,
-        "expected_tokens_iid": {r.gamma: round(expected_tokens_per_round(min(r.alpha, 0.9999), r.gamma), 3) for r in rows},
         "rows": [asdict(r) for r in rows],
     }

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -96,11 +96,15 @@ class DraftOutput:
 # ---------------------------------------------------------------- helpers
 
 
-def _sync(lm: CausalLM, kv: RaggedKV, row: int, transcript: list[int]) -> list[int]:
-    """Crop `row` to at most len(transcript) − 1 tokens; return the pending tokens the cache lacks."""
+def sync_row(lm: CausalLM, kv: RaggedKV, row: int, transcript: Sequence[int]) -> list[int]:
+    """Crop `row` to at most len(transcript) − 1 tokens; return the tokens to feed (those the cache lacks).
+
+    Valid because a row only ever holds a prefix of the transcript followed by drafted tokens, and the
+    drafted tokens that survive verification are exactly the next transcript tokens.
+    """
     keep = min(kv.length(row), len(transcript) - 1)
     lm.crop(kv, row, keep)
-    return transcript[keep:]
+    return list(transcript[keep:])
 
 
 def _draw(logits: torch.Tensor, params: SamplingParams, q_mode: str, top_k: int, gen: torch.Generator):
@@ -117,6 +121,42 @@ def _draw(logits: torch.Tensor, params: SamplingParams, q_mode: str, top_k: int,
     return tokens, (probs if q_mode == "full" else None), None, probs.max(-1).values
 
 
+@dataclass
+class DraftRows:
+    """Per-row output of `draft_loop`: drafted tokens, confidence, and q rows / q ids as the draw produced them."""
+
+    tokens: list[list[int]]
+    confidence: list[list[float]]
+    q_rows: list[list[torch.Tensor]]
+    id_rows: list[list[torch.Tensor]]
+
+
+Draw = Callable[[torch.Tensor], tuple]  # logits [R, V] -> (tokens [R], q [R, ·] | None, q ids [R, K] | None, confidence [R])
+
+
+def draft_loop(draft: CausalLM, kv: RaggedKV, transcripts: Sequence, gammas: Sequence[int], draw: Draw) -> DraftRows:
+    """Draft γ_b tokens extending transcripts[b] for every row b (γ_b = 0 leaves the row alone); one batched draft forward per step."""
+    rows = len(gammas)
+    out = DraftRows([[] for _ in range(rows)], [[] for _ in range(rows)], [[] for _ in range(rows)], [[] for _ in range(rows)])
+    feeds = [sync_row(draft, kv, b, transcripts[b]) if gammas[b] > 0 else [] for b in range(rows)]
+    for step in range(max(gammas, default=0)):
+        live = [b for b in range(rows) if gammas[b] > step]
+        logits = draft.forward(kv, feeds, [1 if gammas[b] > step else 0 for b in range(rows)])  # [len(live), V]
+        tokens, q, qi, top = draw(logits)
+        feeds = [[] for _ in range(rows)]
+        for j, b in enumerate(live):
+            tok = int(tokens[j])
+            out.tokens[b].append(tok)
+            out.confidence[b].append(float(top[j]))
+            if q is not None:
+                out.q_rows[b].append(q[j])
+            if qi is not None:
+                out.id_rows[b].append(qi[j])
+            if gammas[b] > step + 1:
+                feeds[b] = [tok]
+    return out
+
+
 def draft_blocks(
     draft: CausalLM,
     kv: RaggedKV,
@@ -127,35 +167,15 @@ def draft_blocks(
     q_top_k: int,
     gen: torch.Generator,
 ) -> DraftOutput:
-    """Draft γ_b tokens for every row b (γ_b = 0 skips the row); one batched draft forward per step."""
+    """Draft γ_b tokens for every row b (γ_b = 0 skips the row), with q in the flat layout of `DraftBatch`."""
     q_mode = "tokens" if params.greedy else q_mode
-    rows = len(transcripts)
-    blocks: list[list[int]] = [[] for _ in range(rows)]
-    conf: list[list[float]] = [[] for _ in range(rows)]
-    q_rows: list[list[torch.Tensor]] = [[] for _ in range(rows)]
-    id_rows: list[list[torch.Tensor]] = [[] for _ in range(rows)]
-    feeds = [_sync(draft, kv, b, transcripts[b]) if gammas[b] > 0 else [] for b in range(rows)]
-    for step in range(max(gammas, default=0)):
-        live = [b for b in range(rows) if gammas[b] > step]
-        logits = draft.forward(kv, feeds, [1 if gammas[b] > step else 0 for b in range(rows)])  # [len(live), V]
-        tokens, q, qi, top = _draw(logits, params, q_mode, q_top_k, gen)
-        feeds = [[] for _ in range(rows)]
-        for j, b in enumerate(live):
-            tok = int(tokens[j])
-            blocks[b].append(tok)
-            conf[b].append(float(top[j]))
-            if q is not None:
-                q_rows[b].append(q[j])
-            if qi is not None:
-                id_rows[b].append(qi[j])
-            if gammas[b] > step + 1:
-                feeds[b] = [tok]
-    flat_q = [t for b in range(rows) for t in q_rows[b]]
-    flat_ids = [t for b in range(rows) for t in id_rows[b]]
+    rows = draft_loop(draft, kv, transcripts, gammas, lambda logits: _draw(logits, params, q_mode, q_top_k, gen))
+    flat_q = [t for row in rows.q_rows for t in row]
+    flat_ids = [t for row in rows.id_rows for t in row]
     width = draft.vocab_size if q_mode == "full" else min(q_top_k, draft.vocab_size)
     q_probs = torch.stack(flat_q) if flat_q else (None if q_mode == "tokens" else torch.zeros(0, width))
     q_ids = torch.stack(flat_ids) if flat_ids else (torch.zeros(0, width, dtype=torch.long) if q_mode == "topk" else None)
-    return DraftOutput(blocks, q_mode, q_probs, q_ids, conf)
+    return DraftOutput(rows.tokens, q_mode, q_probs, q_ids, rows.confidence)
 
 
 def _finish(result: GenerationResult, emitted: list[int], cfg: GenerationConfig, eos: Optional[int]) -> bool:
@@ -244,7 +264,7 @@ def generate_sd(
         # 3. verify every live block in one target forward
         feeds = [[] for _ in range(bsz)]
         for b in live:
-            feeds[b] = _sync(target, kv_t, b, transcripts[b]) + drafted.blocks[b]
+            feeds[b] = sync_row(target, kv_t, b, transcripts[b]) + drafted.blocks[b]
         logits = target.forward(kv_t, feeds, [round_gamma[b] + 1 if b in live else 0 for b in range(bsz)])
         verdict = verify(logits, drafted.batch(live), cfg.sampling, gen)
         # 4. apply

@@ -20,6 +20,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
+from edgespec.models import fastpath
+
 __all__ = ["CausalLM", "RaggedKV", "ModelLoadError", "TokenizerMismatchError", "check_same_tokenizer"]
 
 hf_logging.disable_progress_bar()
@@ -74,6 +76,8 @@ class CausalLM:
         # logit soft-capping and similar post-processing live in the model's own head: use its forward
         self._plain_head = getattr(model.config, "final_logit_softcapping", None) is None
         self._sdpa = getattr(model.config, "_attn_implementation", "sdpa") == "sdpa"
+        # plain Llama blocks run through our lean forward (same math and cache, less overhead)
+        self.fast_path = self._plain_head and self._sdpa and fastpath.supports(model)
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -185,7 +189,8 @@ class CausalLM:
     def _forward_plain(self, kv: RaggedKV, new_tokens, n: int, m: int) -> torch.Tensor:
         """Every row appends n tokens to a hole-free cache: transformers' own causal path, no mask."""
         ids = torch.tensor([list(t) for t in new_tokens], dtype=torch.long, device=self.device)  # [B, n]
-        hidden = self._hidden(ids, None, None, kv.cache)  # [B, n, H]
+        positions = kv.lengths[:, None] + torch.arange(n, device=self.device)[None, :] if self.fast_path else None
+        hidden = self._hidden(ids, None, positions, kv.cache)  # [B, n, H]
         kv.valid = torch.ones(kv.batch_size, kv.columns + n, dtype=torch.bool, device=self.device)
         kv.lengths = kv.lengths + n
         selected = hidden[:, n - m :].reshape(kv.batch_size * m, hidden.shape[-1])
@@ -210,6 +215,8 @@ class CausalLM:
         return logits
 
     def _hidden(self, ids, mask, positions, cache) -> torch.Tensor:
+        if self.fast_path:
+            return fastpath.llama_hidden(self.model, ids, mask, positions, cache)
         if self._plain_head:
             return self._decoder(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True).last_hidden_state
         return self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True).logits

@@ -26,6 +26,7 @@ def make_toy_model(
     hidden: int = 32,
     layers: int = 2,
     heads: int = 4,
+    kv_heads: int | None = None,
     seed: int = 0,
     logit_scale: float = 1.0,
     tokenizer: PreTrainedTokenizerFast | None = None,
@@ -36,7 +37,8 @@ def make_toy_model(
 
     `logit_scale` multiplies the output head so that toy distributions can be made sharper (> 1) or flatter
     (negative values make an adversarial model). With `like`, start from that toy model's weights and add
-    Gaussian noise of std `noise`: a draft that agrees with its target only partly.
+    Gaussian noise of std `noise`: a draft that agrees with its target only partly. `kv_heads` < `heads`
+    gives grouped-query attention.
     """
     out = Path(out_dir)
     cfg = LlamaConfig(
@@ -45,7 +47,7 @@ def make_toy_model(
         intermediate_size=hidden * 3,
         num_hidden_layers=layers,
         num_attention_heads=heads,
-        num_key_value_heads=heads,
+        num_key_value_heads=kv_heads or heads,
         max_position_embeddings=512,
         tie_word_embeddings=False,
         eos_token_id=0,

@@ -1,0 +1,603 @@
+"""The drafting loop of a drafter node: for all active sessions, pick γ, draft in batched passes, send drafts, apply verdicts, stream text.
+
+Per session the transcript (prompt + emitted tokens) is the truth and the only thing verdicts change:
+a verdict (accepted n, next token t) appends the first n drafted tokens and t, exactly what the
+verifier decided, so the output is lossless by construction. Drafted blocks are bookkept as
+`_Block`s that say which transcript they extend (`base_len` + `assumed` tokens); a block is sent only
+if it extends the current transcript, so stale or speculative work can never reach the wire.
+
+The loop: whenever woken, plan a round (every session without a draft in flight and without a usable
+block gets a fresh job; with `pipeline`, every session *with* a draft in flight gets a speculative job
+that assumes the whole block is accepted plus the draft's most likely bonus token), run all jobs in one
+batched draft pass per sampling setting on a worker thread (the event loop keeps receiving verdicts),
+then send what can be sent. A speculative block is kept for a hit (the verdict accepted everything and
+the bonus was the guess: it is sent the moment the verdict arrives) and dropped on a miss. Sessions
+whose verdicts come back while the draft model is busy form the next round's batch, so with many
+sessions the groups alternate and draft model and verifier work at the same time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import AsyncIterator, Optional, Union
+
+import torch
+
+from edgespec.edge.client import ClientConfig, RemoteSession, VerifierPool
+from edgespec.edge.drafting import DraftedBlock, draft_rows
+from edgespec.edge.kvrows import KVRows
+from edgespec.edge.policies import make_gamma_policy
+from edgespec.edge.text import TextAssembler
+from edgespec.models.runtime import CausalLM
+from edgespec.policy.gamma import RoundObservation
+from edgespec.protocol import Q_MODES, Sampling
+from edgespec.protocol import edgespec_pb2 as pb
+from edgespec.spec.sampling import GREEDY, SamplingParams
+
+__all__ = [
+    "EngineConfig",
+    "GenerationRequest",
+    "RequestStats",
+    "EngineStats",
+    "TextDelta",
+    "Finished",
+    "Failed",
+    "GenerationFailed",
+    "RequestHandle",
+    "DraftEngine",
+]
+
+log = logging.getLogger(__name__)
+
+MAX_GAMMA = 32  # the protocol's default limit; verifiers may announce less
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How the drafter drafts: q encoding on the wire, γ policy, pipelining and the draft sampler's seed."""
+
+    q_mode: str = "topk"  # "full" | "topk" | "tokens" (temperature 0 always sends tokens only)
+    top_k: int = 8  # K for q_mode "topk"
+    gamma_policy: str = "heuristic"
+    gamma: int = 4  # static γ, or the starting γ of the heuristic
+    max_gamma: int = 16
+    confidence_threshold: float = 0.3  # SLED's c_th for the "confidence" policy
+    pipeline: bool = False
+    seed: int = 0  # the draft sampler's generator (drafts only; the verifier's randomness decides the output)
+    max_draft_rejections: int = 2  # consecutive rejected drafts of a session before it falls back to γ = 0
+
+    def __post_init__(self) -> None:
+        if self.q_mode not in Q_MODES:
+            raise ValueError(f"q_mode must be one of {', '.join(Q_MODES)}, got {self.q_mode!r}")
+        if self.top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {self.top_k}")
+        if not 0 <= self.max_gamma <= MAX_GAMMA:
+            raise ValueError(f"max_gamma must be in [0, {MAX_GAMMA}], got {self.max_gamma}")
+        make_gamma_policy(self.gamma_policy, self.gamma, self.max_gamma, self.confidence_threshold)  # validates
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One completion: prompt token ids, token budget, sampling settings (define p), stop strings."""
+
+    prompt_ids: tuple[int, ...]
+    max_tokens: int = 16
+    sampling: SamplingParams = SamplingParams()
+    seed: Optional[int] = None  # passed to the verifier (its randomness decides the output)
+    stop: tuple[str, ...] = ()
+    stop_at_eos: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.prompt_ids:
+            raise ValueError("the prompt has no tokens")
+        if self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+
+
+@dataclass
+class RequestStats:
+    """Speculative-decoding counters of one request."""
+
+    rounds: int = 0
+    drafted_tokens: int = 0
+    accepted_tokens: int = 0
+    pipeline_hits: int = 0
+    pipeline_misses: int = 0
+    draft_rejections: int = 0
+    interruptions: int = 0  # times the verifier lost the session (it was resumed from the transcript)
+    verifier: str = ""
+    ttft_s: float = 0.0
+    wall_s: float = 0.0
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted_tokens / self.drafted_tokens if self.drafted_tokens else 0.0
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["acceptance_rate"] = self.acceptance_rate
+        out["tokens_per_round"] = (self.accepted_tokens + self.rounds) / self.rounds if self.rounds else 0.0
+        return out
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    """New text for the user (may be empty when only tokens were added); `completion_tokens` so far."""
+
+    text: str
+    completion_tokens: int
+
+
+@dataclass(frozen=True)
+class Finished:
+    """The request is complete."""
+
+    text: str
+    finish_reason: str  # "stop" (EOS or a stop string) | "length"
+    prompt_tokens: int
+    completion_tokens: int
+    token_ids: tuple[int, ...]
+    stats: RequestStats
+
+
+@dataclass(frozen=True)
+class Failed:
+    """The request could not be completed (no verifier, shutdown, ...)."""
+
+    message: str
+
+
+Event = Union[TextDelta, Finished, Failed]
+
+
+class GenerationFailed(RuntimeError):
+    """Raised by `RequestHandle.result()` when the request failed."""
+
+
+@dataclass
+class _Block:
+    """A drafted block and the transcript it extends: transcript[:base_len] followed by `assumed` tokens."""
+
+    drafted: DraftedBlock
+    base_len: int
+    assumed: tuple[int, ...] = ()
+    draft_time_s: float = 0.0
+    sent_at: float = 0.0
+
+    @property
+    def position(self) -> int:
+        return self.base_len + len(self.assumed)
+
+    @property
+    def gamma(self) -> int:
+        return self.drafted.gamma
+
+    def valid_for(self, transcript: list[int]) -> bool:
+        return len(transcript) == self.position and tuple(transcript[self.base_len :]) == self.assumed
+
+
+@dataclass
+class _Session:
+    key: int
+    request: GenerationRequest
+    remote: RemoteSession
+    policy: object
+    assembler: TextAssembler
+    queue: asyncio.Queue
+    started_at: float
+    stats: RequestStats = field(default_factory=RequestStats)
+    open: bool = False
+    inflight: Optional[_Block] = None
+    prepared: Optional[_Block] = None
+    spec_for: Optional[_Block] = None  # the in-flight block a speculative job was planned for
+    drafting: bool = False
+    done: bool = False
+    rejections_in_row: int = 0
+
+    @property
+    def transcript(self) -> list[int]:
+        return self.remote.transcript
+
+    @property
+    def completion_tokens(self) -> int:
+        return len(self.remote.transcript) - self.remote.num_prompt_tokens
+
+
+@dataclass
+class _Job:
+    session: _Session
+    transcript: list[int]  # a copy: transcript[:base_len] + assumed (the bonus guess is added while drafting)
+    base_len: int
+    assumed: tuple[int, ...]
+    gamma: int
+    top_k: int
+    speculative: bool = False
+
+
+class RequestHandle:
+    """A submitted request: iterate its events (`async for event in handle`) or await `result()`; `cancel()` to abandon it."""
+
+    def __init__(self, engine: "DraftEngine", session: _Session):
+        self._engine, self._session = engine, session
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self._session.request.prompt_ids)
+
+    async def __aiter__(self) -> AsyncIterator[Event]:
+        while True:
+            event = await self._session.queue.get()
+            yield event
+            if isinstance(event, (Finished, Failed)):
+                return
+
+    async def result(self) -> Finished:
+        async for event in self:
+            if isinstance(event, Finished):
+                return event
+            if isinstance(event, Failed):
+                raise GenerationFailed(event.message)
+        raise GenerationFailed("no result")  # pragma: no cover
+
+    def cancel(self) -> None:
+        self._engine._cancel(self._session)
+
+
+@dataclass
+class EngineStats:
+    """Counters of a drafter node since it started (all requests)."""
+
+    requests_finished: int = 0
+    requests_failed: int = 0
+    completion_tokens: int = 0
+    rounds: int = 0
+    drafted_tokens: int = 0
+    accepted_tokens: int = 0
+    pipeline_hits: int = 0
+    draft_passes: int = 0  # batched draft passes run
+    drafted_blocks: int = 0  # blocks drafted in them (mean batch = drafted_blocks / draft_passes)
+    draft_time_s: float = 0.0
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["acceptance_rate"] = self.accepted_tokens / self.drafted_tokens if self.drafted_tokens else 0.0
+        out["mean_gamma"] = self.drafted_tokens / self.rounds if self.rounds else 0.0
+        out["mean_draft_batch"] = self.drafted_blocks / self.draft_passes if self.draft_passes else 0.0
+        return out
+
+
+class DraftEngine:
+    """Drafts for every active session of a drafter node and talks to the verifiers through a `VerifierPool`."""
+
+    def __init__(self, draft: CausalLM, config: EngineConfig, client_config: ClientConfig):
+        self.draft = draft
+        self.config = config
+        self.pool = VerifierPool(client_config, self)
+        self._rows = KVRows(draft)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgespec-draft")
+        self._gen = torch.Generator().manual_seed(config.seed)
+        self._sessions: dict[int, _Session] = {}
+        self._keys = itertools.count(1)
+        self._releases: list[int] = []
+        self._wake: Optional[asyncio.Event] = None
+        self._task: Optional[asyncio.Task] = None
+        self.stats = EngineStats()
+
+    # ------------------------------------------------------------ life cycle
+
+    async def start(self) -> None:
+        self._wake = asyncio.Event()
+        await self.pool.start()
+        self._task = asyncio.create_task(self._loop(), name="edgespec-draft-loop")
+
+    async def stop(self) -> None:
+        for s in list(self._sessions.values()):
+            self._abort(s, "the drafter node is shutting down")
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001
+                pass
+        await self.pool.stop()
+        self._executor.shutdown(wait=True)
+
+    @property
+    def active_sessions(self) -> int:
+        return len(self._sessions)
+
+    # ------------------------------------------------------------ requests
+
+    def submit(self, request: GenerationRequest) -> RequestHandle:
+        """Start generating for `request`; events arrive on the returned handle."""
+        key = next(self._keys)
+        sampling = Sampling(request.sampling.temperature, request.sampling.top_k, request.sampling.top_p, request.seed)
+        remote = RemoteSession(key, list(request.prompt_ids), len(request.prompt_ids), sampling, request.max_tokens)
+        cfg = self.config
+        policy = make_gamma_policy(cfg.gamma_policy, cfg.gamma, cfg.max_gamma, cfg.confidence_threshold)
+        session = _Session(key, request, remote, policy, TextAssembler(self.draft.detokenize, request.stop), asyncio.Queue(), time.perf_counter())
+        self._sessions[key] = session
+        self.pool.open(remote)
+        self._wake.set()
+        return RequestHandle(self, session)
+
+    def _cancel(self, s: _Session) -> None:
+        if not s.done:
+            self._retire(s)
+
+    def _retire(self, s: _Session) -> None:
+        s.done = True
+        s.inflight = s.prepared = None
+        self.pool.close(s.key)
+        self._sessions.pop(s.key, None)
+        self._releases.append(s.key)
+        self._wake.set()
+
+    def _abort(self, s: _Session, message: str) -> None:
+        if not s.done:
+            self._retire(s)
+            self.stats.requests_failed += 1
+            s.queue.put_nowait(Failed(message))
+
+    # ------------------------------------------------------------ the loop
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            jobs = self._plan()
+            releases, self._releases = self._releases, []
+            if not jobs and not releases:
+                continue
+            for job in jobs:
+                job.session.drafting = True
+            start = time.perf_counter()
+            try:
+                results = await loop.run_in_executor(self._executor, self._draft, jobs, releases)
+            except Exception as exc:  # noqa: BLE001 — a failed draft pass fails its requests, not the node
+                log.exception("draft pass failed")
+                for job in jobs:
+                    job.session.drafting = False
+                    self._abort(job.session, f"drafting failed: {exc}")
+                continue
+            elapsed = time.perf_counter() - start
+            self.stats.draft_passes += 1
+            self.stats.drafted_blocks += sum(1 for job in jobs if job.gamma > 0)
+            self.stats.draft_time_s += elapsed
+            for job, (block, guess) in zip(jobs, results):
+                job.session.drafting = False
+                self._drafted(job, block, guess, elapsed)
+            self._wake.set()  # sessions whose verdicts arrived meanwhile
+
+    def _gamma(self, s: _Session, length: int) -> int:
+        """γ for a block extending a transcript of `length` tokens (0 = an AD round)."""
+        remaining = s.request.max_tokens - (length - s.remote.num_prompt_tokens)
+        if remaining <= 1 or s.rejections_in_row >= self.config.max_draft_rejections:
+            return 0
+        gamma = s.policy.gamma(time.monotonic())
+        limits = self.pool.limits(s.key)
+        if limits is not None and limits.max_gamma:
+            gamma = min(gamma, limits.max_gamma)
+        return max(0, min(gamma, remaining - 1, MAX_GAMMA))
+
+    def _top_k(self, s: _Session) -> int:
+        limits = self.pool.limits(s.key)
+        k = min(self.config.top_k, self.draft.vocab_size)
+        return min(k, limits.max_top_k) if limits is not None and limits.max_top_k else k
+
+    def _plan(self) -> list[_Job]:
+        jobs = []
+        for s in self._sessions.values():
+            if s.done or s.drafting:
+                continue
+            transcript = s.transcript
+            if s.inflight is None:
+                if s.prepared is not None and s.prepared.valid_for(transcript):
+                    continue  # drafted, waiting for the session to be (re)opened
+                s.prepared = None
+                gamma = self._gamma(s, len(transcript))
+                jobs.append(_Job(s, list(transcript), len(transcript), (), gamma, self._top_k(s)))
+            elif self.config.pipeline and s.prepared is None and s.spec_for is not s.inflight:
+                block = s.inflight
+                s.spec_for = block
+                gamma = self._gamma(s, len(transcript) + block.gamma + 1)
+                if gamma >= 1:
+                    tokens = block.drafted.tokens
+                    jobs.append(_Job(s, list(transcript) + list(tokens), len(transcript), tuple(tokens), gamma, self._top_k(s), speculative=True))
+        return jobs
+
+    def _draft(self, jobs: list[_Job], releases: list[int]) -> list[tuple[DraftedBlock, Optional[int]]]:
+        """Worker thread: release finished rows, then draft every job (one batched pass per sampling setting)."""
+        for key in releases:
+            self._rows.release(key)
+        out: list[tuple[DraftedBlock, Optional[int]]] = [(DraftedBlock(()), None)] * len(jobs)
+        work = [i for i, job in enumerate(jobs) if job.gamma > 0]
+        if not work:
+            return out
+        rows = {i: self._rows.row(jobs[i].session.key) for i in work}
+        size = self._rows.size
+        transcripts = {i: jobs[i].transcript for i in work}
+        guesses: dict[int, int] = {}
+        # 1. pipelined jobs guess the bonus token: the draft's most likely next token (sampled sessions only;
+        #    greedy sessions draft it as the first token of their own pass below)
+        sampled_spec = [i for i in work if jobs[i].speculative and not jobs[i].session.request.sampling.greedy]
+        if sampled_spec:
+            ts, gs = [None] * size, [0] * size
+            for i in sampled_spec:
+                ts[rows[i]], gs[rows[i]] = transcripts[i], 1
+            drafted = draft_rows(self.draft, self._rows.kv, ts, gs, GREEDY, "tokens", 1, self._gen)
+            for i in sampled_spec:
+                guesses[i] = drafted[rows[i]].tokens[0]
+                transcripts[i] = transcripts[i] + [guesses[i]]
+        # 2. one pass per sampling setting
+        groups: dict[tuple, list[int]] = {}
+        for i in work:
+            params = jobs[i].session.request.sampling
+            q_mode = "tokens" if params.greedy else self.config.q_mode
+            groups.setdefault((params, q_mode, jobs[i].top_k if q_mode == "topk" else 0), []).append(i)
+        for (params, q_mode, top_k), members in groups.items():
+            ts, gs = [None] * size, [0] * size
+            lead = {i: 1 if jobs[i].speculative and i not in guesses else 0 for i in members}
+            for i in members:
+                ts[rows[i]], gs[rows[i]] = transcripts[i], jobs[i].gamma + lead[i]
+            drafted = draft_rows(self.draft, self._rows.kv, ts, gs, params, q_mode, max(top_k, 1), self._gen)
+            for i in members:
+                block = drafted[rows[i]]
+                if lead[i]:  # greedy: the first drafted token is the bonus guess
+                    guesses[i] = block.tokens[0]
+                    block = DraftedBlock(block.tokens[1:], "tokens", None, None, block.confidence[1:])
+                out[i] = (block, guesses.get(i))
+        return out
+
+    def _drafted(self, job: _Job, drafted: DraftedBlock, guess: Optional[int], elapsed_s: float) -> None:
+        s = job.session
+        if s.done:
+            return
+        for j, confidence in enumerate(drafted.confidence):  # SLED: stop at the first unconfident token
+            if s.policy.should_stop(confidence):
+                drafted = drafted.truncate(j)
+                break
+        assumed = job.assumed + ((guess,) if job.speculative else ())
+        block = _Block(drafted, job.base_len, assumed, elapsed_s)
+        if s.prepared is not None and s.prepared.valid_for(s.transcript) and not block.valid_for(s.transcript):
+            return  # keep the usable block (a draft that was in flight when the verifier was lost)
+        s.prepared = block
+        self._try_send(s)
+
+    def _try_send(self, s: _Session) -> bool:
+        """Send the prepared block if it extends the transcript and the session is open; drop it if it is stale."""
+        if s.done or s.inflight is not None or s.prepared is None or not s.open:
+            return False
+        block = s.prepared
+        if not block.valid_for(s.transcript):
+            if block.assumed:
+                s.stats.pipeline_misses += 1
+            s.prepared = None
+            self._wake.set()
+            return False
+        limits = self.pool.limits(s.key)
+        if limits is not None:
+            if limits.max_gamma and block.gamma > limits.max_gamma:
+                block.drafted = block.drafted.truncate(limits.max_gamma)
+            if block.drafted.q_ids is not None and limits.max_top_k and block.drafted.q_ids.shape[1] > limits.max_top_k:
+                s.prepared = None  # drafted for a verifier with a larger K limit: redraft
+                self._wake.set()
+                return False
+        if not self.pool.send_draft(s.key, block.position, block.drafted):
+            return False
+        if block.assumed:
+            s.stats.pipeline_hits += 1
+            self.stats.pipeline_hits += 1
+        s.prepared, s.inflight = None, block
+        block.sent_at = time.perf_counter()
+        return True
+
+    # ------------------------------------------------------------ applying verdicts
+
+    def _emit(self, s: _Session, tokens: list[int]) -> None:
+        """Append emitted tokens to the transcript up to EOS / max_tokens / a stop string; stream the new text."""
+        eos = self.draft.eos_token_id
+        reason = None
+        for tok in tokens:
+            s.transcript.append(tok)
+            if s.stats.ttft_s == 0.0:
+                s.stats.ttft_s = time.perf_counter() - s.started_at
+            if s.request.stop_at_eos and eos is not None and tok == eos:
+                reason = "stop"
+            elif s.assembler.push(tok):
+                reason = "stop"
+            elif s.completion_tokens >= s.request.max_tokens:
+                reason = "length"
+            if reason is not None:
+                break
+        delta = s.assembler.delta()
+        if delta:
+            s.queue.put_nowait(TextDelta(delta, s.completion_tokens))
+        if reason is not None:
+            self._finish(s, reason)
+
+    def _finish(self, s: _Session, reason: str) -> None:
+        rest = s.assembler.final_delta()
+        if rest:
+            s.queue.put_nowait(TextDelta(rest, s.completion_tokens))
+        s.stats.wall_s = time.perf_counter() - s.started_at
+        s.stats.verifier = self.pool.verifier_of(s.key) or s.stats.verifier
+        completion = tuple(s.transcript[s.remote.num_prompt_tokens :])
+        self.stats.requests_finished += 1
+        self.stats.completion_tokens += len(completion)
+        self._retire(s)
+        s.queue.put_nowait(Finished(s.assembler.final_text(), reason, s.remote.num_prompt_tokens, len(completion), completion, s.stats))
+
+    # ------------------------------------------------------------ SessionListener (called by the pool)
+
+    def on_opened(self, key: int) -> None:
+        s = self._sessions.get(key)
+        if s is None:
+            return
+        s.open = True
+        s.stats.verifier = self.pool.verifier_of(key) or ""
+        if not self._try_send(s):
+            self._wake.set()
+
+    def on_verdict(self, key: int, verdict: pb.Verdict) -> None:
+        s = self._sessions.get(key)
+        if s is None or s.done:
+            return
+        block = s.inflight
+        if block is None or verdict.position != block.position:
+            log.warning("session %d: verdict for position %d does not match the draft in flight", key, verdict.position)
+            return
+        s.inflight = None
+        n = int(verdict.accepted)
+        now = time.perf_counter()
+        verify_s = verdict.load.verify_ms / 1000.0 if verdict.HasField("load") and verdict.load.verify_ms > 0 else None
+        rtt_s = now - block.sent_at
+        for stats in (s.stats, self.stats):
+            stats.rounds += 1
+            stats.drafted_tokens += block.gamma
+            stats.accepted_tokens += n
+        s.rejections_in_row = 0
+        s.policy.observe(RoundObservation(
+            drafted=block.gamma,
+            accepted=n,
+            now_s=time.monotonic(),
+            draft_time_s=block.draft_time_s if block.gamma else None,
+            upload_time_s=max(0.0, rtt_s - verify_s) if verify_s is not None else None,
+            verify_time_s=verify_s,
+        ))
+        self._emit(s, list(block.drafted.tokens[:n]) + [int(verdict.next_token_id)])
+        if not s.done and not self._try_send(s):
+            self._wake.set()
+
+    def on_draft_rejected(self, key: int, error) -> None:
+        s = self._sessions.get(key)
+        if s is None:
+            return
+        log.warning("session %d: draft rejected: %s", key, error)
+        s.inflight = None
+        s.rejections_in_row += 1
+        s.stats.draft_rejections += 1
+        if not self._try_send(s):
+            self._wake.set()
+
+    def on_interrupted(self, key: int) -> None:
+        s = self._sessions.get(key)
+        if s is None:
+            return
+        s.open = False
+        s.stats.interruptions += 1
+        if s.inflight is not None:  # no verdict came: the block still extends the transcript, resend it after the resume
+            s.prepared, s.inflight = s.inflight, None
+        s.spec_for = None
+        self._wake.set()
+
+    def on_failed(self, key: int, error: Exception) -> None:
+        s = self._sessions.get(key)
+        if s is not None:
+            self._abort(s, str(error))

@@ -1,0 +1,87 @@
+"""`edgespec serve`: run a verifier node from the command line until SIGINT/SIGTERM (register `serve_command` on the typer app)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the node imports torch; `edgespec --help` and `edgespec plan` must not
+    from edgespec.server.node import VerifierConfig
+
+__all__ = ["serve_command", "run_node"]
+
+
+async def run_node(config: VerifierConfig, *, target=None, announce=print, stop: Optional[asyncio.Event] = None) -> None:
+    """Start a verifier node, announce its address in one flushed line, serve until SIGINT/SIGTERM (or `stop` is set), then stop cleanly."""
+    from edgespec.server.node import VerifierNode
+
+    node = VerifierNode(config, target=target)
+    await node.start()
+    loop = asyncio.get_running_loop()
+    stop = stop or asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):  # not the main thread, or no signals here
+            pass
+    metrics = f" (metrics {node.metrics_url})" if node.metrics_url else ""
+    announce(f"edgespec verifier listening on {node.url}{metrics}; target {node.model_id}, vocab {node.runner.vocab_size}", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        await node.stop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.remove_signal_handler(sig)
+            except (NotImplementedError, RuntimeError):
+                pass
+
+
+def serve_command(
+    target: Optional[Path] = typer.Option(None, "--target", help="target model directory (default: the bundled target)"),
+    host: str = typer.Option("127.0.0.1", "--host", help="address to listen on (0.0.0.0 for every interface)"),
+    port: int = typer.Option(7700, "--port", help="WebSocket port (0 = pick a free one)"),
+    metrics_port: Optional[int] = typer.Option(None, "--metrics-port", help="Prometheus /metrics port (off if unset, 0 = pick a free one)"),
+    max_batch_tokens: int = typer.Option(2048, "--max-batch-tokens", help="target positions per verification batch"),
+    max_batch_size: int = typer.Option(0, "--max-batch-size", help="drafts per batch (0 = no limit, 1 = batching off)"),
+    batch_window_ms: float = typer.Option(2.0, "--batch-window-ms", help="how long the oldest queued draft may wait for a batch to fill"),
+    kv_budget_tokens: int = typer.Option(262_144, "--kv-budget-tokens", help="KV tokens all sessions may reserve (prompt + max_new_tokens + max γ each)"),
+    auth_token_file: Optional[Path] = typer.Option(None, "--auth-token-file", help="file holding the bearer token drafter nodes must present"),
+    tls_cert: Optional[Path] = typer.Option(None, "--tls-cert", help="TLS certificate (PEM) for wss://"),
+    tls_key: Optional[Path] = typer.Option(None, "--tls-key", help="TLS private key (PEM) for wss://"),
+    device: str = typer.Option("cpu", "--device", help="torch device for the target model"),
+) -> None:
+    """Run a verifier node: host the target model and verify drafts from drafter nodes in batches."""
+    if (tls_cert is None) != (tls_key is None):
+        raise typer.BadParameter("give both --tls-cert and --tls-key, or neither")
+    auth_token = None
+    if auth_token_file is not None:
+        try:
+            auth_token = auth_token_file.read_text().strip()
+        except OSError as exc:
+            raise typer.BadParameter(f"cannot read the auth token file: {exc}") from None
+        if not auth_token:
+            raise typer.BadParameter(f"{auth_token_file} is empty")
+    from edgespec.server.node import VerifierConfig
+
+    config = VerifierConfig(
+        target_dir=target, host=host, port=port, metrics_port=metrics_port, max_batch_tokens=max_batch_tokens,
+        max_batch_size=max_batch_size, batch_window_ms=batch_window_ms, kv_budget_tokens=kv_budget_tokens,
+        auth_token=auth_token, tls_cert=tls_cert, tls_key=tls_key, device=device,
+    )
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    from edgespec.models.runtime import ModelLoadError
+
+    try:
+        asyncio.run(run_node(config))
+    except (OSError, ModelLoadError) as exc:  # the port is taken, the model directory is missing or broken
+        typer.echo(f"edgespec serve: {exc}", err=True)
+        raise typer.Exit(1) from None

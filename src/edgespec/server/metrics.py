@@ -1,0 +1,86 @@
+"""Prometheus metrics of a verifier node (vLLM's speculative-decoding names plus batching, queue, timing, bytes and sessions), labelled per drafter node.
+
+Each `VerifierMetrics` has its own `CollectorRegistry` (several nodes can live in one process, e.g. in
+tests) and can serve it on its own HTTP port (`serve`, path `/metrics`). Counters appear with the
+`_total` suffix, as in vLLM (`spec_decode_num_drafts_total{node="edge-1"}`).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Optional
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, start_http_server
+
+__all__ = ["VerifierMetrics", "MetricsServer"]
+
+_BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+_BATCH_TOKENS_BUCKETS = (8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+_VERIFY_S_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+
+
+class MetricsServer:
+    """The HTTP server behind `/metrics` (a daemon thread); `port` is the bound port."""
+
+    def __init__(self, httpd, thread: threading.Thread) -> None:
+        self._httpd, self._thread = httpd, thread
+
+    @property
+    def port(self) -> int:
+        return int(self._httpd.server_port)
+
+    def close(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=5)
+
+
+class VerifierMetrics:
+    """The verifier node's metrics; `node` labels name the drafter node (its Hello node id)."""
+
+    def __init__(self, registry: Optional[CollectorRegistry] = None) -> None:
+        r = self.registry = registry or CollectorRegistry()
+        node = ["node"]
+        # vLLM's speculative decoding metrics (vllm/v1/spec_decode/metrics.py), same names and meaning
+        self.num_drafts = Counter("spec_decode_num_drafts", "Draft blocks verified.", node, registry=r)
+        self.num_draft_tokens = Counter("spec_decode_num_draft_tokens", "Draft tokens verified.", node, registry=r)
+        self.num_accepted_tokens = Counter("spec_decode_num_accepted_tokens", "Draft tokens accepted.", node, registry=r)
+        self.accepted_per_pos = Counter(
+            "spec_decode_num_accepted_tokens_per_pos", "Accepted draft tokens at each position of the block (0 = first).", ["node", "position"], registry=r
+        )
+        self.num_emitted_tokens = Counter("edgespec_verifier_emitted_tokens", "Tokens emitted (accepted + recovered or bonus).", node, registry=r)
+        # batching, queue, timing
+        self.batch_size = Histogram("edgespec_verifier_batch_size", "Draft blocks per verification batch.", buckets=_BATCH_SIZE_BUCKETS, registry=r)
+        self.batch_tokens = Histogram("edgespec_verifier_batch_tokens", "Target positions per verification batch.", buckets=_BATCH_TOKENS_BUCKETS, registry=r)
+        self.verify_seconds = Histogram("edgespec_verifier_verify_seconds", "Wall time of one batch: target forward and verification.", buckets=_VERIFY_S_BUCKETS, registry=r)
+        self.queue_depth = Gauge("edgespec_verifier_queue_depth", "Drafts waiting to be verified.", registry=r)
+        # traffic and sessions
+        self.received_bytes = Counter("edgespec_verifier_received_bytes", "Bytes of messages received from drafter nodes.", node, registry=r)
+        self.active_sessions = Gauge("edgespec_verifier_active_sessions", "Open sessions.", node, registry=r)
+        self.sessions_refused = Counter("edgespec_verifier_sessions_refused", "Sessions refused for lack of KV budget (BUSY).", node, registry=r)
+        self.errors = Counter("edgespec_verifier_errors", "Errors sent to drafter nodes, by code.", ["node", "code"], registry=r)
+        self.kv_tokens_reserved = Gauge("edgespec_verifier_kv_tokens_reserved", "KV tokens reserved by open sessions.", registry=r)
+        self.kv_tokens_in_use = Gauge("edgespec_verifier_kv_tokens_in_use", "KV tokens held in the cache.", registry=r)
+
+    def record_round(self, node: str, gamma: int, accepted: int) -> None:
+        """One verified draft block of `gamma` tokens of which the first `accepted` were accepted."""
+        self.num_drafts.labels(node).inc()
+        self.num_draft_tokens.labels(node).inc(gamma)
+        self.num_accepted_tokens.labels(node).inc(accepted)
+        self.num_emitted_tokens.labels(node).inc(accepted + 1)
+        for pos in range(gamma):
+            self.accepted_per_pos.labels(node, str(pos)).inc(1 if pos < accepted else 0)
+
+    def record_batch(self, size: int, tokens: int, seconds: float) -> None:
+        self.batch_size.observe(size)
+        self.batch_tokens.observe(tokens)
+        self.verify_seconds.observe(seconds)
+
+    def render(self) -> bytes:
+        """The exposition text, as `/metrics` serves it."""
+        return generate_latest(self.registry)
+
+    def serve(self, host: str, port: int) -> MetricsServer:
+        """Serve `/metrics` on host:port (0 = an ephemeral port) from a daemon thread."""
+        httpd, thread = start_http_server(port, addr=host, registry=self.registry)
+        return MetricsServer(httpd, thread)

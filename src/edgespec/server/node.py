@@ -1,0 +1,432 @@
+"""The verifier node: an asyncio server that admits sessions, queues drafts from every drafter connection, verifies them in batches and answers with verdicts.
+
+Tasks: one handler per connection (decode, state machine, validation, admission, queueing; answers go
+through a per-connection outbox and writer task so a slow drafter never blocks the others), and one
+batch loop that asks the scheduler for a batch and runs the runner in a worker thread
+(`asyncio.to_thread`), so the event loop keeps serving I/O while the target forward runs. A bad message
+gets an `Error` on its own connection and affects nothing else; input errors are logged on one line at
+INFO, never with a traceback. A disconnect frees every session of that connection (KV and reservation).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import random
+import ssl as ssl_lib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from edgespec.protocol import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    ErrorCode,
+    ErrorEffect,
+    Event,
+    LocalProtocolError,
+    ProtocolError,
+    Sampling,
+    ServerLimits,
+    SessionState,
+    Transport,
+    TransportClosed,
+    TransportServer,
+    VerifierConnection,
+    serve,
+)
+from edgespec.protocol import edgespec_pb2 as pb
+from edgespec.protocol import messages as m
+from edgespec.server.intake import checked_draft
+from edgespec.server.kvbudget import KvBudget
+from edgespec.server.metrics import MetricsServer, VerifierMetrics
+from edgespec.server.runner import DraftItem, VerifierRunner
+from edgespec.server.scheduler import BatchPolicy, QueuedDraft, Scheduler, SchedulerConfig
+from edgespec.spec.sampling import SamplingParams
+from edgespec.spec.verify import DraftLimits
+
+__all__ = ["VerifierConfig", "VerifierNode"]
+
+log = logging.getLogger(__name__)
+
+MAX_NODE_LABEL_CHARS = 64  # a drafter's node id becomes a metrics label: keep it bounded
+MAX_OUTBOX_MESSAGES = 65_536  # answers waiting for a drafter that does not read them: beyond this, drop it
+
+
+@dataclass(frozen=True)
+class VerifierConfig:
+    """Settings of a verifier node (port 0 = ephemeral; metrics_port None = no metrics endpoint, 0 = ephemeral)."""
+
+    target_dir: Optional[Path] = None  # None: the bundled target
+    host: str = "127.0.0.1"
+    port: int = 7700
+    metrics_port: Optional[int] = None
+    max_batch_tokens: int = 2048  # target positions per batch (Σ pending + γ)
+    max_batch_size: int = 0  # drafts per batch; 0 = no limit, 1 = batching off
+    batch_window_ms: float = 2.0
+    kv_budget_tokens: int = 262_144  # reserved per session: prompt + max_new_tokens + max_gamma
+    max_sessions: int = 0  # open sessions on the node; 0 = no limit
+    max_gamma: int = 32
+    max_top_k: int = 1024
+    prob_atol: float = 1e-3  # tolerance on Σ q = 1
+    default_max_new_tokens: int = 512  # budget of a session that leaves max_new_tokens at 0
+    busy_retry_after_ms: int = 1000
+    auth_token: Optional[str] = None
+    tls_cert: Optional[Path] = None
+    tls_key: Optional[Path] = None
+    node_id: str = "verifier"
+    model_id: Optional[str] = None  # announced in HelloAck; default: the target's directory
+    device: str = "cpu"
+    seed: int = 0  # picks the seeds of sessions that leave theirs unset
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+
+    def __post_init__(self) -> None:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("give both tls_cert and tls_key, or neither")
+        if self.max_gamma < 0 or self.max_top_k < 1 or self.default_max_new_tokens < 1:
+            raise ValueError("need max_gamma >= 0, max_top_k >= 1 and default_max_new_tokens >= 1")
+
+
+@dataclass
+class _Peer:
+    """One drafter connection: its transport, protocol state machine, outbox and open sessions."""
+
+    peer_id: int
+    transport: Transport
+    conn: VerifierConnection
+    node: str  # the drafter's node id (from Hello), the metrics label and fairness key
+    outbox: asyncio.Queue = field(default_factory=asyncio.Queue)
+    token_limits: dict[int, int] = field(default_factory=dict)  # session id -> last position it may draft at + 1
+    closed: bool = False
+    bytes_counted: int = 0
+
+
+class VerifierNode:
+    """A verifier node serving the wire protocol for one target model; `await start()`, then `port`, `metrics_port`; `await stop()`."""
+
+    def __init__(self, config: VerifierConfig = VerifierConfig(), target=None, *, policy: Optional[BatchPolicy] = None) -> None:
+        self.config = config
+        self._target = target
+        self.metrics = VerifierMetrics()
+        self.scheduler = Scheduler(
+            SchedulerConfig(config.max_batch_tokens, config.max_batch_size, config.batch_window_ms / 1000.0), policy
+        )
+        self.budget = KvBudget(config.kv_budget_tokens)
+        self.runner: Optional[VerifierRunner] = None
+        self.limits = ServerLimits(config.max_gamma, config.max_top_k, config.max_message_bytes, config.max_sessions)
+        self.draft_limits = DraftLimits(config.max_gamma, config.max_top_k, config.prob_atol)
+        self._peers: dict[int, _Peer] = {}
+        self._ids = itertools.count(1)
+        self._rng = random.Random(config.seed)
+        self._server: Optional[TransportServer] = None
+        self._metrics_server: Optional[MetricsServer] = None
+        self._batch_task: Optional[asyncio.Task] = None
+        self._wake: Optional[asyncio.Event] = None
+        self._stopped: Optional[asyncio.Event] = None
+        self._verify_ms = 0.0  # moving average of one batch's wall time
+        self._background: set[asyncio.Task] = set()
+        self.model_id = config.model_id or "target"
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Load the target if needed, listen, serve metrics, start the batch loop."""
+        if self._target is None:
+            self._target = await asyncio.to_thread(_load_target, self.config)
+        target = self._target
+        if self.config.model_id is None and getattr(target, "path", None) is not None:
+            self.model_id = f"{target.path.parent.name}/{target.path.name}"
+        self.runner = VerifierRunner(target)
+        self._wake, self._stopped = asyncio.Event(), asyncio.Event()
+        self._server = await serve(
+            self._handle,
+            self.config.host,
+            self.config.port,
+            auth_token=self.config.auth_token,
+            ssl=self._ssl_context(),
+            max_message_bytes=self.config.max_message_bytes,
+        )
+        if self.config.metrics_port is not None:
+            self._metrics_server = self.metrics.serve(self.config.host, self.config.metrics_port)
+        self._batch_task = asyncio.create_task(self._batch_loop(), name="verifier-batch-loop")
+        log.info("verifier node %s listening on %s", self.config.node_id, self.url)
+
+    async def stop(self) -> None:
+        """Stop accepting, close every connection (their sessions are freed), stop the batch loop and the metrics server."""
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        if self._batch_task is not None:
+            self._batch_task.cancel()
+            await asyncio.gather(self._batch_task, return_exceptions=True)
+            self._batch_task = None
+        for peer in list(self._peers.values()):
+            self._drop_peer(peer)
+        if self._metrics_server is not None:
+            self._metrics_server.close()
+            self._metrics_server = None
+        if self._stopped is not None:
+            self._stopped.set()
+
+    async def serve_forever(self) -> None:
+        """Start (if not started) and serve until `stop()`."""
+        if self._server is None:
+            await self.start()
+        await self._stopped.wait()
+
+    async def __aenter__(self) -> "VerifierNode":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        await self.stop()
+
+    @property
+    def port(self) -> int:
+        return self._server.port
+
+    @property
+    def metrics_port(self) -> Optional[int]:
+        return self._metrics_server.port if self._metrics_server is not None else None
+
+    @property
+    def url(self) -> str:
+        scheme = "wss" if self.config.tls_cert else "ws"
+        return f"{scheme}://{self.config.host}:{self.port}"
+
+    @property
+    def metrics_url(self) -> Optional[str]:
+        return f"http://{self.config.host}:{self.metrics_port}/metrics" if self._metrics_server is not None else None
+
+    @property
+    def active_sessions(self) -> int:
+        return self.runner.session_count if self.runner else 0
+
+    def _ssl_context(self) -> Optional[ssl_lib.SSLContext]:
+        if self.config.tls_cert is None:
+            return None
+        ctx = ssl_lib.SSLContext(ssl_lib.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(str(self.config.tls_cert), str(self.config.tls_key))
+        return ctx
+
+    # ------------------------------------------------------------------ one connection
+
+    async def _handle(self, transport: Transport) -> None:
+        peer = _Peer(next(self._ids), transport, VerifierConnection(self.runner.vocab_size, self.limits), node=transport.peer)
+        self._peers[peer.peer_id] = peer
+        writer = asyncio.create_task(self._write(peer), name=f"verifier-writer-{peer.peer_id}")
+        try:
+            while not peer.closed:
+                try:
+                    envelope = await transport.recv()
+                    self._count_bytes(peer)
+                    event = peer.conn.receive(envelope)
+                    if event is not None:
+                        self._on_event(peer, event)
+                except LocalProtocolError:  # this node tried to send something out of turn: a bug, not the peer's fault
+                    log.exception("verifier bug while serving %s", peer.node)
+                except ProtocolError as exc:  # bad input: answer on this connection, keep serving
+                    self._count_bytes(peer)
+                    self._reply_error(peer, exc)
+        except TransportClosed:
+            pass
+        finally:
+            self._drop_peer(peer)
+            writer.cancel()
+            await asyncio.gather(writer, return_exceptions=True)
+
+    async def _write(self, peer: _Peer) -> None:
+        """Send the peer's outbox in order; ends when the connection does."""
+        try:
+            while True:
+                envelope = await peer.outbox.get()
+                await peer.transport.send(envelope)
+        except TransportClosed:
+            peer.closed = True
+
+    def _post(self, peer: _Peer, envelope: pb.Envelope) -> None:
+        """Apply an answer to the peer's state machine and queue it for sending (order preserved)."""
+        if peer.closed:
+            return
+        if peer.outbox.qsize() >= MAX_OUTBOX_MESSAGES:
+            log.warning("dropping drafter %s (%s): it does not read its answers", peer.node, peer.transport.peer)
+            peer.closed = True
+            task = asyncio.get_running_loop().create_task(peer.transport.close())
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+            return
+        peer.outbox.put_nowait(peer.conn.send(envelope))
+
+    def _count_bytes(self, peer: _Peer) -> None:
+        seen = peer.transport.bytes_received
+        if seen > peer.bytes_counted:
+            self.metrics.received_bytes.labels(peer.node).inc(seen - peer.bytes_counted)
+            peer.bytes_counted = seen
+
+    def _reply_error(self, peer: _Peer, exc: ProtocolError) -> None:
+        log.info("drafter %s (%s): %s", peer.node, peer.transport.peer, exc)
+        self.metrics.errors.labels(peer.node, exc.code.name).inc()
+        try:
+            self._post(peer, exc.to_envelope())
+        except LocalProtocolError:  # the error's effect does not fit the session's state: report it without one
+            self._post(peer, m.error(exc.code, str(exc)))
+
+    def _on_event(self, peer: _Peer, event: Event) -> None:
+        kind = event.kind
+        if kind == "hello":
+            peer.node = (event.message.node_id or peer.transport.peer)[:MAX_NODE_LABEL_CHARS]
+            self._post(peer, m.hello_ack(self.config.node_id, self.model_id, self.runner.vocab_size, self.limits))
+        elif kind in ("open_session", "resume"):
+            self._open(peer, event)
+        elif kind == "draft":
+            self._on_draft(peer, event)
+        elif kind == "close":
+            self._close_session(peer, event.session_id)
+            self._post(peer, m.close(event.session_id))
+        elif kind == "error":
+            log.info("drafter %s reported: %s", peer.node, ProtocolError.from_message(event.message))
+
+    # ------------------------------------------------------------------ sessions
+
+    def _load(self) -> pb.LoadHints:
+        return m.load_hints(self.scheduler.depth, self.active_sessions, self._verify_ms)
+
+    def _open(self, peer: _Peer, event: Event) -> None:
+        msg, sid = event.message, event.session_id
+        closed = ErrorEffect.SESSION_CLOSED
+        if event.kind == "open_session":
+            tokens, num_prompt, field_name = list(msg.prompt_token_ids), len(msg.prompt_token_ids), "open_session.prompt_token_ids"
+        else:
+            tokens, num_prompt, field_name = list(msg.transcript_token_ids), msg.num_prompt_tokens, "resume.transcript_token_ids"
+        vocab = self.runner.vocab_size
+        if max(tokens) >= vocab:
+            raise ProtocolError(ErrorCode.BAD_MESSAGE, f"token ids must be < {vocab}, got {max(tokens)}", session_id=sid, field=field_name, effect=closed)
+        sampling = Sampling.from_message(msg.sampling, session_id=sid)
+        params = SamplingParams(sampling.temperature, sampling.top_k, sampling.top_p)
+        max_new = msg.max_new_tokens or self.config.default_max_new_tokens
+        limit_tokens = max(num_prompt + max_new, len(tokens))
+        if self.config.max_sessions and self.active_sessions >= self.config.max_sessions:
+            self.metrics.sessions_refused.labels(peer.node).inc()
+            raise ProtocolError(
+                ErrorCode.BUSY, f"{self.active_sessions} sessions open, this verifier's limit is {self.config.max_sessions}",
+                session_id=sid, effect=closed, retry_after_ms=self.config.busy_retry_after_ms,
+            )
+        key = (peer.peer_id, sid)
+        need = limit_tokens + self.config.max_gamma
+        admission = self.budget.reserve(key, need)
+        if not admission.admitted:
+            self.metrics.sessions_refused.labels(peer.node).inc()
+            if admission.never:
+                raise ProtocolError(ErrorCode.LIMITS, f"the session needs {need} KV tokens (prompt + max_new_tokens + max_gamma), over this verifier's whole budget of {self.budget.budget_tokens}", session_id=sid, effect=closed)
+            raise ProtocolError(
+                ErrorCode.BUSY, f"KV budget full: the session needs {need} tokens, {admission.free_tokens} of {self.budget.budget_tokens} are free",
+                session_id=sid, effect=closed, retry_after_ms=self.config.busy_retry_after_ms,
+            )
+        seed = sampling.seed if sampling.seed is not None else self._rng.getrandbits(63)
+        position = self.runner.open(key, tokens, params, seed, num_prompt)
+        peer.token_limits[sid] = limit_tokens
+        self.metrics.active_sessions.labels(peer.node).inc()
+        self.metrics.kv_tokens_reserved.set(self.budget.reserved_tokens)
+        self._post(peer, m.session_opened(sid, position, self._load()))
+
+    def _close_session(self, peer: _Peer, sid: int) -> None:
+        """Forget a session: runner (its KV row is reclaimed by the batch loop), queue, reservation, metrics."""
+        key = (peer.peer_id, sid)
+        if peer.token_limits.pop(sid, None) is None:
+            return
+        self.runner.close(key)
+        self.scheduler.drop_session(key)
+        self.budget.release(key)
+        self.metrics.active_sessions.labels(peer.node).dec()
+        self.metrics.kv_tokens_reserved.set(self.budget.reserved_tokens)
+        self._wake.set()
+
+    def _drop_peer(self, peer: _Peer) -> None:
+        """A connection ended: free every session it held."""
+        peer.closed = True
+        for sid in list(peer.token_limits):
+            self._close_session(peer, sid)
+        self.scheduler.drop_node(peer.peer_id)
+        self._peers.pop(peer.peer_id, None)
+
+    def _on_draft(self, peer: _Peer, event: Event) -> None:
+        sid, position = event.session_id, event.message.position
+        key = (peer.peer_id, sid)
+        rejected = ErrorEffect.DRAFT_REJECTED
+        limit = peer.token_limits.get(sid)
+        if limit is None or not self.runner.is_open(key):  # refused at open time but the drafter drafted anyway
+            raise ProtocolError(ErrorCode.UNKNOWN_SESSION, "no such open session", session_id=sid, effect=rejected)
+        if position >= limit:
+            raise ProtocolError(ErrorCode.LIMITS, f"the session has reached its budget of {limit} tokens (prompt + max_new_tokens)", session_id=sid, field="draft.position", effect=rejected)
+        draft = checked_draft(event.block, sid, self.runner.vocab_size, self.draft_limits)
+        item = DraftItem(key, position, draft)
+        cost = self.runner.pending_tokens(key) + item.gamma
+        self.scheduler.submit(QueuedDraft(item, peer.peer_id, asyncio.get_running_loop().time(), cost))
+        self.metrics.queue_depth.set(self.scheduler.depth)
+        self._wake.set()
+
+    # ------------------------------------------------------------------ batches
+
+    async def _batch_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            self._wake.clear()
+            now = loop.time()
+            batch, wake_at = self.scheduler.next_batch(now, self.active_sessions)
+            if batch:
+                await self._run_batch(batch)
+                continue
+            if self.runner.needs_reclaim:
+                await asyncio.to_thread(self.runner.reclaim)
+                self.metrics.kv_tokens_in_use.set(self.runner.kv_tokens_in_use)
+                continue
+            timeout = None if wake_at is None else max(0.0, wake_at - now)
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            except asyncio.TimeoutError:
+                pass
+
+    async def _run_batch(self, batch: list[QueuedDraft]) -> None:
+        self.metrics.queue_depth.set(self.scheduler.depth)
+        start = time.perf_counter()
+        try:
+            results = await asyncio.to_thread(self.runner.verify_batch, [q.item for q in batch])
+        except Exception:  # a server fault, not bad input: log it whole and end the sessions involved
+            log.exception("verification of a batch of %d drafts failed", len(batch))
+            for q in batch:
+                peer = self._peers.get(q.node)
+                sid = q.item.key[1]
+                if peer is not None and peer.conn.session(sid).state is SessionState.AWAITING_VERDICT:
+                    self._close_session(peer, sid)
+                    self._post(peer, m.error(ErrorCode.INTERNAL, "verification failed on the verifier", session_id=sid, effect=ErrorEffect.SESSION_CLOSED))
+            return
+        elapsed_s = time.perf_counter() - start
+        self._verify_ms = 1000.0 * elapsed_s if not self._verify_ms else 0.8 * self._verify_ms + 200.0 * elapsed_s
+        self.metrics.record_batch(len(batch), sum(q.cost_tokens for q in batch), elapsed_s)
+        self.metrics.kv_tokens_in_use.set(self.runner.kv_tokens_in_use)
+        load = self._load()
+        for q, result in zip(batch, results):
+            peer = self._peers.get(q.node)
+            if result is None or peer is None or peer.closed:
+                continue
+            sid = q.item.key[1]
+            info = peer.conn.session(sid)
+            if info.state is not SessionState.AWAITING_VERDICT or info.position != result.position:
+                continue  # the drafter closed the session meanwhile
+            if result.error is not None:
+                log.warning("session %s of %s: %s", sid, peer.node, result.error)
+                self._post(peer, m.error(ErrorCode.INTERNAL, result.error, session_id=sid, effect=ErrorEffect.DRAFT_REJECTED))
+                continue
+            self._post(peer, m.verdict(sid, result.position, result.accepted, result.next_token_id, result.is_bonus, load))
+            self.metrics.record_round(peer.node, result.gamma, result.accepted)
+
+
+def _load_target(config: VerifierConfig):
+    """Load the target model named by the config (default: the bundled target)."""
+    from edgespec.models.bundle import bundled_path
+    from edgespec.models.runtime import CausalLM
+
+    path = config.target_dir if config.target_dir is not None else bundled_path("target")
+    return CausalLM.load(path, device=config.device)

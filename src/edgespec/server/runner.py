@@ -1,0 +1,295 @@
+"""The verifier's executor: owns the target model and one KV row per session, and verifies a batch of drafts in one ragged target forward.
+
+Layout: one `RaggedKV` whose rows are slots; a session takes a slot on its first batch (lazy prefill),
+a closed session's slot is cropped to 0 tokens and reused, and trailing free slots are dropped. Rows
+not in a batch get 0 new tokens, or — when most rows would idle — the batch runs on a cache of just
+its rows (`kvrows.take_rows`/`put_rows`), since a ragged forward pads every row. A session's prompt is
+prefilled in a forward of its own before its first verification, so one long prompt does not widen a
+whole batch. The runner keeps each session's transcript (prompt + every token it emitted: it decided
+them), so it knows which tokens its cache lacks; a draft at position P must have P == len(transcript).
+The cache is only a cache: after a failed forward it is dropped and rebuilt from the transcripts.
+
+Threading: `verify_batch` and `reclaim` run in one worker thread (they alone touch the KV tensors);
+`open`, `close` and the queries are called from the event loop and only touch the session table,
+under a short lock that is never held across a forward.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Hashable, Optional, Sequence
+
+import torch
+
+from edgespec.models.runtime import CausalLM, RaggedKV
+from edgespec.server.kvrows import put_rows, resize_rows, take_rows
+from edgespec.spec.sampling import SamplingParams, probs_from_logits
+from edgespec.spec.verify import DraftBatch, verify_greedy, verify_probs
+
+__all__ = ["SessionKey", "DraftItem", "RoundResult", "VerifierRunner", "round_seed"]
+
+SessionKey = Hashable  # the node uses (connection id, session id)
+_MASK64 = (1 << 64) - 1
+
+
+def round_seed(seed: int, position: int) -> int:
+    """The seed of one verification round, from the session's seed and the draft's position (splitmix64).
+
+    Deriving each round's randomness from (seed, position) makes a resumed session continue exactly as
+    an uninterrupted one would (edgespec.proto, `Sampling.seed`).
+    """
+    z = (seed * 0x9E3779B97F4A7C15 + position + 1) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return (z ^ (z >> 31)) & ((1 << 63) - 1)
+
+
+@dataclass(frozen=True)
+class DraftItem:
+    """One session's validated draft block: γ tokens at `position` and their q, as a one-row `DraftBatch`."""
+
+    key: SessionKey
+    position: int
+    draft: DraftBatch  # batch_size 1
+
+    @property
+    def gamma(self) -> int:
+        return int(self.draft.token_ids.numel())
+
+
+@dataclass(frozen=True)
+class RoundResult:
+    """The verdict for one item: accepted draft tokens and the next token; `error` is set instead when it could not be verified."""
+
+    key: SessionKey
+    position: int
+    gamma: int
+    accepted: int = 0
+    next_token_id: int = 0
+    is_bonus: bool = False
+    error: Optional[str] = None
+
+
+@dataclass
+class _Session:
+    params: SamplingParams
+    seed: int
+    transcript: list[int]
+    num_prompt_tokens: int
+    row: Optional[int] = None
+    cached_tokens: int = 0  # transcript[:cached_tokens] is in the row's KV
+    closed: bool = False
+
+
+class VerifierRunner:
+    """Executes verification: the target model, per-session transcripts and KV rows, one ragged forward per batch."""
+
+    def __init__(self, target: CausalLM) -> None:
+        self.target = target
+        self.vocab_size = target.vocab_size
+        self._kv: RaggedKV = target.new_kv(0)
+        self._owner: list[Optional[_Session]] = []  # per row
+        self._released: list[int] = []  # rows of closed sessions, still holding KV until `reclaim`
+        self._sessions: dict[SessionKey, _Session] = {}
+        self._lock = threading.Lock()
+        self._tokens_in_use = 0
+
+    # ------------------------------------------------------------------ session table (event loop)
+
+    def open(self, key: SessionKey, token_ids: Sequence[int], params: SamplingParams, seed: int, num_prompt_tokens: Optional[int] = None) -> int:
+        """Register a session on its prompt (or a resumed transcript); its KV is filled in its first batch. Returns its position."""
+        if not token_ids:
+            raise ValueError("a session needs at least one token")
+        with self._lock:
+            if key in self._sessions:
+                raise KeyError(f"session {key!r} is already open")
+            tokens = [int(t) for t in token_ids]
+            self._sessions[key] = _Session(params, seed, tokens, num_prompt_tokens or len(tokens))
+            return len(tokens)
+
+    def resume(self, key: SessionKey, transcript: Sequence[int], num_prompt_tokens: int, params: SamplingParams, seed: int) -> int:
+        """Re-open a session from the drafter's transcript (prompt + emitted tokens); its KV is re-prefilled lazily."""
+        return self.open(key, transcript, params, seed, num_prompt_tokens)
+
+    def close(self, key: SessionKey) -> bool:
+        """Forget a session; its KV row is freed by the next `reclaim` (or batch). False if it was not open."""
+        with self._lock:
+            sess = self._sessions.pop(key, None)
+            if sess is None:
+                return False
+            sess.closed = True
+            if sess.row is not None:
+                self._released.append(sess.row)
+            return True
+
+    def is_open(self, key: SessionKey) -> bool:
+        return key in self._sessions
+
+    def position(self, key: SessionKey) -> int:
+        """Tokens in the session's transcript (where its next draft must start)."""
+        return len(self._sessions[key].transcript)
+
+    def transcript(self, key: SessionKey) -> list[int]:
+        return list(self._sessions[key].transcript)
+
+    def num_prompt_tokens(self, key: SessionKey) -> int:
+        return self._sessions[key].num_prompt_tokens
+
+    def pending_tokens(self, key: SessionKey) -> int:
+        """Transcript tokens the session's cache lacks (fed with its next draft): 1 after a round, the prompt before its first."""
+        sess = self._sessions.get(key)
+        return len(sess.transcript) - sess.cached_tokens if sess else 0
+
+    @property
+    def session_count(self) -> int:
+        return len(self._sessions)
+
+    @property
+    def kv_tokens_in_use(self) -> int:
+        """Tokens held in the KV cache, including rows of closed sessions not yet reclaimed."""
+        return self._tokens_in_use
+
+    @property
+    def kv_rows(self) -> int:
+        return len(self._owner)
+
+    @property
+    def needs_reclaim(self) -> bool:
+        return bool(self._released)
+
+    # ------------------------------------------------------------------ KV rows (worker thread)
+
+    def reclaim(self) -> None:
+        """Crop the rows of closed sessions to 0 tokens and drop trailing free rows (worker thread)."""
+        with self._lock:
+            self._reclaim_locked()
+            self._tokens_in_use = int(self._kv.lengths.sum())
+
+    def _reclaim_locked(self) -> None:
+        while self._released:
+            row = self._released.pop()
+            if self._kv.length(row):
+                self.target.crop(self._kv, row, 0)
+            self._owner[row] = None
+        keep = len(self._owner)
+        while keep and self._owner[keep - 1] is None:
+            keep -= 1
+        if keep < len(self._owner):
+            self._set_rows(keep)
+
+    def _allocate_rows(self, sessions: list[_Session]) -> None:
+        """Give each session without a row the lowest free row, growing the cache by as many rows as needed."""
+        need = [s for s in sessions if s.row is None]
+        free = [r for r, owner in enumerate(self._owner) if owner is None]
+        if len(need) > len(free):
+            first_new = len(self._owner)
+            self._set_rows(first_new + len(need) - len(free))
+            free += list(range(first_new, len(self._owner)))
+        for sess, row in zip(need, free):
+            sess.row, sess.cached_tokens = row, 0
+            self._owner[row] = sess
+
+    def _set_rows(self, rows: int) -> None:
+        """Grow the cache with empty rows or drop trailing (free, empty) rows."""
+        self._kv = resize_rows(self.target, self._kv, rows)
+        self._owner = (self._owner + [None] * rows)[:rows]
+
+    def _forward_rows(self, feeds: dict[int, list[int]], last_n: dict[int, int]) -> torch.Tensor:
+        """One forward appending `feeds[row]` to each given row; flat logits of the last `last_n[row]` tokens, rows ascending.
+
+        When at most half the rows take part, run on a cache of just those rows (no padded idle rows).
+        """
+        rows = sorted(feeds)
+        if 2 * len(rows) > self._kv.batch_size:
+            every = range(self._kv.batch_size)
+            return self.target.forward(self._kv, [feeds.get(r, []) for r in every], [last_n.get(r, 0) for r in every])
+        sub = take_rows(self.target, self._kv, rows)
+        logits = self.target.forward(sub, [feeds[r] for r in rows], [last_n[r] for r in rows])
+        self._kv = put_rows(self.target, self._kv, sub, rows)
+        return logits
+
+    def _reset_kv(self) -> None:
+        """Drop the whole cache (after a failed forward); every session re-prefills from its transcript."""
+        for sess in self._sessions.values():
+            sess.row, sess.cached_tokens = None, 0
+        self._released.clear()
+        self._owner = []
+        self._kv = self.target.new_kv(0)
+        self._tokens_in_use = 0
+
+    # ------------------------------------------------------------------ verification (worker thread)
+
+    def verify_batch(self, items: Sequence[DraftItem]) -> list[Optional[RoundResult]]:
+        """Verify one draft per session in one target forward; returns a result per item (None: the session was closed).
+
+        Per session: feed the transcript tokens its cache lacks plus the γ drafted tokens, verify against
+        the γ + 1 target distributions under its sampling settings, crop its row to the kept prefix and
+        append accepted + 1 tokens to its transcript. Drafts must already be validated (`validate_draft`).
+        """
+        results: list[Optional[RoundResult]] = [None] * len(items)
+        live: list[tuple[int, DraftItem, _Session]] = []
+        with self._lock:
+            self._reclaim_locked()
+            seen = set()
+            for i, item in enumerate(items):
+                sess = self._sessions.get(item.key)
+                if sess is None:
+                    continue
+                if item.key in seen:
+                    results[i] = RoundResult(item.key, item.position, item.gamma, error="a second draft of the session in one batch")
+                elif item.position != len(sess.transcript):
+                    results[i] = RoundResult(item.key, item.position, item.gamma, error=f"draft at position {item.position}, the transcript has {len(sess.transcript)} tokens")
+                else:
+                    seen.add(item.key)
+                    live.append((i, item, sess))
+            self._allocate_rows([sess for _, _, sess in live])
+            prefill = {sess.row: sess.transcript[sess.cached_tokens : -1] for _, _, sess in live if len(sess.transcript) - sess.cached_tokens > 1}
+            feeds = {sess.row: sess.transcript[-1:] + item.draft.token_ids.tolist() for _, item, sess in live}
+            last_n = {sess.row: item.gamma + 1 for _, item, sess in live}
+        if not live:
+            return results
+        try:
+            if prefill:  # prompts (or resumed transcripts) first, in a forward of their own, no logits needed
+                self._forward_rows(prefill, {row: 0 for row in prefill})
+            logits = self._forward_rows(feeds, last_n)  # [Σ (γ_i + 1), V], rows ascending
+        except Exception:
+            with self._lock:
+                self._reset_kv()
+            raise
+        verdicts = self._verify(logits, live, last_n)
+        with self._lock:
+            for (i, item, sess), (accepted, token, bonus) in zip(live, verdicts):
+                results[i] = RoundResult(item.key, item.position, item.gamma, accepted, token, bonus)
+                if sess.closed:  # closed during the forward: its row is in `_released`
+                    continue
+                kept = item.position + accepted
+                self.target.crop(self._kv, sess.row, kept)
+                sess.cached_tokens = kept
+                sess.transcript.extend(item.draft.token_ids[:accepted].tolist())
+                sess.transcript.append(token)
+            self._tokens_in_use = int(self._kv.lengths.sum())
+        return results
+
+    def _verify(self, logits: torch.Tensor, live: list[tuple[int, DraftItem, _Session]], last_n: dict[int, int]) -> list[tuple[int, int, bool]]:
+        """(accepted, next token, is_bonus) per live item: greedy sessions in one call, sampled ones each with its own generator."""
+        starts, offset = {}, 0
+        for row in sorted(last_n):
+            starts[row], offset = offset, offset + last_n[row]
+        out: list[Optional[tuple[int, int, bool]]] = [None] * len(live)
+        greedy = [j for j, (_, _, sess) in enumerate(live) if sess.params.greedy]
+        if greedy:
+            rows = [r for j in greedy for r in range(starts[live[j][2].row], starts[live[j][2].row] + live[j][1].gamma + 1)]
+            batch = DraftBatch.from_blocks([live[j][1].draft.token_ids.tolist() for j in greedy])
+            res = verify_greedy(logits[torch.tensor(rows, device=logits.device)], batch)
+            for k, j in enumerate(greedy):
+                out[j] = (int(res.num_accepted[k]), int(res.next_tokens[k]), bool(res.is_bonus[k]))
+        for j, (_, item, sess) in enumerate(live):
+            if sess.params.greedy:
+                continue
+            start = starts[sess.row]
+            probs = probs_from_logits(logits[start : start + item.gamma + 1], sess.params)  # [γ + 1, V]
+            gen = torch.Generator().manual_seed(round_seed(sess.seed, item.position))
+            res = verify_probs(probs, item.draft, gen)
+            out[j] = (int(res.num_accepted[0]), int(res.next_tokens[0]), bool(res.is_bonus[0]))
+        return out  # type: ignore[return-value]

@@ -1,0 +1,143 @@
+"""The verifier's scheduler: decides when to close a batch of queued drafts and which drafts go in it, fairly across drafter nodes.
+
+When: a pluggable batching policy from `edgespec.policy.batching` (default `WindowBatching`: the batch
+window of the oldest draft, or a full batch) — or at once when the queued drafts already fill
+`max_batch_tokens` or every open session has a draft queued (waiting longer cannot add anything).
+Which: round-robin over drafter nodes (FIFO within a node), starting one node further each batch, at most
+one draft per session, until `max_batch_tokens` target positions or the policy's batch size; a
+single draft larger than `max_batch_tokens` still runs, alone. The scheduler decides; the runner executes.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+from typing import Hashable, Optional, Protocol, Sequence
+
+from edgespec.policy.batching import BatchDecision, Pending, WindowBatching
+from edgespec.server.runner import DraftItem, SessionKey
+
+__all__ = ["SchedulerConfig", "QueuedDraft", "BatchPolicy", "Scheduler"]
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """Batch limits: target positions per batch, drafts per batch (0 = no limit) and the batch window."""
+
+    max_batch_tokens: int = 2048
+    max_batch_size: int = 0
+    batch_window_s: float = 0.002
+
+    def __post_init__(self) -> None:
+        if self.max_batch_tokens < 1 or self.max_batch_size < 0 or self.batch_window_s < 0:
+            raise ValueError("need max_batch_tokens >= 1, max_batch_size >= 0 and batch_window_s >= 0")
+
+
+@dataclass(frozen=True)
+class QueuedDraft:
+    """A draft waiting for verification: the item, its drafter node (the fairness key), arrival time and cost in target positions."""
+
+    item: DraftItem
+    node: Hashable
+    arrival_s: float
+    cost_tokens: int  # transcript tokens the cache lacks + γ: positions the target forward processes
+
+
+class BatchPolicy(Protocol):
+    """When to close a batch (edgespec.policy.batching: `WindowBatching`, `MaxBatching`)."""
+
+    def select(self, pending: Sequence[Pending], now_s: float) -> BatchDecision: ...
+
+
+class Scheduler:
+    """Queues drafts per drafter node and forms ragged batches under the token and size limits, round-robin across nodes."""
+
+    def __init__(self, config: SchedulerConfig = SchedulerConfig(), policy: Optional[BatchPolicy] = None) -> None:
+        self.config = config
+        self.policy = policy or WindowBatching(window_s=config.batch_window_s, max_batch_size=config.max_batch_size or 2**31)
+        self._queues: "OrderedDict[Hashable, deque[QueuedDraft]]" = OrderedDict()  # node -> FIFO; order = round-robin order
+        self._depth = 0
+
+    @property
+    def depth(self) -> int:
+        """Drafts waiting, all nodes."""
+        return self._depth
+
+    def queued_tokens(self) -> int:
+        return sum(q.cost_tokens for queue in self._queues.values() for q in queue)
+
+    def submit(self, draft: QueuedDraft) -> None:
+        self._queues.setdefault(draft.node, deque()).append(draft)
+        self._depth += 1
+
+    def drop_session(self, key: SessionKey) -> int:
+        """Remove a session's queued drafts (it closed); returns how many."""
+        dropped = 0
+        for node, queue in list(self._queues.items()):
+            kept = deque(q for q in queue if q.item.key != key)
+            dropped += len(queue) - len(kept)
+            self._set_queue(node, kept)
+        self._depth -= dropped
+        return dropped
+
+    def drop_node(self, node: Hashable) -> int:
+        """Remove every queued draft of a drafter node (it disconnected); returns how many."""
+        queue = self._queues.pop(node, deque())
+        self._depth -= len(queue)
+        return len(queue)
+
+    def _set_queue(self, node: Hashable, queue: deque) -> None:
+        if queue:
+            self._queues[node] = queue
+        else:
+            self._queues.pop(node, None)
+
+    def next_batch(self, now_s: float, open_sessions: int = 0) -> tuple[list[QueuedDraft], Optional[float]]:
+        """The batch to run now (empty if none) and, when empty, the time to ask again (None: on the next arrival)."""
+        if not self._depth:
+            return [], None
+        pending = [Pending(q.item.key, q.arrival_s, q.cost_tokens) for queue in self._queues.values() for q in queue]
+        decision = self.policy.select(pending, now_s)
+        full = self.queued_tokens() >= self.config.max_batch_tokens or (open_sessions and self._depth >= open_sessions)
+        if not decision.batches and not full:
+            return [], decision.wake_at_s
+        size = len(decision.batches[0]) if decision.batches else (self.config.max_batch_size or self._depth)
+        if self.config.max_batch_size:
+            size = min(size, self.config.max_batch_size)
+        return self._fair_fill(max(size, 1)), None
+
+    def _fair_fill(self, max_size: int) -> list[QueuedDraft]:
+        """Take drafts round-robin across nodes (FIFO per node), one per session, within the size and token limits."""
+        batch: list[QueuedDraft] = []
+        keys: set = set()
+        tokens = 0
+        nodes = list(self._queues)
+        blocked: set = set()  # nodes whose next draft does not fit this batch
+        while len(batch) < max_size and len(blocked) < len(nodes):
+            progressed = False
+            for node in nodes:
+                if len(batch) >= max_size:
+                    break
+                queue = self._queues.get(node)
+                if node in blocked or not queue:
+                    blocked.add(node)
+                    continue
+                head = queue[0]
+                if head.item.key in keys or (batch and tokens + head.cost_tokens > self.config.max_batch_tokens):
+                    blocked.add(node)
+                    continue
+                queue.popleft()
+                batch.append(head)
+                keys.add(head.item.key)
+                tokens += head.cost_tokens
+                progressed = True
+            if not progressed:
+                break
+        self._depth -= len(batch)
+        for node in nodes:  # drop emptied queues (a node that drafts again joins at the back)
+            if node in self._queues and not self._queues[node]:
+                del self._queues[node]
+        for node in dict.fromkeys(q.node for q in batch):  # rotate: nodes served move to the back, in service order
+            if node in self._queues:
+                self._queues.move_to_end(node)
+        return batch

@@ -1,0 +1,50 @@
+"""The lean Llama forward gives transformers' logits and caches, on plain and ragged (holed) caches."""
+
+import pytest
+import torch
+
+from edgespec.models.runtime import CausalLM
+from edgespec.models.toy import make_toy_model
+
+
+@pytest.fixture(scope="module", params=[4, 2], ids=["mha", "gqa"])
+def twin(request, tmp_path_factory):
+    """The same toy model loaded twice: once on the lean path, once forced onto transformers' forward."""
+    path = make_toy_model(tmp_path_factory.mktemp("fast") / "m", vocab_size=64, hidden=32, layers=2, heads=4,
+                          kv_heads=request.param, seed=11, logit_scale=4.0)
+    fast, slow = CausalLM.load(path), CausalLM.load(path)
+    slow.fast_path = False
+    assert fast.fast_path
+    return fast, slow
+
+
+def _run(lm: CausalLM, script) -> list[torch.Tensor]:
+    kv = lm.new_kv(3)
+    outs = [lm.prefill(kv, [[3, 4, 5, 6], [7, 8], [9, 10, 11]])]
+    for op in script:
+        if op[0] == "crop":
+            lm.crop(kv, op[1], op[2])
+        else:
+            outs.append(lm.forward(kv, op[1]))
+    return outs
+
+
+SCRIPTS = {
+    "plain decode": [("fwd", [[1], [2], [3]]), ("fwd", [[4], [5], [6]])],
+    "ragged verify": [("fwd", [[1, 2, 3], [], [4]]), ("crop", 0, 5), ("fwd", [[5, 6], [7, 8, 9], [1]])],
+    "holes": [("fwd", [[1, 2, 3, 4], [5], [6, 7]]), ("crop", 0, 4), ("crop", 2, 3), ("fwd", [[8], [9], [10]])],
+}
+
+
+@pytest.mark.parametrize("name", list(SCRIPTS))
+def test_fast_path_matches_transformers(twin, name):
+    fast, slow = twin
+    for a, b in zip(_run(fast, SCRIPTS[name]), _run(slow, SCRIPTS[name])):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_unsupported_models_use_transformers(tmp_path):
+    path = make_toy_model(tmp_path / "m", vocab_size=32, hidden=16, layers=1, heads=2, seed=1)
+    cfg_path = path / "config.json"
+    cfg_path.write_text(cfg_path.read_text().replace('"hidden_act": "silu"', '"hidden_act": "gelu"'))
+    assert not CausalLM.load(path).fast_path
