@@ -97,10 +97,42 @@ def generate(
 
 @app.command()
 def demo(
-    gamma: int = typer.Option(4, "--gamma", min=1, max=32, help="Draft length per round."),
-    max_tokens: int = typer.Option(64, "--max-tokens", min=1, help="New tokens per prompt."),
+    in_process: bool = typer.Option(False, "--in-process", help="Skip the network: AD vs SD in this process, side by side."),
+    gamma: int = typer.Option(4, "--gamma", min=1, max=32, help="Draft length per round (--in-process)."),
+    max_tokens: int = typer.Option(0, "--max-tokens", min=0, help="New tokens per request (default 32 distributed, 64 in-process)."),
+    prompts: int = typer.Option(4, "--prompts", min=1, max=8, help="Prompts per drafter node (distributed; each sent greedy and sampled)."),
+    json_out: bool = typer.Option(False, "--json", help="End with one JSON summary line (distributed)."),
 ) -> None:
-    """Run a few code prompts with AD and SD on the bundled pair and compare them side by side."""
+    """Serve the bundled pair over loopback: a verifier node, heterogeneous drafter nodes, live figures, and AD for comparison."""
+    if in_process:
+        _demo_in_process(gamma, max_tokens or 64)
+    else:
+        _demo_distributed(max_tokens or 32, prompts, json_out)
+
+
+def _demo_distributed(max_tokens: int, prompts: int, json_out: bool) -> None:
+    import json
+
+    from edgespec.bench.sd_vs_ad import PROMPTS
+    from edgespec.demo.nodes import NodeStartError
+    from edgespec.demo.run import DemoConfig, run_demo
+
+    console = _console()
+    cfg = DemoConfig(prompts=PROMPTS[:prompts], max_tokens=max_tokens)
+    try:
+        report = run_demo(cfg, console, lambda msg: console.print(f"[dim]· {msg}[/dim]"))
+    except NodeStartError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1)
+    except KeyboardInterrupt:
+        typer.echo("interrupted; every node was stopped", err=True)
+        raise typer.Exit(130)
+    if json_out:
+        print(json.dumps(report))
+
+
+def _demo_in_process(gamma: int, max_tokens: int) -> None:
+    """Run a few code prompts with AD and SD on the bundled pair in this process and compare them side by side."""
     from rich.table import Table
 
     from edgespec.bench.sd_vs_ad import PROMPTS

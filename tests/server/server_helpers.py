@@ -38,7 +38,7 @@ async def running_node(target, **overrides):
         await node.stop()
 
 
-async def wait_until(predicate, timeout_s: float = 10.0, what: Optional[str] = None) -> None:
+async def wait_until(predicate, timeout_s: float = 30.0, what: Optional[str] = None) -> None:
     """Poll `predicate()` until it holds (the node frees KV in its batch loop, asynchronously)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
