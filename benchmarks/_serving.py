@@ -25,16 +25,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional
 
-PROMPTS = (  # code prompts, like the bundled pair's training data (edgespec.bench.sd_vs_ad uses the same)
-    "import os\nimport sys\n\n\ndef main(argv):\n",
-    "class Stack:\n    \"\"\"A last-in, first-out container.\"\"\"\n\n    def __init__(self):\n",
-    "def read_config(path):\n    \"\"\"Read a configuration file and return a dict.\"\"\"\n",
-    "    def __repr__(self):\n        return ",
-    "for i in range(len(items)):\n    if ",
-    "try:\n    import threading\nexcept ImportError:\n",
-    "def _check_arg(name, value):\n    if not isinstance(value, int):\n        raise TypeError(",
-    "\n\nclass Error(Exception):\n    \"\"\"Base class for exceptions in this module.\"\"\"\n",
-)
+from edgespec.bench.sd_vs_ad import PROMPTS  # noqa: E402  (code prompts like the bundled pair's training data)
+
 LOOPBACK = "127.0.0.1"
 
 
