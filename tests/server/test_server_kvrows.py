@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 
-from edgespec.server.kvrows import put_rows, resize_rows, take_rows
+from edgespec.models.runtime import put_rows, resize_rows, take_rows
 
 
 def _filled(target, prompts):

@@ -9,16 +9,9 @@ from __future__ import annotations
 
 from typing import Hashable
 
-import torch
-
-from edgespec.models.runtime import CausalLM, RaggedKV
+from edgespec.models.runtime import CausalLM, RaggedKV, drop_unused_columns, resize_rows, take_rows
 
 __all__ = ["KVRows"]
-
-
-def _layers(kv: RaggedKV):
-    """Cache layers that hold tensors [B, heads, columns, head_dim] (before the first forward there are none)."""
-    return [layer for layer in kv.cache.layers if getattr(layer, "keys", None) is not None and layer.keys.dim() == 4]
 
 
 class KVRows:
@@ -42,13 +35,7 @@ class KVRows:
             return self._keys.index(key)
         except ValueError:
             pass
-        kv = self.kv
-        for layer in _layers(kv):
-            pad = torch.zeros((1, *layer.keys.shape[1:]), dtype=layer.keys.dtype, device=layer.keys.device)
-            layer.keys = torch.cat([layer.keys, pad], dim=0)
-            layer.values = torch.cat([layer.values, pad.clone()], dim=0)
-        kv.valid = torch.cat([kv.valid, torch.zeros(1, kv.columns, dtype=torch.bool, device=kv.valid.device)], dim=0)
-        kv.lengths = torch.cat([kv.lengths, torch.zeros(1, dtype=torch.long, device=kv.lengths.device)])
+        self.kv = resize_rows(self.lm, self.kv, self.kv.batch_size + 1)
         self._keys.append(key)
         return len(self._keys) - 1
 
@@ -61,14 +48,5 @@ class KVRows:
         if not self._keys:
             self.kv = self.lm.new_kv(0)
             return
-        kv = self.kv
-        keep = torch.tensor([i for i in range(kv.batch_size) if i != index], dtype=torch.long, device=kv.valid.device)
-        for layer in _layers(kv):
-            layer.keys, layer.values = layer.keys.index_select(0, keep), layer.values.index_select(0, keep)
-        kv.valid, kv.lengths = kv.valid.index_select(0, keep), kv.lengths.index_select(0, keep)
-        used = kv.valid.any(dim=0).nonzero()
-        width = int(used.max()) + 1 if used.numel() else 0
-        if width < kv.columns:  # columns only the released row used
-            for layer in _layers(kv):
-                layer.keys, layer.values = layer.keys[..., :width, :], layer.values[..., :width, :]
-            kv.valid = kv.valid[:, :width]
+        keep = [i for i in range(self.kv.batch_size) if i != index]
+        self.kv = drop_unused_columns(take_rows(self.lm, self.kv, keep))  # columns only the released row used go too

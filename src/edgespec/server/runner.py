@@ -3,7 +3,7 @@
 Layout: one `RaggedKV` whose rows are slots; a session takes a slot on its first batch (lazy prefill),
 a closed session's slot is cropped to 0 tokens and reused, and trailing free slots are dropped. Rows
 not in a batch get 0 new tokens, or — when most rows would idle — the batch runs on a cache of just
-its rows (`kvrows.take_rows`/`put_rows`), since a ragged forward pads every row. A session's prompt is
+its rows (`runtime.take_rows`/`put_rows`), since a ragged forward pads every row. A session's prompt is
 prefilled in a forward of its own before its first verification, so one long prompt does not widen a
 whole batch. The runner keeps each session's transcript (prompt + every token it emitted: it decided
 them), so it knows which tokens its cache lacks; a draft at position P must have P == len(transcript).
@@ -23,7 +23,7 @@ from typing import Hashable, Optional, Sequence
 import torch
 
 from edgespec.models.runtime import CausalLM, RaggedKV
-from edgespec.server.kvrows import put_rows, resize_rows, take_rows
+from edgespec.models.runtime import put_rows, resize_rows, take_rows
 from edgespec.spec.sampling import SamplingParams, probs_from_logits
 from edgespec.spec.verify import DraftBatch, verify_greedy, verify_probs
 
