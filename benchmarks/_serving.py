@@ -55,6 +55,21 @@ def draft_thread_cpu_s() -> Optional[float]:
 # ----------------------------------------------------------------------------- the verifier process
 
 
+def histogram_totals(registry, name: str) -> dict:
+    """A Prometheus histogram summed over its labels: {"count", "sum", "buckets": {le: cumulative count}}."""
+    out = {"count": 0.0, "sum": 0.0, "buckets": {}}
+    for metric in registry.collect():
+        for sample in metric.samples:
+            if sample.name == f"{name}_count":
+                out["count"] += sample.value
+            elif sample.name == f"{name}_sum":
+                out["sum"] += sample.value
+            elif sample.name == f"{name}_bucket":
+                le = sample.labels["le"]
+                out["buckets"][le] = out["buckets"].get(le, 0.0) + sample.value
+    return out
+
+
 def _verifier_child(conn, config: dict, threads: int) -> None:
     import torch
 
@@ -69,7 +84,8 @@ def _verifier_child(conn, config: dict, threads: int) -> None:
         reg = node.metrics.registry
         get = lambda name: reg.get_sample_value(name) or 0.0  # noqa: E731
         return {"cpu_s": cpu_s(), "batches": get("edgespec_verifier_batch_size_count"), "batch_drafts": get("edgespec_verifier_batch_size_sum"),
-                "batch_tokens": get("edgespec_verifier_batch_tokens_sum"), "verify_s": get("edgespec_verifier_verify_seconds_sum")}
+                "batch_tokens": get("edgespec_verifier_batch_tokens_sum"), "verify_s": get("edgespec_verifier_verify_seconds_sum"),
+                "round_overhead": histogram_totals(reg, "edgespec_verifier_round_overhead_seconds")}
 
     async def main() -> None:
         node = VerifierNode(VerifierConfig(host=LOOPBACK, port=0, **config), target=target)

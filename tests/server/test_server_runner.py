@@ -83,6 +83,28 @@ def test_resume_from_transcript_continues_exactly(toy_pair):
     assert ref[:5] + out["s"] == ref
 
 
+def test_a_mixed_batch_whose_rows_are_not_in_item_order_verifies_each_session_exactly(toy_pair):
+    """Greedy sessions are verified together in the logits' row order, sampled ones on their own rows; item order does not matter."""
+    draft, target = toy_pair
+    sampled = SamplingParams(temperature=1.0)
+    runner = VerifierRunner(target)
+    for key, prompt in (("old", PROMPTS[0]), ("b", PROMPTS[1])):
+        runner.open(key, prompt, GREEDY, seed=0)
+    runner.verify_batch([_item("old", runner.position("old"), []), _item("b", runner.position("b"), [])])  # rows 0 and 1
+    runner.close("old")
+    runner.reclaim()
+    runner.open("c", PROMPTS[2], GREEDY, seed=0)  # takes the freed row 0, before b's
+    starts = [runner.transcript(k) for k in ("b", "c")]
+    greedy_only = _decode(runner, draft, ["b", "c"], starts, 4, gammas=[3])
+    runner.open("s", PROMPTS[3], sampled, seed=5)
+    keys = ["b", "c", "s"]
+    out = _decode(runner, draft, keys, [runner.transcript(k) for k in keys], 8, gammas=[3])
+    assert [greedy_only["b"] + out["b"], greedy_only["c"] + out["c"]] == ad_tokens(target, starts, 12)
+    alone = VerifierRunner(target)
+    alone.open("s", PROMPTS[3], sampled, seed=5)
+    assert out["s"] == _decode(alone, draft, ["s"], [PROMPTS[3]], 8, gammas=[3])["s"]
+
+
 def test_sampled_rounds_are_reproducible_from_seed_and_position(toy_pair):
     _, target = toy_pair
     params = SamplingParams(temperature=1.0)

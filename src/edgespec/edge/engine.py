@@ -21,9 +21,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import AsyncIterator, Optional, Union
 
 import torch
@@ -55,6 +57,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 MAX_GAMMA = 32  # the protocol's default limit; verifiers may announce less
+OVERHEAD_SAMPLES = 8192  # recent rounds whose framework overhead `EngineStats` keeps
 
 
 @dataclass(frozen=True)
@@ -262,13 +265,30 @@ class EngineStats:
     draft_passes: int = 0  # batched draft passes run
     drafted_blocks: int = 0  # blocks drafted in them (mean batch = drafted_blocks / draft_passes)
     draft_time_s: float = 0.0
+    # per recent round with a verdict that carried RoundTiming, aligned: the round's time outside model forwards
+    # (sent → verdict applied, less the verifier's forwards and its wait behind other batches' forwards), and
+    # the verifier's share of it (server − forward − busy wait)
+    round_overhead_s: deque = field(default_factory=lambda: deque(maxlen=OVERHEAD_SAMPLES), repr=False)
+    verifier_overhead_s: deque = field(default_factory=lambda: deque(maxlen=OVERHEAD_SAMPLES), repr=False)
 
     def to_dict(self) -> dict:
-        out = asdict(self)
+        out = {f.name: getattr(self, f.name) for f in fields(self) if not isinstance(getattr(self, f.name), deque)}
         out["acceptance_rate"] = self.accepted_tokens / self.drafted_tokens if self.drafted_tokens else 0.0
         out["mean_gamma"] = self.drafted_tokens / self.rounds if self.rounds else 0.0
         out["mean_draft_batch"] = self.drafted_blocks / self.draft_passes if self.draft_passes else 0.0
+        overhead = sorted(self.round_overhead_s)
+        out["round_overhead_samples"] = len(overhead)
+        out["round_overhead_ms_p50"] = _percentile_ms(overhead, 0.5)
+        out["round_overhead_ms_p90"] = _percentile_ms(overhead, 0.9)
+        out["verifier_overhead_ms_p50"] = _percentile_ms(sorted(self.verifier_overhead_s), 0.5)
         return out
+
+
+def _percentile_ms(ordered: list[float], q: float) -> Optional[float]:
+    """The q-quantile (nearest rank) of ascending seconds, in milliseconds; None without samples."""
+    if not ordered:
+        return None
+    return 1000.0 * ordered[max(0, math.ceil(q * len(ordered)) - 1)]
 
 
 class DraftEngine:
@@ -489,13 +509,13 @@ class DraftEngine:
                 s.prepared = None  # drafted for a verifier with a larger K limit: redraft
                 self._wake.set()
                 return False
+        block.sent_at = time.perf_counter()  # before encoding: the round's overhead includes it
         if not self.pool.send_draft(s.key, block.position, block.drafted):
             return False
         if block.assumed:
             s.stats.pipeline_hits += 1
             self.stats.pipeline_hits += 1
         s.prepared, s.inflight = None, block
-        block.sent_at = time.perf_counter()
         return True
 
     # ------------------------------------------------------------ applying verdicts
@@ -557,7 +577,12 @@ class DraftEngine:
         n = int(verdict.accepted)
         now = time.perf_counter()
         verify_s = verdict.load.verify_ms / 1000.0 if verdict.HasField("load") and verdict.load.verify_ms > 0 else None
+        timing = verdict.timing if verdict.HasField("timing") else None
         rtt_s = now - block.sent_at
+        if timing is not None:
+            upload_s: Optional[float] = max(0.0, rtt_s - timing.server_us / 1e6)
+        else:
+            upload_s = max(0.0, rtt_s - verify_s) if verify_s is not None else None
         for stats in (s.stats, self.stats):
             stats.rounds += 1
             stats.drafted_tokens += block.gamma
@@ -568,12 +593,20 @@ class DraftEngine:
             accepted=n,
             now_s=time.monotonic(),
             draft_time_s=block.draft_time_s if block.gamma else None,
-            upload_time_s=max(0.0, rtt_s - verify_s) if verify_s is not None else None,
+            upload_time_s=upload_s,
             verify_time_s=verify_s,
         ))
         self._emit(s, list(block.drafted.tokens[:n]) + [int(verdict.next_token_id)])
+        if timing is not None:
+            self._record_overhead(time.perf_counter() - block.sent_at, timing)
         if not s.done and not self._try_send(s):
             self._wake.set()
+
+    def _record_overhead(self, round_s: float, timing: pb.RoundTiming) -> None:
+        """One round's time outside model forwards (sent → applied, less forwards and waiting behind them) and the verifier's share."""
+        model_s = (timing.forward_us + timing.busy_wait_us) / 1e6
+        self.stats.round_overhead_s.append(max(0.0, round_s - model_s))
+        self.stats.verifier_overhead_s.append(max(0.0, timing.server_us / 1e6 - model_s))
 
     def on_draft_rejected(self, key: int, error) -> None:
         s = self._sessions.get(key)

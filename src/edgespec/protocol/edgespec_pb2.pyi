@@ -179,20 +179,32 @@ class Draft(_message.Message):
     def __init__(self, session_id: _Optional[int] = ..., position: _Optional[int] = ..., token_ids: _Optional[_Iterable[int]] = ..., full: _Optional[_Union[FullQ, _Mapping]] = ..., top_k: _Optional[_Union[TopKQ, _Mapping]] = ..., tokens_only: _Optional[_Union[TokensOnlyQ, _Mapping]] = ...) -> None: ...
 
 class Verdict(_message.Message):
-    __slots__ = ("session_id", "position", "accepted", "next_token_id", "is_bonus", "load")
+    __slots__ = ("session_id", "position", "accepted", "next_token_id", "is_bonus", "load", "timing")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     POSITION_FIELD_NUMBER: _ClassVar[int]
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     NEXT_TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
     IS_BONUS_FIELD_NUMBER: _ClassVar[int]
     LOAD_FIELD_NUMBER: _ClassVar[int]
+    TIMING_FIELD_NUMBER: _ClassVar[int]
     session_id: int
     position: int
     accepted: int
     next_token_id: int
     is_bonus: bool
     load: LoadHints
-    def __init__(self, session_id: _Optional[int] = ..., position: _Optional[int] = ..., accepted: _Optional[int] = ..., next_token_id: _Optional[int] = ..., is_bonus: _Optional[bool] = ..., load: _Optional[_Union[LoadHints, _Mapping]] = ...) -> None: ...
+    timing: RoundTiming
+    def __init__(self, session_id: _Optional[int] = ..., position: _Optional[int] = ..., accepted: _Optional[int] = ..., next_token_id: _Optional[int] = ..., is_bonus: _Optional[bool] = ..., load: _Optional[_Union[LoadHints, _Mapping]] = ..., timing: _Optional[_Union[RoundTiming, _Mapping]] = ...) -> None: ...
+
+class RoundTiming(_message.Message):
+    __slots__ = ("server_us", "forward_us", "busy_wait_us")
+    SERVER_US_FIELD_NUMBER: _ClassVar[int]
+    FORWARD_US_FIELD_NUMBER: _ClassVar[int]
+    BUSY_WAIT_US_FIELD_NUMBER: _ClassVar[int]
+    server_us: int
+    forward_us: int
+    busy_wait_us: int
+    def __init__(self, server_us: _Optional[int] = ..., forward_us: _Optional[int] = ..., busy_wait_us: _Optional[int] = ...) -> None: ...
 
 class Close(_message.Message):
     __slots__ = ("session_id",)

@@ -29,7 +29,10 @@ __all__ = [
     "close",
     "error",
     "load_hints",
+    "round_timing",
 ]
+
+_MAX_UINT32 = (1 << 32) - 1
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,15 @@ class ServerLimits:
 def load_hints(queue_depth: int = 0, active_sessions: int = 0, verify_ms: float = 0.0) -> pb.LoadHints:
     """Load hints a verifier attaches to `SessionOpened` and `Verdict`."""
     return pb.LoadHints(queue_depth=queue_depth, active_sessions=active_sessions, verify_ms=verify_ms)
+
+
+def round_timing(server_s: float, forward_s: float, busy_wait_s: float) -> pb.RoundTiming:
+    """The verifier's time on one draft (seconds in; whole microseconds on the wire, rounded down so sums keep their order; clamped to uint32): see `RoundTiming` in edgespec.proto."""
+    return pb.RoundTiming(server_us=_micros(server_s), forward_us=_micros(forward_s), busy_wait_us=_micros(busy_wait_s))
+
+
+def _micros(seconds: float) -> int:
+    return min(_MAX_UINT32, max(0, int(seconds * 1e6)))
 
 
 def hello(node_id: str, draft_model_ids: Iterable[str] = (), agent: str = "") -> pb.Envelope:
@@ -151,9 +163,10 @@ def verdict(
     next_token_id: int,
     is_bonus: bool,
     load: Optional[pb.LoadHints] = None,
+    timing: Optional[pb.RoundTiming] = None,
 ) -> pb.Envelope:
-    """Verifier -> drafter: `accepted` draft tokens and the next token for the draft at `position`."""
-    msg = pb.Verdict(session_id=session_id, position=position, accepted=accepted, next_token_id=next_token_id, is_bonus=is_bonus, load=load)
+    """Verifier -> drafter: `accepted` draft tokens and the next token for the draft at `position` (`timing`: see `round_timing`)."""
+    msg = pb.Verdict(session_id=session_id, position=position, accepted=accepted, next_token_id=next_token_id, is_bonus=is_bonus, load=load, timing=timing)
     return pb.Envelope(verdict=msg)
 
 

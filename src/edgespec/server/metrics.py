@@ -17,6 +17,7 @@ __all__ = ["VerifierMetrics", "MetricsServer"]
 _BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 _BATCH_TOKENS_BUCKETS = (8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 _VERIFY_S_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+_OVERHEAD_S_BUCKETS = (0.0001, 0.0002, 0.0005, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.01, 0.02, 0.05)
 
 
 class MetricsServer:
@@ -54,6 +55,11 @@ class VerifierMetrics:
         self.batch_tokens = Histogram("edgespec_verifier_batch_tokens", "Target positions per verification batch.", buckets=_BATCH_TOKENS_BUCKETS, registry=r)
         self.verify_seconds = Histogram("edgespec_verifier_verify_seconds", "Wall time of one batch: target forward and verification.", buckets=_VERIFY_S_BUCKETS, registry=r)
         self.queue_depth = Gauge("edgespec_verifier_queue_depth", "Drafts waiting to be verified.", registry=r)
+        self.round_overhead_seconds = Histogram(
+            "edgespec_verifier_round_overhead_seconds",
+            "Per verdict: time on the verifier outside target forwards (server time - its batch's forwards - waiting behind other batches' forwards).",
+            node, buckets=_OVERHEAD_S_BUCKETS, registry=r,
+        )
         # traffic and sessions
         self.received_bytes = Counter("edgespec_verifier_received_bytes", "Bytes of messages received from drafter nodes.", node, registry=r)
         self.active_sessions = Gauge("edgespec_verifier_active_sessions", "Open sessions.", node, registry=r)

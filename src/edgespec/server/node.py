@@ -6,6 +6,8 @@ batch loop that asks the scheduler for a batch and runs the runner in a worker t
 (`asyncio.to_thread`), so the event loop keeps serving I/O while the target forward runs. A bad message
 gets an `Error` on its own connection and affects nothing else; input errors are logged on one line at
 INFO, never with a traceback. A disconnect frees every session of that connection (KV and reservation).
+Every verdict carries its `RoundTiming` (time on this node, target forwards, waiting behind other
+batches' forwards); the rest is this node's overhead on the round, a histogram per drafter node.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import ssl as ssl_lib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Iterable, Optional
 
 from edgespec.protocol import (
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -100,6 +102,7 @@ class _Peer:
     token_limits: dict[int, int] = field(default_factory=dict)  # session id -> last position it may draft at + 1
     closed: bool = False
     bytes_counted: int = 0
+    received_s: float = 0.0  # time.perf_counter() when the message being handled was received
 
 
 class VerifierNode:
@@ -221,6 +224,7 @@ class VerifierNode:
             while not peer.closed:
                 try:
                     envelope = await transport.recv()
+                    peer.received_s = time.perf_counter()
                     self._count_bytes(peer)
                     event = peer.conn.receive(envelope)
                     if event is not None:
@@ -363,7 +367,7 @@ class VerifierNode:
         draft = checked_draft(event.block, sid, self.runner.vocab_size, self.draft_limits)
         item = DraftItem(key, position, draft)
         cost = self.runner.pending_tokens(key) + item.gamma
-        self.scheduler.submit(QueuedDraft(item, peer.peer_id, asyncio.get_running_loop().time(), cost))
+        self.scheduler.submit(QueuedDraft(item, peer.peer_id, asyncio.get_running_loop().time(), cost, peer.received_s))
         self.metrics.queue_depth.set(self.scheduler.depth)
         self._wake.set()
 
@@ -390,6 +394,7 @@ class VerifierNode:
 
     async def _run_batch(self, batch: list[QueuedDraft]) -> None:
         self.metrics.queue_depth.set(self.scheduler.depth)
+        earlier_forwards = list(self.runner.forward_windows)
         start = time.perf_counter()
         try:
             results = await asyncio.to_thread(self.runner.verify_batch, [q.item for q in batch])
@@ -419,8 +424,20 @@ class VerifierNode:
                 log.warning("session %s of %s: %s", sid, peer.node, result.error)
                 self._post(peer, m.error(ErrorCode.INTERNAL, result.error, session_id=sid, effect=ErrorEffect.DRAFT_REJECTED))
                 continue
-            self._post(peer, m.verdict(sid, result.position, result.accepted, result.next_token_id, result.is_bonus, load))
+            timing = self._timing(peer, q, result.forward_s, busy_wait_s(q.received_s, start, earlier_forwards))
+            self._post(peer, m.verdict(sid, result.position, result.accepted, result.next_token_id, result.is_bonus, load, timing))
             self.metrics.record_round(peer.node, result.gamma, result.accepted)
+
+    def _timing(self, peer: _Peer, q: QueuedDraft, forward_s: float, busy_wait: float) -> pb.RoundTiming:
+        """The verdict's RoundTiming; observes the verifier-side overhead (server − forward − busy wait) of the round."""
+        server_s = time.perf_counter() - q.received_s
+        self.metrics.round_overhead_seconds.labels(peer.node).observe(max(0.0, server_s - forward_s - busy_wait))
+        return m.round_timing(server_s, forward_s, busy_wait)
+
+
+def busy_wait_s(received_s: float, batch_start_s: float, forward_windows: Iterable[tuple[float, float]]) -> float:
+    """Seconds of [received_s, batch_start_s] during which target forwards (of other batches) ran: the overlap with their windows."""
+    return sum(max(0.0, min(end, batch_start_s) - max(start, received_s)) for start, end in forward_windows)
 
 
 def _load_target(config: VerifierConfig):

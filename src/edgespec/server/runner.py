@@ -8,6 +8,7 @@ prefilled in a forward of its own before its first verification, so one long pro
 whole batch. The runner keeps each session's transcript (prompt + every token it emitted: it decided
 them), so it knows which tokens its cache lacks; a draft at position P must have P == len(transcript).
 The cache is only a cache: after a failed forward it is dropped and rebuilt from the transcripts.
+Each batch's target forwards are timed: `RoundResult.forward_s`, and `forward_windows` (recent batches).
 
 Threading: `verify_batch` and `reclaim` run in one worker thread (they alone touch the KV tensors);
 `open`, `close` and the queries are called from the event loop and only touch the session table,
@@ -17,6 +18,8 @@ under a short lock that is never held across a forward.
 from __future__ import annotations
 
 import threading
+import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Hashable, Optional, Sequence
 
@@ -31,6 +34,7 @@ __all__ = ["SessionKey", "DraftItem", "RoundResult", "VerifierRunner", "round_se
 
 SessionKey = Hashable  # the node uses (connection id, session id)
 _MASK64 = (1 << 64) - 1
+FORWARD_WINDOWS = 64  # recent batches whose forward windows `forward_windows` keeps
 
 
 def round_seed(seed: int, position: int) -> int:
@@ -69,6 +73,7 @@ class RoundResult:
     next_token_id: int = 0
     is_bonus: bool = False
     error: Optional[str] = None
+    forward_s: float = 0.0  # the target forwards of its batch (prefill + verification), wall seconds
 
 
 @dataclass
@@ -94,6 +99,7 @@ class VerifierRunner:
         self._sessions: dict[SessionKey, _Session] = {}
         self._lock = threading.Lock()
         self._tokens_in_use = 0
+        self.forward_windows: deque[tuple[float, float]] = deque(maxlen=FORWARD_WINDOWS)  # (start, end) perf_counter seconds of recent batches' forwards
 
     # ------------------------------------------------------------------ session table (event loop)
 
@@ -249,18 +255,24 @@ class VerifierRunner:
             last_n = {sess.row: item.gamma + 1 for _, item, sess in live}
         if not live:
             return results
+        started_s = time.perf_counter()
         try:
             if prefill:  # prompts (or resumed transcripts) first, in a forward of their own, no logits needed
                 self._forward_rows(prefill, {row: 0 for row in prefill})
             logits = self._forward_rows(feeds, last_n)  # [Σ (γ_i + 1), V], rows ascending
+            if logits.is_cuda:  # kernels run asynchronously: end the timed window when they are done
+                torch.cuda.synchronize(logits.device)
         except Exception:
             with self._lock:
                 self._reset_kv()
             raise
+        ended_s = time.perf_counter()
+        self.forward_windows.append((started_s, ended_s))
+        forward_s = ended_s - started_s
         verdicts = self._verify(logits, live, last_n)
         with self._lock:
             for (i, item, sess), (accepted, token, bonus) in zip(live, verdicts):
-                results[i] = RoundResult(item.key, item.position, item.gamma, accepted, token, bonus)
+                results[i] = RoundResult(item.key, item.position, item.gamma, accepted, token, bonus, forward_s=forward_s)
                 if sess.closed:  # closed during the forward: its row is in `_released`
                     continue
                 kept = item.position + accepted
@@ -277,13 +289,16 @@ class VerifierRunner:
         for row in sorted(last_n):
             starts[row], offset = offset, offset + last_n[row]
         out: list[Optional[tuple[int, int, bool]]] = [None] * len(live)
-        greedy = [j for j, (_, _, sess) in enumerate(live) if sess.params.greedy]
+        greedy = sorted((j for j, (_, _, sess) in enumerate(live) if sess.params.greedy), key=lambda j: live[j][2].row)  # logits' row order
         if greedy:
-            rows = [r for j in greedy for r in range(starts[live[j][2].row], starts[live[j][2].row] + live[j][1].gamma + 1)]
             batch = DraftBatch.from_blocks([live[j][1].draft.token_ids.tolist() for j in greedy])
-            res = verify_greedy(logits[torch.tensor(rows, device=logits.device)], batch)
-            for k, j in enumerate(greedy):
-                out[j] = (int(res.num_accepted[k]), int(res.next_tokens[k]), bool(res.is_bonus[k]))
+            greedy_logits = logits  # when every session is greedy the logits already have the batch's layout
+            if len(greedy) < len(live):
+                rows = [r for j in greedy for r in range(starts[live[j][2].row], starts[live[j][2].row] + live[j][1].gamma + 1)]
+                greedy_logits = logits[torch.tensor(rows, device=logits.device)]
+            res = verify_greedy(greedy_logits, batch)
+            for j, verdict in zip(greedy, zip(res.num_accepted.tolist(), res.next_tokens.tolist(), res.is_bonus.tolist())):
+                out[j] = verdict
         for j, (_, item, sess) in enumerate(live):
             if sess.params.greedy:
                 continue

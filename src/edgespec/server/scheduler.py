@@ -12,10 +12,12 @@ from __future__ import annotations
 
 from collections import OrderedDict, deque
 from dataclasses import dataclass
-from typing import Hashable, Optional, Protocol, Sequence
+from typing import TYPE_CHECKING, Hashable, Optional, Protocol, Sequence
 
 from edgespec.policy.batching import BatchDecision, Pending, WindowBatching
-from edgespec.server.runner import DraftItem, SessionKey
+
+if TYPE_CHECKING:  # the scheduler is torch-free: the simulator runs it with its own items (anything with a `key`)
+    from edgespec.server.runner import DraftItem, SessionKey
 
 __all__ = ["SchedulerConfig", "QueuedDraft", "BatchPolicy", "Scheduler"]
 
@@ -39,8 +41,9 @@ class QueuedDraft:
 
     item: DraftItem
     node: Hashable
-    arrival_s: float
+    arrival_s: float  # event-loop clock, for the batching window
     cost_tokens: int  # transcript tokens the cache lacks + γ: positions the target forward processes
+    received_s: float = 0.0  # time.perf_counter() when its frame was received, for the verdict's RoundTiming
 
 
 class BatchPolicy(Protocol):
