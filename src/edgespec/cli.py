@@ -1,4 +1,4 @@
-"""The `edgespec` command line: demo, generate, bench, plan (typer app; heavy imports happen inside commands, so `plan` never loads torch)."""
+"""The `edgespec` command line: demo, generate, bench, plan, profile (typer app; heavy imports happen inside commands, so `plan` never loads torch)."""
 
 from __future__ import annotations
 
@@ -225,6 +225,137 @@ def plan(
     from edgespec.plan.cli import run_plan
 
     raise typer.Exit(run_plan(scenario=scenario, json_out=json_out, plot=plot))
+
+
+@app.command()
+def sim(
+    scenario: Path = typer.Option(..., "--scenario", help="Scenario file (TOML, the planner's format plus [sim] tables)."),
+    json_out: bool = typer.Option(False, "--json", help="End with one JSON object on the last line."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Write latency.png and system.png into this directory."),
+    trace: Optional[Path] = typer.Option(None, "--trace", help="Write a Chrome-trace timeline (JSON) of the run."),
+    requests: Optional[int] = typer.Option(None, "--requests", min=1, help="Override the workload's number of requests."),
+    seed: Optional[int] = typer.Option(None, "--seed", min=0, help="Override the scenario's seed."),
+) -> None:
+    """Simulate a deployment: drafter and verifier nodes, links, workload, the real policies (never imports torch)."""
+    from edgespec.sim.cli import run_sim
+
+    raise typer.Exit(run_sim(scenario=scenario, json_out=json_out, plot=plot, trace=trace, requests=requests, seed=seed))
+
+
+@app.command("profile")
+def profile_command(
+    out: Path = typer.Option(..., "--out", help="Pair profile JSON to write (edgespec-pair-profile/1)."),
+    draft: Optional[Path] = typer.Option(None, "--draft", help="Draft model directory (default: bundled)."),
+    target: Optional[Path] = typer.Option(None, "--target", help="Target model directory (default: bundled)."),
+    quick: bool = typer.Option(False, "--quick", help="Small grid, few tokens, γ = 4: a smoke run."),
+    threads: int = typer.Option(1, "--threads", min=1, help="torch threads while measuring."),
+    max_gamma: Optional[int] = typer.Option(None, "--max-gamma", min=1, max=32,
+                                            help="γ of the acceptance runs (default 8, 4 with --quick); γ+1 joins the verify grid."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Seed of every random draw of the acceptance runs."),
+    json_out: bool = typer.Option(False, "--json", help="End with one JSON summary on the last line."),
+) -> None:
+    """Measure a draft/target pair on this machine (step and verify times, per-position acceptance) into a pair profile for the simulator."""
+    import json
+    import shlex
+    from dataclasses import replace
+
+    _check_writable(out, "--out")
+    console = _console()
+    with console.status("loading models…"):
+        import torch
+
+        from edgespec.models.profiling import FULL_GRID, QUICK_GRID, measure_pair
+        from edgespec.plan.pairprofile import write_pair_profile
+
+        torch.set_num_threads(threads)
+        d, t = _load_pair(draft, target)
+    grid = replace(QUICK_GRID if quick else FULL_GRID, seed=seed)
+    grid = grid.with_max_gamma(max_gamma) if max_gamma else grid
+    flags = [("--draft", draft), ("--target", target), ("--max-gamma", max_gamma)]
+    command = ["edgespec", "profile", "--out", str(out), *(["--quick"] if quick else []), "--threads", str(threads),
+               "--seed", str(seed), *[str(v) for f, v in flags if v is not None for v in (f, v)]]
+    with _progress_bars(console) as report:
+        pp = measure_pair(d, t, grid, progress=report, command=shlex.join(command))
+    write_pair_profile(pp, out)
+    for table in _pair_profile_tables(pp):
+        console.print(table)
+    console.print(f"wrote {out} in {pp.meta['wall_s']:.1f} s ({pp.meta['threads']} thread(s))")
+    if json_out:
+        print(json.dumps(_pair_profile_summary(pp, out)))
+
+
+def _check_writable(path: Path, option: str) -> None:
+    """Refuse an output path that is a directory or whose directory does not exist or cannot be written, before any work."""
+    import os
+
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise typer.BadParameter(f"{path} is a directory; give a file name", param_hint=option)
+    if not parent.is_dir():
+        raise typer.BadParameter(f"directory {parent} does not exist", param_hint=option)
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise typer.BadParameter(f"cannot write {path}: permission denied", param_hint=option)
+
+
+def _progress_bars(console):
+    """A context manager yielding a `(phase, done, total)` callback that draws one rich progress bar per phase."""
+    from contextlib import contextmanager
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    @contextmanager
+    def bars():
+        tasks: dict = {}
+        with Progress(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=console, transient=not console.is_terminal) as progress:
+            def report(phase: str, done: int, total: int) -> None:
+                if phase not in tasks:
+                    tasks[phase] = progress.add_task(phase, total=total)
+                progress.update(tasks[phase], completed=done, total=total)
+
+            yield report
+
+    return bars()
+
+
+def _pair_profile_tables(pp) -> list:
+    """Rich tables of a pair profile: step times, prefill times (ms) and acceptance curves."""
+    from rich.table import Table
+
+    steps = Table(title=f"step time, ms (median; context {pp.target.context_tokens} tokens)")
+    steps.add_column("batch", justify="right")
+    for role, prof, name in (("draft", pp.draft, "step"), ("target", pp.target, "verify")):
+        for n in prof.step.tokens:
+            steps.add_column(f"{role} {name} {int(n)} tok", justify="right")
+    for i, b in enumerate(pp.target.step.batch_sizes):
+        steps.add_row(str(int(b)), *[f"{v * 1e3:.2f}" for prof in (pp.draft, pp.target) for v in prof.step.time_s[i]])
+    prefill = Table(title="prefill time, ms")
+    prefill.add_column("batch", justify="right")
+    for role, prof in (("draft", pp.draft), ("target", pp.target)):
+        for n in prof.prefill.tokens:
+            prefill.add_column(f"{role} {int(n)} tok", justify="right")
+    for i, b in enumerate(pp.target.prefill.batch_sizes):
+        prefill.add_row(str(int(b)), *[f"{v * 1e3:.2f}" for prof in (pp.draft, pp.target) for v in prof.prefill.time_s[i]])
+    gamma = max(c.max_gamma for c in pp.acceptance)
+    accept = Table(title=f"acceptance (static γ = {gamma}); a_i = P(draft i accepted | 1..i-1 accepted)")
+    for col in ("setting", "rounds", "α", f"tok/round γ={gamma}", *[f"a{i}" for i in range(1, gamma + 1)]):
+        accept.add_column(col, justify="left" if col == "setting" else "right")
+    for c in pp.acceptance:
+        accept.add_row(c.label, str(c.rounds), f"{c.alpha:.3f}", f"{c.tokens_per_round(c.max_gamma):.2f}",
+                       *[f"{a:.2f}" for a in c.per_position])
+    return [steps, prefill, accept]
+
+
+def _pair_profile_summary(pp, out: Path) -> dict:
+    """The --json line of `edgespec profile`: where the file went, batch-1 times and every curve."""
+    return {
+        "profile": str(out),
+        "draft_step_s": dict(zip((str(int(b)) for b in pp.draft.step.batch_sizes), pp.draft.step.time_s[:, 0].tolist())),
+        "target_verify_s_batch1": dict(zip((str(int(n)) for n in pp.target.step.tokens), pp.target.step.time_s[0].tolist())),
+        "acceptance": [{"setting": c.label, "alpha": c.alpha, "per_position": list(c.per_position), "rounds": c.rounds}
+                       for c in pp.acceptance],
+        "wall_s": pp.meta["wall_s"],
+    }
 
 
 def _register_serving() -> None:

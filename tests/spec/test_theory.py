@@ -7,6 +7,7 @@ import pytest
 from edgespec.spec.theory import (
     as2_choice,
     expected_tokens_per_round,
+    fit_alpha,
     leviathan_speedup,
     odld_gamma,
     tkslt_gamma0,
@@ -68,3 +69,20 @@ def test_as2_falls_back_to_ad_when_sd_does_not_pay():
 def test_bad_alpha_rejected(bad):
     with pytest.raises(ValueError, match="alpha"):
         expected_tokens_per_round(bad, 3)
+
+
+@pytest.mark.parametrize("alpha", [0.05, 0.4, 0.78, 0.97])
+def test_fit_alpha_inverts_expected_tokens(alpha):
+    assert fit_alpha(expected_tokens_per_round(alpha, 6), 6) == pytest.approx(alpha, abs=1e-9)
+    mixed = [6, 6, 2, 0]  # one γ per round: α matches the mean of E(γ_r)
+    mean = sum(expected_tokens_per_round(alpha, g) for g in mixed) / len(mixed)
+    assert fit_alpha(mean, mixed) == pytest.approx(alpha, abs=1e-9)
+
+
+def test_fit_alpha_clamps_and_rejects():
+    assert fit_alpha(1.0, 4) == 0.0 and fit_alpha(0.5, 4) == 0.0
+    assert fit_alpha(5.0, 4) == 1.0 and fit_alpha(9.0, 4) == 1.0
+    with pytest.raises(ValueError, match="gamma >= 1"):
+        fit_alpha(1.0, [0, 0])
+    with pytest.raises(ValueError, match="gamma"):
+        fit_alpha(2.0, -1)

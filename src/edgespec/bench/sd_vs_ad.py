@@ -25,9 +25,7 @@ import torch
 
 from edgespec.models.decoder import GenerationConfig, GenerationResult, generate_ad, generate_sd
 from edgespec.models.runtime import CausalLM
-from scipy.optimize import brentq
-
-from edgespec.spec.theory import expected_tokens_per_round
+from edgespec.spec.theory import fit_alpha
 
 PROMPTS = (
     "import os\nimport sys\n\n\ndef main(argv):\n",
@@ -39,6 +37,12 @@ PROMPTS = (
     "def _check_arg(name, value):\n    if not isinstance(value, int):\n        raise TypeError(",
     "\n\nclass Error(Exception):\n    \"\"\"Base class for exceptions in this module.\"\"\"\n",
 )
+
+
+def prompt_ids(lm: CausalLM, texts: Sequence[str] = PROMPTS) -> list[list[int]]:
+    """The prompts as token ids, BOS first when the tokenizer has one (as the API and the drafter's HTTP API encode text)."""
+    bos = lm.tokenizer.bos_token_id
+    return [([bos] if bos is not None else []) + lm.tokenize(t) for t in texts]
 
 
 @dataclass(frozen=True)
@@ -97,8 +101,7 @@ def run(
     rates are total tokens over total wall time across passes, step times medians over all passes.
     """
     say = progress or (lambda _msg: None)
-    bos = target.tokenizer.bos_token_id
-    prompts = [([bos] if bos is not None else []) + target.tokenize(p) for p in PROMPTS]
+    prompts = prompt_ids(target)
     cfg = GenerationConfig(max_new_tokens=max_new_tokens, stop_at_eos=False)
     ad = _Tally()
     sd = {g: _Tally() for g in gammas}
@@ -145,12 +148,6 @@ class _Tally:
         return self.tokens / self.wall_s
 
 
-def _fit_alpha(tokens_per_round: float, gamma: int) -> float:
-    """Per-token acceptance α of Leviathan's i.i.d. model whose E(γ) = (1 − α^(γ+1))/(1 − α) equals the measured one."""
-    target = min(max(tokens_per_round, 1.0), gamma + 1 - 1e-9)
-    return float(brentq(lambda a: expected_tokens_per_round(a, gamma) - target, 0.0, 1 - 1e-12))
-
-
 def _row(gamma: int, t_verify: float, sd: "_Tally", ad_rate: float, t_draft: float, t_target: float) -> Row:
     drafted = sum(r.num_draft_tokens for r in sd.results)
     accepted = sum(r.num_accepted_tokens for r in sd.results)
@@ -162,7 +159,7 @@ def _row(gamma: int, t_verify: float, sd: "_Tally", ad_rate: float, t_draft: flo
     return Row(
         gamma=gamma,
         alpha=round(accepted / drafted if drafted else 0.0, 4),
-        alpha_token=round(_fit_alpha(per_round, gamma), 4),
+        alpha_token=round(fit_alpha(per_round, gamma), 4),
         tokens_per_round=round(per_round, 3),
         c=round(c, 4),
         t_draft_s=t_draft,

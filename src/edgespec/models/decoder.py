@@ -20,7 +20,7 @@ from edgespec.models.runtime import CausalLM, RaggedKV, check_same_tokenizer
 from edgespec.spec.sampling import SamplingParams, greedy_tokens, probs_from_logits, sample, sparsify_topk
 from edgespec.spec.verify import DraftBatch, DraftLimits, verify
 
-__all__ = ["GenerationConfig", "GenerationResult", "generate_ad", "generate_sd", "draft_blocks", "DraftOutput"]
+__all__ = ["GenerationConfig", "GenerationResult", "generate_ad", "generate_sd", "draft_blocks", "DraftOutput", "RoundHook"]
 
 
 @dataclass(frozen=True)
@@ -131,6 +131,7 @@ class DraftRows:
     id_rows: list[list[torch.Tensor]]
 
 
+RoundHook = Callable[[int, int, int], None]  # (sequence index, γ drafted this round, accepted)
 Draw = Callable[[torch.Tensor], tuple]  # logits [R, V] -> (tokens [R], q [R, ·] | None, q ids [R, K] | None, confidence [R])
 
 
@@ -240,8 +241,13 @@ def generate_sd(
     prompts: Sequence[Sequence[int]],
     cfg: GenerationConfig,
     gammas: Optional[Sequence[int]] = None,
+    on_round: Optional[RoundHook] = None,
 ) -> list[GenerationResult]:
-    """Speculative decoding, lossless w.r.t. `cfg.sampling`; `gammas` overrides cfg.gamma per sequence."""
+    """Speculative decoding, lossless w.r.t. `cfg.sampling`; `gammas` overrides cfg.gamma per sequence.
+
+    `on_round(sequence, gamma, accepted)` is called after every verified round of every sequence
+    (γ as drafted that round, after the budget cap); it only observes.
+    """
     _check_prompts(prompts)
     check_same_tokenizer(draft, target)
     start = time.perf_counter()
@@ -273,6 +279,8 @@ def generate_sd(
             n = int(verdict.num_accepted[j])
             emitted = drafted.blocks[b][:n] + [int(verdict.next_tokens[j])]
             _count_round(results[b], round_gamma[b], n)
+            if on_round is not None:
+                on_round(b, round_gamma[b], n)
             if results[b].num_rounds == 1:
                 results[b].ttft_s = time.perf_counter() - start
             done = _finish(results[b], emitted, cfg, target.eos_token_id)

@@ -41,6 +41,9 @@ __all__ = [
     "profile_to_dict",
     "load_profile",
     "write_profile",
+    "check_format",
+    "read_json",
+    "write_json",
     "table_time_s",
     "profile_step_time_s",
     "profile_prefill_time_s",
@@ -107,13 +110,18 @@ def _table(data: Any, rows_key: str, cols_key: str, time_key: str, where: str) -
     return StepTable(rows, cols, times)
 
 
+def check_format(data: Any, expected: str, what: str, error: type[ProfileError] = ProfileError) -> None:
+    """Refuse anything but a JSON object whose `format` is `expected`; `what` names the object in the message."""
+    if not isinstance(data, dict):
+        raise error(f"{what} must be a JSON object")
+    fmt = data.get("format")
+    if fmt != expected:
+        raise error(f"format: must be {expected!r}, got {fmt!r}")
+
+
 def profile_from_dict(data: Any) -> Profile:
     """Validate a decoded profile JSON object and build a Profile."""
-    if not isinstance(data, dict):
-        raise ProfileError("profile must be a JSON object")
-    fmt = data.get("format")
-    if fmt != PROFILE_FORMAT:
-        raise ProfileError(f"format: must be {PROFILE_FORMAT!r}, got {fmt!r}")
+    check_format(data, PROFILE_FORMAT, "profile")
     step = _table(data, "batch_sizes", "new_tokens", "step_time_s", "")
     prefill = None
     if "prefill" in data:
@@ -158,18 +166,27 @@ def profile_to_dict(profile: Profile) -> dict:
     return out
 
 
+def read_json(path: Path | str, error: type[ProfileError] = ProfileError) -> Any:
+    """The decoded JSON of a profile file; invalid JSON raises `error`."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise error(f"invalid JSON: {exc}") from None
+
+
+def write_json(data: dict, path: Path | str) -> None:
+    """Write a profile object as indented JSON."""
+    Path(path).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+
 def load_profile(path: Path | str) -> Profile:
     """Read and validate a profile JSON file."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ProfileError(f"invalid JSON: {exc}") from None
-    return profile_from_dict(data)
+    return profile_from_dict(read_json(path))
 
 
 def write_profile(profile: Profile, path: Path | str) -> None:
     """Write a profile as indented JSON."""
-    Path(path).write_text(json.dumps(profile_to_dict(profile), indent=2) + "\n", encoding="utf-8")
+    write_json(profile_to_dict(profile), path)
 
 
 def _weights(axis: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

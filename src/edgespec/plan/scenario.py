@@ -534,7 +534,7 @@ def _scenario_from_data(data: dict, ctx: _Ctx, source: Optional[Path]) -> Scenar
     link = _link(root.sub("link"))
     spec = _speculation(root.sub("speculation"), vocab=verifier.model.vocab)
     planner = _planner(root.sub("planner", required=False))
-    root.used.update({"task", "task_generator"})
+    root.used.update({"task", "task_generator", "sim"})  # [sim]: the simulator's tables (edgespec.sim.scenario)
     tasks: list[Task] = []
     if "task" in data:
         tasks += _explicit_tasks(data["task"], ctx, spec, uplink, first_id=0)

@@ -29,6 +29,8 @@ __all__ = [
     "RunningEstimates",
     "OdldGamma",
     "LeviathanGamma",
+    "GAMMA_POLICIES",
+    "make_gamma_policy",
 ]
 
 
@@ -42,6 +44,8 @@ class RoundObservation:
     draft_time_s: Optional[float] = None  # drafter compute for the `drafted` tokens
     upload_time_s: Optional[float] = None  # drafts on the wire, drafter → verifier
     verify_time_s: Optional[float] = None  # one target forward (the verification pass)
+    rtt_s: Optional[float] = None  # the block sent → its verdict back, as the drafter saw it (wire, queue and verify)
+    queue_depth: Optional[int] = None  # drafts waiting at the verifier, from the verdict's load hints
 
     def __post_init__(self) -> None:
         if self.drafted < 0 or not (0 <= self.accepted <= self.drafted):
@@ -194,3 +198,23 @@ class LeviathanGamma(GammaPolicy):
 
     def observe(self, obs: RoundObservation) -> None:
         self.estimates.update(obs)
+
+
+GAMMA_POLICIES: tuple[str, ...] = ("static", "heuristic", "confidence", "odld", "leviathan")
+
+
+def make_gamma_policy(name: str, gamma: int = 4, max_gamma: int = 16, confidence_threshold: float = 0.3) -> GammaPolicy:
+    """A fresh γ policy: `gamma` is the static value (static) or the starting value (heuristic); `max_gamma` bounds all of them."""
+    if not 0 <= gamma <= max_gamma:
+        raise ValueError(f"need 0 <= gamma <= max_gamma, got gamma={gamma}, max_gamma={max_gamma}")
+    if name == "static":
+        return StaticGamma(gamma)
+    if name == "heuristic":
+        return HeuristicGamma(initial=max(gamma, 1), min_gamma=1, max_gamma=max(max_gamma, 1))
+    if name == "confidence":
+        return ConfidenceGamma(confidence_threshold, max_gamma=max_gamma)
+    if name == "odld":
+        return OdldGamma(max_gamma=max_gamma)
+    if name == "leviathan":
+        return LeviathanGamma(max_gamma=max(max_gamma, 1))
+    raise ValueError(f"unknown γ policy {name!r}; choose one of {', '.join(GAMMA_POLICIES)}")

@@ -13,12 +13,16 @@ Symbols (DESIGN §3):
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass
+from typing import Sequence, Union
 
+from scipy.optimize import brentq
 from scipy.special import lambertw
 
 __all__ = [
     "expected_tokens_per_round",
+    "fit_alpha",
     "leviathan_speedup",
     "tkslt_speedup",
     "tkslt_gamma0",
@@ -43,6 +47,34 @@ def expected_tokens_per_round(alpha: float, gamma: int) -> float:
     _check_alpha(alpha)
     _check_gamma(gamma)
     return (1.0 - alpha ** (gamma + 1)) / (1.0 - alpha)
+
+
+def fit_alpha(tokens_per_round: float, gamma: Union[int, Sequence[int]]) -> float:
+    """The i.i.d. α whose E(γ), averaged over the rounds' draft lengths `gamma` (one γ or one per round), equals the measured tokens per round.
+
+    The measured mean is clamped to [1, mean(γ) + 1]: no draft ever accepted gives α = 0, every
+    draft accepted gives α = 1 (where E(γ) = γ + 1).
+    """
+    counts = Counter([gamma] if isinstance(gamma, int) else list(gamma))
+    for g in counts:
+        _check_gamma(g)
+    rounds = sum(counts.values())
+    if not rounds or not any(counts.keys()):
+        raise ValueError("fitting alpha needs at least one round with gamma >= 1")
+    most = sum((g + 1) * n for g, n in counts.items()) / rounds
+    if not math.isfinite(tokens_per_round):
+        raise ValueError(f"tokens_per_round must be finite, got {tokens_per_round!r}")
+    if tokens_per_round <= 1.0:
+        return 0.0
+    if tokens_per_round >= most:
+        return 1.0
+
+    def excess(alpha: float) -> float:
+        if alpha >= 1.0:
+            return most - tokens_per_round
+        return sum(expected_tokens_per_round(alpha, g) * n for g, n in counts.items()) / rounds - tokens_per_round
+
+    return float(brentq(excess, 0.0, 1.0))
 
 
 def leviathan_speedup(alpha: float, gamma: int, c: float) -> float:

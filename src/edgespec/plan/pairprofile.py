@@ -1,0 +1,264 @@
+"""Pair profiles: the JSON format `edgespec profile` writes for a draft/target pair (both models' step times and per-position acceptance by q-mode and temperature), its validation and lookup.
+
+Format (``"format": "edgespec-pair-profile/1"``), documented in docs/profile.md::
+
+    {
+      "format": "edgespec-pair-profile/1",
+      "draft":  {edgespec-profile/1: draft step time vs batch size × new tokens (1 = one draft step)},
+      "target": {edgespec-profile/1: verify time vs batch size × new tokens (γ + 1)},
+      "acceptance": [
+        {"q_mode": "topk", "top_k": 8, "temperature": 1.0,
+         "per_position": [a_1, ..., a_G], "alpha": 0.71, "rounds": 412, "drafted_tokens": 3296},
+        ...
+      ],
+      "meta": {...}                          # optional, free-form (host, versions, command)
+    }
+
+a_i = P(draft token i accepted | tokens 1..i-1 accepted), estimated over the rounds that drafted
+position i; `alpha` is Leviathan's i.i.d. acceptance fitted to the same rounds' tokens per round.
+`top_k` is present only for the "topk" q-mode; temperature 0 means greedy, where the q encoding
+does not matter (greedy verification compares tokens only).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from edgespec.plan.profile import (
+    Profile, ProfileError, check_format, profile_from_dict, profile_to_dict, read_json, write_json,
+)
+from edgespec.spec.theory import fit_alpha
+
+__all__ = [
+    "PAIR_PROFILE_FORMAT",
+    "Q_MODES",
+    "PairProfileError",
+    "AcceptanceCurve",
+    "PairProfile",
+    "curve_from_rounds",
+    "setting_label",
+    "acceptance_curve",
+    "pair_profile_from_dict",
+    "pair_profile_to_dict",
+    "load_pair_profile",
+    "write_pair_profile",
+]
+
+PAIR_PROFILE_FORMAT = "edgespec-pair-profile/1"
+Q_MODES = ("full", "topk", "tokens")
+
+
+class PairProfileError(ProfileError):
+    """A pair profile is malformed or lacks what was asked for; the message names the field."""
+
+
+@dataclass(frozen=True)
+class AcceptanceCurve:
+    """Measured acceptance of one (q-mode, temperature) setting: per draft position and as Leviathan's i.i.d. α."""
+
+    q_mode: str
+    temperature: float
+    per_position: tuple[float, ...]  # a_1..a_G, conditional on the earlier positions being accepted
+    alpha: float
+    rounds: int
+    drafted_tokens: int
+    top_k: Optional[int] = None  # only for q_mode "topk"
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    @property
+    def label(self) -> str:
+        return setting_label(self.q_mode, self.temperature, self.top_k)
+
+    @property
+    def max_gamma(self) -> int:
+        return len(self.per_position)
+
+    def tokens_per_round(self, gamma: int) -> float:
+        """Expected tokens per round at draft length γ ≤ max_gamma: 1 + Σ_k Π_{i≤k} a_i."""
+        if not 0 <= gamma <= self.max_gamma:
+            raise ValueError(f"gamma must be in [0, {self.max_gamma}] (the measured positions), got {gamma}")
+        total, survive = 1.0, 1.0
+        for a in self.per_position[:gamma]:
+            survive *= a
+            total += survive
+        return total
+
+
+@dataclass(frozen=True, eq=False)
+class PairProfile:
+    """A measured draft/target pair on one machine (see the module docstring for the file format)."""
+
+    draft: Profile
+    target: Profile
+    acceptance: tuple[AcceptanceCurve, ...]
+    meta: dict = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- building curves
+
+
+def curve_from_rounds(
+    q_mode: str, temperature: float, rounds: Sequence[tuple[int, int]], max_gamma: int, top_k: Optional[int] = None
+) -> AcceptanceCurve:
+    """An acceptance curve from per-round (γ drafted, accepted) pairs.
+
+    a_i = #(rounds with accepted ≥ i) / #(rounds with γ ≥ i and accepted ≥ i − 1): rounds cut short by
+    the token budget count only for the positions they drafted. A position no round reached (the ones
+    before it stopped every round, or only budget-cut rounds got that far) keeps the previous estimate.
+    Probabilities are rounded to 6 decimals.
+    """
+    if max_gamma < 1:
+        raise PairProfileError(f"max_gamma: must be >= 1, got {max_gamma}")
+    if not any(g > 0 for g, _ in rounds):
+        raise PairProfileError("rounds: no round drafted a token")
+    if any(not 0 <= n <= g for g, n in rounds):
+        raise PairProfileError("rounds: accepted must be between 0 and the round's γ")
+    tokens = sum(n + 1 for _, n in rounds) / len(rounds)
+    alpha = round(fit_alpha(tokens, [g for g, _ in rounds]), 6)
+    per_position, last = [], alpha
+    for i in range(1, max_gamma + 1):
+        reached = sum(1 for g, n in rounds if g >= i and n >= i - 1)
+        last = round(sum(1 for _, n in rounds if n >= i) / reached, 6) if reached else last
+        per_position.append(last)
+    return AcceptanceCurve(q_mode, float(temperature), tuple(per_position), alpha, len(rounds),
+                           sum(g for g, _ in rounds), top_k if q_mode == "topk" else None)
+
+
+def setting_label(q_mode: str, temperature: float, top_k: Optional[int] = None) -> str:
+    """A short name of an acceptance setting, e.g. "greedy", "topk K=8 T=1", "full T=0.7"."""
+    if temperature == 0:
+        return "greedy"
+    mode = f"topk K={top_k}" if q_mode == "topk" else q_mode
+    return f"{mode} T={temperature:g}"
+
+
+def acceptance_curve(pp: PairProfile, q_mode: str, temperature: float, top_k: Optional[int] = None) -> AcceptanceCurve:
+    """The curve measured for exactly this setting; at temperature 0 the greedy curve whatever the q-mode."""
+    for curve in pp.acceptance:
+        if math.isclose(curve.temperature, temperature, abs_tol=1e-9) and (
+            curve.greedy or (curve.q_mode == q_mode and (q_mode != "topk" or curve.top_k == top_k))
+        ):
+            return curve
+    asked = f"q_mode={q_mode!r}" + (f", top_k={top_k}" if q_mode == "topk" else "") + f", temperature={temperature:g}"
+    measured = ", ".join(c.label for c in pp.acceptance)
+    raise PairProfileError(f"acceptance: no curve for {asked}; measured: {measured}")
+
+
+# ---------------------------------------------------------------- validation
+
+
+def _number(value: Any, where: str, low: float, high: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not low <= value <= high:
+        raise PairProfileError(f"{where}: must be a finite number in [{low:g}, {high:g}], got {value!r}")
+    return float(value)
+
+
+def _count(value: Any, where: str, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise PairProfileError(f"{where}: must be an integer >= {low}, got {value!r}")
+    return value
+
+
+def _curve_from_dict(data: Any, where: str) -> AcceptanceCurve:
+    if not isinstance(data, dict):
+        raise PairProfileError(f"{where}: must be an object")
+    known = {"q_mode", "top_k", "temperature", "per_position", "alpha", "rounds", "drafted_tokens"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise PairProfileError(f"{where}.{unknown[0]}: unknown field")
+    q_mode = data.get("q_mode")
+    if q_mode not in Q_MODES:
+        raise PairProfileError(f"{where}.q_mode: must be one of {', '.join(Q_MODES)}, got {q_mode!r}")
+    top_k = None
+    if q_mode == "topk":
+        top_k = _count(data.get("top_k"), f"{where}.top_k", 1)
+    elif data.get("top_k") is not None:
+        raise PairProfileError(f"{where}.top_k: only allowed with q_mode 'topk'")
+    positions = data.get("per_position")
+    if not isinstance(positions, list) or not positions:
+        raise PairProfileError(f"{where}.per_position: must be a non-empty list of probabilities")
+    per_position = tuple(_number(a, f"{where}.per_position[{i}]", 0.0, 1.0) for i, a in enumerate(positions))
+    return AcceptanceCurve(
+        q_mode=q_mode,
+        temperature=_number(data.get("temperature"), f"{where}.temperature", 0.0, math.inf),
+        per_position=per_position,
+        alpha=_number(data.get("alpha"), f"{where}.alpha", 0.0, 1.0),
+        rounds=_count(data.get("rounds"), f"{where}.rounds", 1),
+        drafted_tokens=_count(data.get("drafted_tokens"), f"{where}.drafted_tokens", 0),
+        top_k=top_k,
+    )
+
+
+def _model_profile(data: dict, key: str) -> Profile:
+    if key not in data:
+        raise PairProfileError(f"{key}: missing (an {PAIR_PROFILE_FORMAT} needs draft and target step-time profiles)")
+    if not isinstance(data[key], dict):
+        raise PairProfileError(f"{key}: must be an object")
+    try:
+        return profile_from_dict(data[key])
+    except ProfileError as exc:
+        raise PairProfileError(f"{key}.{exc}") from None
+
+
+def _acceptance(data: dict) -> tuple[AcceptanceCurve, ...]:
+    raw = data.get("acceptance")
+    if not isinstance(raw, list) or not raw:
+        raise PairProfileError("acceptance: must be a non-empty list of curves")
+    curves = tuple(_curve_from_dict(c, f"acceptance[{i}]") for i, c in enumerate(raw))
+    seen: dict[tuple, int] = {}
+    for i, c in enumerate(curves):
+        key = ("greedy",) if c.greedy else (c.q_mode, c.top_k, c.temperature)
+        if key in seen:
+            raise PairProfileError(f"acceptance[{i}]: same setting as acceptance[{seen[key]}] ({c.label})")
+        seen[key] = i
+    return curves
+
+
+def pair_profile_from_dict(data: Any) -> PairProfile:
+    """Validate a decoded pair-profile JSON object and build a PairProfile."""
+    check_format(data, PAIR_PROFILE_FORMAT, "pair profile", PairProfileError)
+    unknown = sorted(set(data) - {"format", "draft", "target", "acceptance", "meta"})
+    if unknown:
+        raise PairProfileError(f"{unknown[0]}: unknown field")
+    meta = data.get("meta", {})
+    if not isinstance(meta, dict):
+        raise PairProfileError("meta: must be an object")
+    return PairProfile(_model_profile(data, "draft"), _model_profile(data, "target"), _acceptance(data), meta)
+
+
+def _curve_to_dict(curve: AcceptanceCurve) -> dict:
+    out: dict[str, Any] = {"q_mode": curve.q_mode}
+    if curve.q_mode == "topk":
+        out["top_k"] = curve.top_k
+    out.update(temperature=curve.temperature, per_position=list(curve.per_position), alpha=curve.alpha,
+               rounds=curve.rounds, drafted_tokens=curve.drafted_tokens)
+    return out
+
+
+def pair_profile_to_dict(pp: PairProfile) -> dict:
+    """The JSON object for a PairProfile (inverse of pair_profile_from_dict)."""
+    out = {
+        "format": PAIR_PROFILE_FORMAT,
+        "draft": profile_to_dict(pp.draft),
+        "target": profile_to_dict(pp.target),
+        "acceptance": [_curve_to_dict(c) for c in pp.acceptance],
+    }
+    if pp.meta:
+        out["meta"] = pp.meta
+    return out
+
+
+def load_pair_profile(path: Path | str) -> PairProfile:
+    """Read and validate a pair-profile JSON file."""
+    return pair_profile_from_dict(read_json(path, PairProfileError))
+
+
+def write_pair_profile(pp: PairProfile, path: Path | str) -> None:
+    """Write a pair profile as indented JSON."""
+    write_json(pair_profile_to_dict(pp), path)

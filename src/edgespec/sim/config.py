@@ -1,0 +1,132 @@
+"""The simulator's frozen configuration: request classes, drafter-node groups, verifiers, workload, speculation, SLOs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from edgespec.sim.costs import StepCost
+from edgespec.sim.links import LinkModel
+
+__all__ = [
+    "MODES",
+    "ROUTINGS",
+    "BATCHINGS",
+    "RequestClass",
+    "DrafterGroup",
+    "VerifierConfig",
+    "Workload",
+    "Speculation",
+    "Slo",
+    "SimConfig",
+]
+
+MODES = ("sd", "ad", "device")  # distributed SD; server-only AD; device-only draft model (lossy, for reference)
+ROUTINGS = ("round_robin", "jsq", "power_of_two")
+BATCHINGS = ("window", "max")
+
+
+@dataclass(frozen=True)
+class RequestClass:
+    """A kind of request: prompt and answer lengths, its share of arrivals, and optionally its own acceptance α."""
+
+    name: str
+    input_tokens: int
+    output_tokens: int
+    weight: float = 1.0
+    alpha: Optional[float] = None  # None: the drafter group's α, else the scenario's acceptance curve
+
+
+@dataclass(frozen=True)
+class DrafterGroup:
+    """`count` identical drafter nodes: device slowdown on draft compute, links to the verifiers, optional α override."""
+
+    name: str
+    count: int
+    uplink: LinkModel
+    downlink: LinkModel
+    slowdown: float = 1.0  # draft step time × slowdown (a weaker device)
+    alpha: Optional[float] = None
+    weight: float = 1.0  # share of open-loop arrivals per node of this group
+
+
+@dataclass(frozen=True)
+class VerifierConfig:
+    """`count` identical verifier nodes: batching (window/size or max), token limit per batch, KV budget, retry after busy."""
+
+    count: int = 1
+    batching: str = "window"
+    window_s: float = 0.002
+    max_batch_size: int = 0  # 0 = no limit
+    max_batch_tokens: int = 2048
+    kv_budget_tokens: int = 0  # 0 = unlimited; a session reserves prompt + answer tokens for its whole life
+    busy_retry_s: float = 0.05  # a drafter refused for KV tries again (possibly elsewhere) after this
+
+
+@dataclass(frozen=True)
+class Workload:
+    """Open loop (`poisson` at `rate_per_s`, or a `trace` of arrival times) or `closed` (users per node with think time)."""
+
+    kind: str = "poisson"
+    requests: int = 100
+    rate_per_s: float = 10.0
+    users_per_node: int = 1
+    think_time_s: float = 0.0
+    trace_s: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
+class Speculation:
+    """Mode, γ policy, bytes on the wire, and the acceptance model (per-position curve, or i.i.d. α when a class/group sets one)."""
+
+    mode: str = "sd"
+    gamma_policy: str = "static"
+    gamma: int = 4
+    max_gamma: int = 8
+    confidence_threshold: float = 0.3
+    confidence_noise: float = 0.5  # SLED: draft confidence = 1 − ((1−w)·u + w·v), u the acceptance draw, v fresh noise
+    acceptance: tuple[float, ...] = (0.7,)  # a_i = P(position i accepted | positions < i accepted); the last repeats
+    draft_bytes_per_token: float = 52.0  # id + top-K (ids, probs) per drafted token
+    prompt_bytes_per_token: float = 4.0
+    message_overhead_bytes: float = 64.0
+    verdict_bytes: float = 24.0
+
+
+@dataclass(frozen=True)
+class Slo:
+    """Service-level objectives for goodput: a request counts when it meets every one that is set."""
+
+    ttft_s: Optional[float] = None
+    tpot_s: Optional[float] = None
+    e2e_s: Optional[float] = None
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """Everything one simulation run needs (built from a scenario file by `edgespec.sim.scenario`)."""
+
+    classes: tuple[RequestClass, ...]
+    drafters: tuple[DrafterGroup, ...]
+    draft_cost: StepCost
+    verify_cost: StepCost
+    verifiers: VerifierConfig = VerifierConfig()
+    workload: Workload = Workload()
+    speculation: Speculation = Speculation()
+    slo: Slo = Slo()
+    routing: str = "jsq"
+    seed: int = 0
+    name: str = "scenario"
+    record_rounds: bool = False  # keep every round's timestamps (for traces); off by default for speed
+    extra: dict = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.speculation.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.speculation.mode!r}")
+        if self.routing not in ROUTINGS:
+            raise ValueError(f"routing must be one of {ROUTINGS}, got {self.routing!r}")
+        if self.verifiers.batching not in BATCHINGS:
+            raise ValueError(f"batching must be one of {BATCHINGS}, got {self.verifiers.batching!r}")
+        if not self.classes or not self.drafters:
+            raise ValueError("need at least one request class and one drafter group")
+        if self.workload.kind not in ("poisson", "closed", "trace"):
+            raise ValueError(f"workload kind must be poisson, closed or trace, got {self.workload.kind!r}")

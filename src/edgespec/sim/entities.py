@@ -1,0 +1,430 @@
+"""Simulated actors: sessions, drafter nodes and verifier nodes, driven by the event loop and deciding through the real policies.
+
+A round of distributed SD, as the real nodes run it: the drafter node drafts a block for every
+ready session in one batched pass (γ per session from its γ policy), each block travels the
+node's uplink, the verifier queues it in the real `Scheduler` (batching policy, fairness across
+drafter nodes, token limit), verifies a batch in one costed forward, and each verdict (accepted
+count + one token) travels the downlink; the session emits accepted + 1 tokens and, unless done,
+is ready to draft again — rejected positions are drafted again next round. Acceptance is drawn per
+position from the session's acceptance curve when the block is drafted (the verifier's decision
+does not depend on timing), so SLED's confidence rule can see a signal correlated with it.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Callable, Optional
+
+from edgespec.policy.gamma import GammaPolicy, RoundObservation
+from edgespec.policy.routing import VerifierLoad
+from edgespec.server.scheduler import QueuedDraft, Scheduler, SchedulerConfig
+from edgespec.policy.batching import MaxBatching, WindowBatching
+from edgespec.sim.config import SimConfig, VerifierConfig
+from edgespec.sim.costs import StepCost
+from edgespec.sim.kernel import DECIDE, TIMER, EventLoop, SimulationError
+from edgespec.sim.links import Link
+
+__all__ = ["Session", "DrafterNode", "VerifierNode", "World"]
+
+
+class Session:
+    """One request: its transcript counters, γ policy, acceptance stream, timestamps and time breakdown."""
+
+    __slots__ = (
+        "key", "klass", "node", "verifier", "arrival_s", "prompt_tokens", "output_tokens", "emitted", "policy", "curve",
+        "rng", "admitted", "new_at_verifier", "new_at_drafter", "gamma", "accept_n", "mark_s", "verify_cost_s",
+        "first_token_s", "finish_s", "rounds", "drafted", "accepted", "draft_s", "upload_s", "queue_s", "verify_s",
+        "downlink_s", "admission_s", "pending_tokens", "hint", "round_log", "user", "draft_cost_s", "upload_cost_s",
+        "observes", "log_alpha", "marks", "sent_s",
+    )
+
+    def __init__(self, key: int, klass: int, node: "DrafterNode", arrival_s: float, prompt_tokens: int, output_tokens: int,
+                 policy: Optional[GammaPolicy], curve: tuple[float, ...], rng: random.Random, user: int = -1) -> None:
+        self.key, self.klass, self.node, self.user = key, klass, node, user
+        self.verifier: Optional[int] = None
+        self.arrival_s, self.prompt_tokens, self.output_tokens = arrival_s, prompt_tokens, output_tokens
+        self.emitted = 0
+        self.policy, self.curve, self.rng = policy, curve, rng
+        # fast paths: policies that ignore feedback get none; i.i.d. acceptance without SLED is one geometric draw
+        self.observes = policy is not None and type(policy).observe is not GammaPolicy.observe
+        simple = len(curve) == 1 and (policy is None or type(policy).should_stop is GammaPolicy.should_stop)
+        self.log_alpha = (math.log(curve[0]) if curve[0] > 0 else -math.inf) if simple and curve[0] < 1 else None
+        self.admitted, self.new_at_verifier, self.new_at_drafter = False, True, True
+        self.gamma = self.accept_n = self.pending_tokens = 0
+        self.mark_s = arrival_s  # start of the phase being timed
+        self.verify_cost_s = self.draft_cost_s = self.upload_cost_s = 0.0
+        self.first_token_s = self.finish_s = -1.0
+        self.rounds = self.drafted = self.accepted = 0
+        self.draft_s = self.upload_s = self.queue_s = self.verify_s = self.downlink_s = self.admission_s = 0.0
+        self.hint = (0, 0)
+        self.round_log: Optional[list] = None  # when tracing: (draft start, sent, at verifier, batch start, batch end, verdict, γ, accepted)
+        self.marks = [0.0] * 5
+        self.sent_s = 0.0
+
+    @property
+    def remaining(self) -> int:
+        return self.output_tokens - self.emitted
+
+    def draw_block(self, gamma: int, noise: float) -> int:
+        """Draft up to `gamma` tokens: draw each position's acceptance; SLED's rule may stop early. Sets gamma and accept_n."""
+        if self.log_alpha is not None:  # P(n >= i) = α^i: n = floor(log(u) / log(α)), capped at γ
+            if gamma <= 0:
+                self.gamma = self.accept_n = 0
+                return 0
+            la = self.log_alpha
+            n = gamma if la == 0.0 else (0 if la == -math.inf else int(math.log(1.0 - self.rng.random()) / la))
+            self.gamma, self.accept_n = gamma, (n if n < gamma else gamma)
+            return gamma
+        curve, last = self.curve, len(self.curve) - 1
+        rng, policy = self.rng, self.policy
+        accepted, rejected = 0, False
+        drafted = 0
+        for i in range(gamma):
+            u = rng.random()
+            if policy is not None and policy.should_stop(1.0 - ((1.0 - noise) * u + noise * rng.random())):
+                break
+            drafted += 1
+            if not rejected and u < curve[i if i < last else last]:
+                accepted += 1
+            else:
+                rejected = True
+        self.gamma, self.accept_n = drafted, accepted
+        return drafted
+
+
+class World:
+    """Shared run state: the loop, the config, every node, the finished sessions, and the hook for closed-loop users."""
+
+    def __init__(self, loop: EventLoop, config: SimConfig) -> None:
+        self.loop, self.config = loop, config
+        self.drafters: list[DrafterNode] = []
+        self.verifiers: list[VerifierNode] = []
+        self.finished: list[Session] = []
+        self.on_finish: Optional[Callable[[Session], None]] = None
+
+    def finish(self, s: Session, now_s: float) -> None:
+        """The user has the last token: record, close the session on its verifier, let a closed-loop user go on."""
+        s.finish_s = now_s
+        self.finished.append(s)
+        s.node.send_close(s)
+        if self.on_finish is not None:
+            self.on_finish(s)
+
+
+class DrafterNode:
+    """A device (or edge server) hosting a draft model: batched draft passes over its ready sessions, an uplink and a downlink."""
+
+    def __init__(self, world: World, index: int, group: int, cost: StepCost, uplink: Link, downlink: Link, routing) -> None:
+        self.world, self.index, self.group = world, index, group
+        self.cost, self.uplink, self.downlink, self.routing = cost, uplink, downlink, routing
+        self.ready: list[Session] = []
+        self.busy = False
+        self.busy_s = 0.0
+        self.passes = 0
+        self.hints: list[list[int]] = []  # per verifier: [queue depth, active sessions, placed since]
+        spec = world.config.speculation
+        self.mode, self.noise = spec.mode, spec.confidence_noise
+        self.block_overhead, self.per_token_bytes = spec.message_overhead_bytes, spec.draft_bytes_per_token
+        self.prompt_bytes = spec.prompt_bytes_per_token
+
+    # -------------------------------------------------------------- drafting
+
+    def start(self, s: Session) -> None:
+        """A new request arrives at this node."""
+        if self.mode == "ad":
+            self._send(s, self.block_overhead + s.prompt_tokens * self.prompt_bytes)
+        else:
+            self.enqueue(s)
+
+    def enqueue(self, s: Session) -> None:
+        s.mark_s = self.world.loop.now_s
+        self.ready.append(s)
+        if not self.busy:
+            self._start_pass()
+
+    def _start_pass(self, _=None) -> None:
+        if len(self.ready) == 1 and self.mode == "sd":
+            self._start_single()
+            return
+        batch, self.ready = self.ready, []
+        gammas = []
+        prefill = [s.prompt_tokens for s in batch if s.new_at_drafter]
+        context = 0
+        for s in batch:
+            s.new_at_drafter = False
+            context += s.prompt_tokens + s.emitted
+            if self.mode == "device":
+                gammas.append(1)
+                continue
+            cap = s.remaining - 1
+            g = s.policy.gamma(self.world.loop.now_s) if s.policy is not None else 0
+            gammas.append(s.draw_block(g if g < cap else (cap if cap > 0 else 0), self.noise))
+        cost = self.cost.draft_pass_s([g for g in gammas if g], context // len(batch))
+        if prefill:
+            cost += self.cost.prefill_s(len(prefill), max(prefill))
+        self._run_pass(batch, cost)
+
+    def _run_pass(self, batch: list[Session], cost: float) -> None:
+        """Charge the pass to its sessions and finish it `cost` seconds from now."""
+        now = self.world.loop.now_s
+        for s in batch:
+            s.draft_s += now - s.mark_s + cost
+            s.draft_cost_s = cost
+            if s.round_log is not None:
+                s.marks[0], s.marks[1] = now, now + cost
+        self.busy = True
+        self.busy_s += cost
+        self.passes += 1
+        self.world.loop.after(cost, self._pass_done, batch)
+
+    def _start_single(self) -> None:
+        """`_start_pass` for the common case of one ready session in SD mode (same result, less work)."""
+        s = self.ready.pop()
+        now = self.world.loop.now_s
+        cap = s.output_tokens - s.emitted - 1
+        g = s.policy.gamma(now)
+        g = s.draw_block(g if g < cap else (cap if cap > 0 else 0), self.noise)
+        cost = g * self.cost.step_s(1, 1, s.prompt_tokens + s.emitted) if g else 0.0
+        if s.new_at_drafter:
+            s.new_at_drafter = False
+            cost += self.cost.prefill_s(1, s.prompt_tokens)
+        self._run_pass([s], cost)
+
+    def _pass_done(self, batch: list[Session]) -> None:
+        self.busy = False
+        if self.mode == "device":
+            now = self.world.loop.now_s
+            for s in batch:
+                s.pending_tokens = 1
+                s.rounds += 1
+                self._apply(s, now)
+        else:
+            for s in batch:
+                size = self.block_overhead + s.gamma * self.per_token_bytes
+                if not s.admitted:
+                    size += s.prompt_tokens * self.prompt_bytes  # the open message travels with the first block
+                self._send(s, size)
+        if self.ready:
+            self._start_pass()
+
+    # -------------------------------------------------------------- the wire
+
+    def _route(self, s: Session) -> int:
+        hints = self.hints
+        loads = [VerifierLoad(h[0], h[1], h[2]) for h in hints]
+        v = self.routing.choose(loads) if len(loads) > 1 else 0
+        hints[v][2] += 1
+        return v
+
+    def _send(self, s: Session, size_bytes: float) -> None:
+        loop = self.world.loop
+        if s.verifier is None:
+            s.verifier = self._route(s)
+        s.sent_s = loop.now_s
+        arrival_s = self.uplink.send(loop.now_s, size_bytes)
+        s.upload_cost_s = arrival_s - loop.now_s
+        s.upload_s += s.upload_cost_s
+        loop.at(arrival_s, self.world.verifiers[s.verifier].receive, s)
+
+    def send_close(self, s: Session) -> None:
+        if s.verifier is None or not s.admitted:
+            return
+        loop = self.world.loop
+        loop.at(self.uplink.send(loop.now_s, self.block_overhead), self.world.verifiers[s.verifier].release, s)
+
+    def refused(self, s: Session) -> None:
+        """The verifier had no KV room: wait, then route again (maybe elsewhere) and resend the block."""
+        loop = self.world.loop
+        v = s.verifier
+        self.hints[v][0] = self.hints[v][0] + 1  # treat as loaded
+        s.verifier = None
+        s.mark_s = loop.now_s
+        loop.after(self.world.config.verifiers.busy_retry_s, self._retry, s)
+
+    def _retry(self, s: Session) -> None:
+        s.admission_s += self.world.loop.now_s - s.mark_s
+        size = self.block_overhead + s.gamma * self.per_token_bytes + s.prompt_tokens * self.prompt_bytes
+        self._send(s, size)
+
+    # -------------------------------------------------------------- verdicts
+
+    def on_verdict(self, s: Session) -> None:
+        now = self.world.loop.now_s
+        h = self.hints[s.verifier]
+        h[0], h[1], h[2] = s.hint[0], s.hint[1], 0
+        s.downlink_s += now - s.mark_s
+        if s.observes:
+            s.policy.observe(RoundObservation(s.gamma, s.accept_n, now, s.draft_cost_s if s.gamma else None,
+                                              s.upload_cost_s, s.verify_cost_s, now - s.sent_s, s.hint[0]))
+        self._apply(s, now)
+
+    def _apply(self, s: Session, now: float) -> None:
+        """Emit the round's tokens; finish, or draft again."""
+        s.emitted += s.pending_tokens
+        if s.first_token_s < 0:
+            s.first_token_s = now
+        if s.round_log is not None:
+            s.round_log.append((*s.marks, now, s.gamma, s.accept_n))
+        if s.emitted >= s.output_tokens:
+            self.world.finish(s, now)
+        elif self.mode == "ad":
+            pass
+        else:
+            self.enqueue(s)
+
+
+class VerifierNode:
+    """A verifier: admission against a KV budget, the real `Scheduler` for batching and fairness, one costed forward per batch."""
+
+    def __init__(self, world: World, index: int, config: VerifierConfig, cost: StepCost) -> None:
+        self.world, self.index, self.config, self.cost = world, index, config, cost
+        policy = (MaxBatching(config.max_batch_size) if config.batching == "max"
+                  else WindowBatching(window_s=config.window_s, max_batch_size=config.max_batch_size or 2**31))
+        self.scheduler = Scheduler(SchedulerConfig(config.max_batch_tokens, config.max_batch_size, config.window_s), policy)
+        self.busy = False
+        self.decide_pending = False
+        self.timer: Optional[int] = None
+        self.timer_at = float("inf")
+        self.active = 0
+        self.reserved_tokens = 0
+        self.busy_s = 0.0
+        self.batch_sizes: list[int] = []
+        self.queue_depths: list[int] = []
+        self.refusals = 0
+        self.spans: Optional[list] = [] if world.config.record_rounds else None  # (start, end, size) per batch, when tracing
+        self.peak_reserved_tokens = 0
+        self.mode = world.config.speculation.mode
+        self.verdict_bytes = world.config.speculation.verdict_bytes
+
+    def receive(self, s: Session) -> None:
+        """A block (or, in AD mode, an open) arrives from a drafter node."""
+        now = self.world.loop.now_s
+        if s.round_log is not None:
+            s.marks[2] = now
+        if not s.admitted:
+            need = s.prompt_tokens + s.output_tokens
+            budget = self.config.kv_budget_tokens
+            if budget and self.reserved_tokens + need > budget:
+                self.refusals += 1
+                if need > budget:
+                    raise SimulationError(f"a request of {need} tokens can never fit a KV budget of {budget} tokens")
+                self.world.loop.at(s.node.downlink.send(now, self.verdict_bytes), s.node.refused, s)
+                return
+            s.admitted = True
+            self.active += 1
+            self.reserved_tokens += need
+            if self.reserved_tokens > self.peak_reserved_tokens:
+                self.peak_reserved_tokens = self.reserved_tokens
+        if self.mode == "ad":
+            s.gamma = s.accept_n = 0
+        self._submit(s, now)
+
+    def _submit(self, s: Session, now: float) -> None:
+        s.mark_s = now
+        cost = s.gamma + 1 + (s.prompt_tokens if s.new_at_verifier else 0)
+        self.scheduler.submit(QueuedDraft(s, s.node.index, now, cost))
+        self.kick()
+
+    def release(self, s: Session) -> None:
+        """The session closed: free its KV reservation."""
+        if s.admitted:
+            s.admitted = False
+            self.active -= 1
+            self.reserved_tokens -= s.prompt_tokens + s.output_tokens
+            self.scheduler.drop_session(s.key)
+            self.kick()
+
+    def kick(self) -> None:
+        if not self.busy and not self.decide_pending:
+            self.decide_pending = True
+            self.world.loop.after(0.0, self._decide, None, DECIDE)
+
+    def _on_timer(self, _=None) -> None:
+        self.timer, self.timer_at = None, float("inf")
+        self.kick()
+
+    def _decide(self, _=None) -> None:
+        self.decide_pending = False
+        if self.busy:
+            return
+        loop = self.world.loop
+        depth = self.scheduler.depth
+        batch, wake_at = self.scheduler.next_batch(loop.now_s, self.active)
+        if batch:
+            self.queue_depths.append(depth)
+            self._run(batch)
+        elif wake_at is not None and wake_at < self.timer_at:
+            if self.timer is not None:
+                loop.cancel(self.timer)
+            self.timer_at = wake_at
+            self.timer = loop.at(wake_at, self._on_timer, None, TIMER)
+
+    def _run(self, batch: list[QueuedDraft]) -> None:
+        loop = self.world.loop
+        now = loop.now_s
+        sessions = [q.item for q in batch]
+        max_new, context, prefill = 1, 0, []
+        for s in sessions:
+            s.queue_s += now - s.mark_s
+            s.mark_s = now
+            if s.round_log is not None:
+                s.marks[3] = now
+            if s.gamma + 1 > max_new:
+                max_new = s.gamma + 1
+            context += s.prompt_tokens + s.emitted
+            if s.new_at_verifier:
+                prefill.append(s.prompt_tokens)
+                s.new_at_verifier = False
+        cost = self.cost.step_s(len(sessions), max_new, context // len(sessions))
+        if prefill:
+            cost += self.cost.prefill_s(len(prefill), max(prefill))
+        self.busy = True
+        self.busy_s += cost
+        self.batch_sizes.append(len(sessions))
+        loop.after(cost, self._batch_done, sessions)
+
+    def _batch_done(self, sessions: list[Session]) -> None:
+        loop = self.world.loop
+        now = loop.now_s
+        self.busy = False
+        hint = (self.scheduler.depth, self.active)
+        if self.spans is not None:
+            self.spans.append((sessions[0].mark_s, now, len(sessions)))
+        for s in sessions:
+            if s.round_log is not None:
+                s.marks[4] = now
+            s.verify_cost_s = now - s.mark_s
+            s.verify_s += s.verify_cost_s
+            tokens = s.accept_n + 1
+            remaining = s.output_tokens - s.emitted
+            s.pending_tokens = tokens if tokens < remaining else remaining
+            s.rounds += 1
+            s.drafted += s.gamma
+            s.accepted += s.accept_n
+            s.hint = hint
+            arrival_s = s.node.downlink.send(now, self.verdict_bytes)
+            s.mark_s = now
+            if self.mode == "ad":
+                self._ad_token(s, arrival_s)
+            else:
+                loop.at(arrival_s, s.node.on_verdict, s)
+        self.kick()
+
+    def _ad_token(self, s: Session, arrival_s: float) -> None:
+        """Server-only AD: the token streams down while the session stays here and decodes again at once.
+
+        Only the last token's downlink is on the request's critical path, so only it counts as downlink time.
+        """
+        s.emitted += s.pending_tokens
+        if s.first_token_s < 0:
+            s.first_token_s = arrival_s
+        if s.emitted >= s.output_tokens:
+            s.downlink_s += arrival_s - s.mark_s
+            self.release(s)
+            self.world.loop.at(arrival_s, self._ad_finish, s)
+            return
+        self._submit(s, s.mark_s)
+
+    def _ad_finish(self, s: Session) -> None:
+        self.world.finish(s, self.world.loop.now_s)
