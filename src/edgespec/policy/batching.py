@@ -35,6 +35,18 @@ class BatchDecision:
     wake_at_s: Optional[float]
 
 
+def _by_arrival(pending: Sequence[Pending]) -> list[Pending]:
+    """Oldest first; requests that arrived at the same instant in the order of their ids (so input order never matters)."""
+    queue = sorted(pending, key=_arrival)
+    if any(a.arrival_s == b.arrival_s for a, b in zip(queue, queue[1:])):  # ties are rare: pay for the full key only then
+        queue.sort(key=lambda p: (p.arrival_s, str(p.request_id)))
+    return queue
+
+
+def _arrival(p: Pending) -> float:
+    return p.arrival_s
+
+
 def _chunks(items: Sequence[Pending], size: int) -> list[tuple[Pending, ...]]:
     return [tuple(items[i : i + size]) for i in range(0, len(items), size)]
 
@@ -52,7 +64,7 @@ class WindowBatching:
 
     def select(self, pending: Sequence[Pending], now_s: float) -> BatchDecision:
         """Dispatch full batches at once and the remainder when the window of its oldest request has expired."""
-        queue = sorted(pending, key=lambda p: (p.arrival_s, str(p.request_id)))
+        queue = _by_arrival(pending)
         full = len(queue) - len(queue) % self.max_batch_size
         batches = _chunks(queue[:full], self.max_batch_size)
         rest = queue[full:]
@@ -71,7 +83,7 @@ class MaxBatching:
     max_batch_size: int = 0
 
     def select(self, pending: Sequence[Pending], now_s: float) -> BatchDecision:
-        queue = sorted(pending, key=lambda p: (p.arrival_s, str(p.request_id)))
+        queue = _by_arrival(pending)
         if not queue:
             return BatchDecision((), None)
         return BatchDecision(tuple(_chunks(queue, self.max_batch_size or len(queue))), None)

@@ -35,7 +35,7 @@ class SchedulerConfig:
             raise ValueError("need max_batch_tokens >= 1, max_batch_size >= 0 and batch_window_s >= 0")
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class QueuedDraft:
     """A draft waiting for verification: the item, its drafter node (the fairness key), arrival time and cost in target positions."""
 
@@ -44,6 +44,14 @@ class QueuedDraft:
     arrival_s: float  # event-loop clock, for the batching window
     cost_tokens: int  # transcript tokens the cache lacks + γ: positions the target forward processes
     received_s: float = 0.0  # time.perf_counter() when its frame was received, for the verdict's RoundTiming
+
+    @property
+    def request_id(self) -> Hashable:  # the batching policy's view (edgespec.policy.batching.Pending)
+        return self.item.key
+
+    @property
+    def new_tokens(self) -> int:
+        return self.cost_tokens
 
 
 class BatchPolicy(Protocol):
@@ -60,6 +68,7 @@ class Scheduler:
         self.policy = policy or WindowBatching(window_s=config.batch_window_s, max_batch_size=config.max_batch_size or 2**31)
         self._queues: "OrderedDict[Hashable, deque[QueuedDraft]]" = OrderedDict()  # node -> FIFO; order = round-robin order
         self._depth = 0
+        self._tokens = 0
 
     @property
     def depth(self) -> int:
@@ -67,18 +76,23 @@ class Scheduler:
         return self._depth
 
     def queued_tokens(self) -> int:
-        return sum(q.cost_tokens for queue in self._queues.values() for q in queue)
+        """Target positions of every queued draft (kept as a running sum)."""
+        return self._tokens
 
     def submit(self, draft: QueuedDraft) -> None:
         self._queues.setdefault(draft.node, deque()).append(draft)
         self._depth += 1
+        self._tokens += draft.cost_tokens
 
     def drop_session(self, key: SessionKey) -> int:
         """Remove a session's queued drafts (it closed); returns how many."""
         dropped = 0
         for node, queue in list(self._queues.items()):
+            if not any(q.item.key == key for q in queue):
+                continue
             kept = deque(q for q in queue if q.item.key != key)
             dropped += len(queue) - len(kept)
+            self._tokens -= sum(q.cost_tokens for q in queue if q.item.key == key)
             self._set_queue(node, kept)
         self._depth -= dropped
         return dropped
@@ -87,6 +101,7 @@ class Scheduler:
         """Remove every queued draft of a drafter node (it disconnected); returns how many."""
         queue = self._queues.pop(node, deque())
         self._depth -= len(queue)
+        self._tokens -= sum(q.cost_tokens for q in queue)
         return len(queue)
 
     def _set_queue(self, node: Hashable, queue: deque) -> None:
@@ -99,7 +114,7 @@ class Scheduler:
         """The batch to run now (empty if none) and, when empty, the time to ask again (None: on the next arrival)."""
         if not self._depth:
             return [], None
-        pending = [Pending(q.item.key, q.arrival_s, q.cost_tokens) for queue in self._queues.values() for q in queue]
+        pending = [q for queue in self._queues.values() for q in queue]  # QueuedDraft reads as a policy's Pending
         decision = self.policy.select(pending, now_s)
         full = self.queued_tokens() >= self.config.max_batch_tokens or (open_sessions and self._depth >= open_sessions)
         if not decision.batches and not full:
@@ -137,6 +152,7 @@ class Scheduler:
             if not progressed:
                 break
         self._depth -= len(batch)
+        self._tokens -= tokens
         for node in nodes:  # drop emptied queues (a node that drafts again joins at the back)
             if node in self._queues and not self._queues[node]:
                 del self._queues[node]

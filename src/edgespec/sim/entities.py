@@ -28,6 +28,10 @@ from edgespec.sim.links import Link
 __all__ = ["Session", "DrafterNode", "VerifierNode", "World"]
 
 
+def _time_seq(item: tuple) -> tuple[float, int]:
+    return item[0], item[1]
+
+
 class Session:
     """One request: its transcript counters, γ policy, acceptance stream, timestamps and time breakdown."""
 
@@ -36,7 +40,7 @@ class Session:
         "rng", "admitted", "new_at_verifier", "new_at_drafter", "gamma", "accept_n", "mark_s", "verify_cost_s",
         "first_token_s", "finish_s", "rounds", "drafted", "accepted", "draft_s", "upload_s", "queue_s", "verify_s",
         "downlink_s", "admission_s", "pending_tokens", "hint", "round_log", "user", "draft_cost_s", "upload_cost_s",
-        "observes", "log_alpha", "marks", "sent_s",
+        "observes", "log_alpha", "marks", "sent_s", "arrival_seq",
     )
 
     def __init__(self, key: int, klass: int, node: "DrafterNode", arrival_s: float, prompt_tokens: int, output_tokens: int,
@@ -61,6 +65,7 @@ class Session:
         self.round_log: Optional[list] = None  # when tracing: (draft start, sent, at verifier, batch start, batch end, verdict, γ, accepted)
         self.marks = [0.0] * 5
         self.sent_s = 0.0
+        self.arrival_seq = 0  # sequence number of the block's arrival (orders the verifier's inbox like events)
 
     @property
     def remaining(self) -> int:
@@ -107,6 +112,7 @@ class World:
         """The user has the last token: record, close the session on its verifier, let a closed-loop user go on."""
         s.finish_s = now_s
         self.finished.append(s)
+        s.node.live -= 1
         s.node.send_close(s)
         if self.on_finish is not None:
             self.on_finish(s)
@@ -120,6 +126,8 @@ class DrafterNode:
         self.cost, self.uplink, self.downlink, self.routing = cost, uplink, downlink, routing
         self.ready: list[Session] = []
         self.busy = False
+        self.busy_until_s = -1.0  # end of a pass sent ahead while no pass-done event exists, else -1
+        self.live = 0  # sessions at this node, from arrival to finish
         self.busy_s = 0.0
         self.passes = 0
         self.hints: list[list[int]] = []  # per verifier: [queue depth, active sessions, placed since]
@@ -132,15 +140,26 @@ class DrafterNode:
 
     def start(self, s: Session) -> None:
         """A new request arrives at this node."""
+        self.live += 1
         if self.mode == "ad":
             self._send(s, self.block_overhead + s.prompt_tokens * self.prompt_bytes)
         else:
             self.enqueue(s)
 
     def enqueue(self, s: Session) -> None:
-        s.mark_s = self.world.loop.now_s
+        now = s.mark_s = self.world.loop.now_s
         self.ready.append(s)
+        if self.busy and 0.0 <= self.busy_until_s <= now:  # the pass sent ahead is over
+            self.busy, self.busy_until_s = False, -1.0
         if not self.busy:
+            self._start_pass()
+        elif self.busy_until_s >= 0.0:  # a pass whose block was sent ahead (no pass-done event): start after it
+            self.world.loop.at(self.busy_until_s, self._after_sent_pass)
+            self.busy_until_s = -1.0
+
+    def _after_sent_pass(self, _=None) -> None:
+        self.busy = False
+        if self.ready:
             self._start_pass()
 
     def _start_pass(self, _=None) -> None:
@@ -165,8 +184,13 @@ class DrafterNode:
             cost += self.cost.prefill_s(len(prefill), max(prefill))
         self._run_pass(batch, cost)
 
-    def _run_pass(self, batch: list[Session], cost: float) -> None:
-        """Charge the pass to its sessions and finish it `cost` seconds from now."""
+    def _run_pass(self, batch: list[Session], cost: float, send_ahead: bool = False) -> None:
+        """Charge the pass to its sessions and finish it `cost` seconds from now.
+
+        With `send_ahead` (one session, the only one on this node, already open at its verifier) the block
+        is put on the uplink now for the pass's end time — no other message can precede it there, so
+        this is exact — and no pass-done event is needed; `busy_until_s` lets a newcomer wait for it.
+        """
         now = self.world.loop.now_s
         for s in batch:
             s.draft_s += now - s.mark_s + cost
@@ -176,7 +200,12 @@ class DrafterNode:
         self.busy = True
         self.busy_s += cost
         self.passes += 1
-        self.world.loop.after(cost, self._pass_done, batch)
+        if send_ahead:
+            s = batch[0]
+            self.busy_until_s = now + cost
+            self._send(s, self.block_overhead + s.gamma * self.per_token_bytes, now + cost)
+        else:
+            self.world.loop.after(cost, self._pass_done, batch)
 
     def _start_single(self) -> None:
         """`_start_pass` for the common case of one ready session in SD mode (same result, less work)."""
@@ -189,10 +218,14 @@ class DrafterNode:
         if s.new_at_drafter:
             s.new_at_drafter = False
             cost += self.cost.prefill_s(1, s.prompt_tokens)
-        self._run_pass([s], cost)
+        if self.live == 1 and s.admitted:  # nothing else can use this node or its uplink before the pass ends
+            self._run_pass([s], cost, send_ahead=True)
+        else:
+            self._run_pass([s], cost)
 
     def _pass_done(self, batch: list[Session]) -> None:
         self.busy = False
+        self.busy_until_s = -1.0
         if self.mode == "device":
             now = self.world.loop.now_s
             for s in batch:
@@ -217,15 +250,17 @@ class DrafterNode:
         hints[v][2] += 1
         return v
 
-    def _send(self, s: Session, size_bytes: float) -> None:
+    def _send(self, s: Session, size_bytes: float, at_s: float = -1.0) -> None:
+        """Put a message for the session's verifier on the uplink (now, or at `at_s` when sent ahead)."""
         loop = self.world.loop
         if s.verifier is None:
             s.verifier = self._route(s)
-        s.sent_s = loop.now_s
-        arrival_s = self.uplink.send(loop.now_s, size_bytes)
-        s.upload_cost_s = arrival_s - loop.now_s
+        now = at_s if at_s >= 0.0 else loop.now_s
+        s.sent_s = now
+        arrival_s = self.uplink.send(now, size_bytes)
+        s.upload_cost_s = arrival_s - now
         s.upload_s += s.upload_cost_s
-        loop.at(arrival_s, self.world.verifiers[s.verifier].receive, s)
+        self.world.verifiers[s.verifier].deliver(s, arrival_s)
 
     def send_close(self, s: Session) -> None:
         if s.verifier is None or not s.admitted:
@@ -277,6 +312,8 @@ class DrafterNode:
 class VerifierNode:
     """A verifier: admission against a KV budget, the real `Scheduler` for batching and fairness, one costed forward per batch."""
 
+    batch_inbox = True  # submit drafts that arrive during a batch when it ends (False: an event each; same results, slower)
+
     def __init__(self, world: World, index: int, config: VerifierConfig, cost: StepCost) -> None:
         self.world, self.index, self.config, self.cost = world, index, config, cost
         policy = (MaxBatching(config.max_batch_size) if config.batching == "max"
@@ -292,33 +329,56 @@ class VerifierNode:
         self.batch_sizes: list[int] = []
         self.queue_depths: list[int] = []
         self.refusals = 0
+        self.inbox: list[tuple[float, int, Session]] = []  # (arrival, seq, session): drafts that arrived during the running batch
+        self.busy_until_s = 0.0
         self.spans: Optional[list] = [] if world.config.record_rounds else None  # (start, end, size) per batch, when tracing
         self.peak_reserved_tokens = 0
         self.mode = world.config.speculation.mode
         self.verdict_bytes = world.config.speculation.verdict_bytes
 
+    def deliver(self, s: Session, arrival_s: float) -> None:
+        """A block will arrive at `arrival_s`: an event, or — for an open session arriving while a batch runs — the inbox.
+
+        While a batch runs the verifier decides nothing, so a draft that can only queue is submitted
+        with its own arrival time when the batch ends (exact, and one event fewer per round).
+        """
+        loop = self.world.loop
+        if self.batch_inbox and s.admitted and self.busy and arrival_s < self.busy_until_s:
+            s.arrival_seq = loop.reserve_seq()
+            self.inbox.append((arrival_s, s.arrival_seq, s))
+        else:
+            s.arrival_seq = loop.at(arrival_s, self.receive, s)
+
     def receive(self, s: Session) -> None:
-        """A block (or, in AD mode, an open) arrives from a drafter node."""
+        """A block (or, in AD mode, an open) arrives from a drafter node: admission, then the scheduler's queue."""
         now = self.world.loop.now_s
-        if s.round_log is not None:
-            s.marks[2] = now
-        if not s.admitted:
-            need = s.prompt_tokens + s.output_tokens
-            budget = self.config.kv_budget_tokens
-            if budget and self.reserved_tokens + need > budget:
-                self.refusals += 1
-                if need > budget:
-                    raise SimulationError(f"a request of {need} tokens can never fit a KV budget of {budget} tokens")
-                self.world.loop.at(s.node.downlink.send(now, self.verdict_bytes), s.node.refused, s)
-                return
-            s.admitted = True
-            self.active += 1
-            self.reserved_tokens += need
-            if self.reserved_tokens > self.peak_reserved_tokens:
-                self.peak_reserved_tokens = self.reserved_tokens
+        if not s.admitted and not self._admit(s, now):
+            return
         if self.mode == "ad":
             s.gamma = s.accept_n = 0
+        if self.batch_inbox and self.busy:  # join the drafts that arrived during this batch, in arrival order
+            self.inbox.append((now, s.arrival_seq, s))
+            return
+        if s.round_log is not None:
+            s.marks[2] = now
         self._submit(s, now)
+
+    def _admit(self, s: Session, now: float) -> bool:
+        """Reserve the session's KV for its whole life, or refuse it (the drafter node retries later)."""
+        need = s.prompt_tokens + s.output_tokens
+        budget = self.config.kv_budget_tokens
+        if budget and self.reserved_tokens + need > budget:
+            self.refusals += 1
+            if need > budget:
+                raise SimulationError(f"a request of {need} tokens can never fit a KV budget of {budget} tokens")
+            self.world.loop.at(s.node.downlink.send(now, self.verdict_bytes), s.node.refused, s)
+            return False
+        s.admitted = True
+        self.active += 1
+        self.reserved_tokens += need
+        if self.reserved_tokens > self.peak_reserved_tokens:
+            self.peak_reserved_tokens = self.reserved_tokens
+        return True
 
     def _submit(self, s: Session, now: float) -> None:
         s.mark_s = now
@@ -380,6 +440,7 @@ class VerifierNode:
         if prefill:
             cost += self.cost.prefill_s(len(prefill), max(prefill))
         self.busy = True
+        self.busy_until_s = now + cost
         self.busy_s += cost
         self.batch_sizes.append(len(sessions))
         loop.after(cost, self._batch_done, sessions)
@@ -388,6 +449,13 @@ class VerifierNode:
         loop = self.world.loop
         now = loop.now_s
         self.busy = False
+        if self.inbox:
+            inbox, self.inbox = self.inbox, []
+            inbox.sort(key=_time_seq)  # the order their arrival events would have run in
+            for arrival_s, _, s in inbox:
+                if s.round_log is not None:
+                    s.marks[2] = arrival_s
+                self._submit(s, arrival_s)
         hint = (self.scheduler.depth, self.active)
         if self.spans is not None:
             self.spans.append((sessions[0].mark_s, now, len(sessions)))

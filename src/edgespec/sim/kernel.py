@@ -40,6 +40,11 @@ class EventLoop:
         heapq.heappush(self._heap, (time_s, priority, self._seq, fn, arg))
         return self._seq
 
+    def reserve_seq(self) -> int:
+        """A sequence number as `at` would assign, for callers that order deferred work the way events would run."""
+        self._seq += 1
+        return self._seq
+
     def after(self, delay_s: float, fn: Callable[[Any], None], arg: Any = None, priority: int = DELIVER) -> int:
         """Schedule `fn(arg)` `delay_s` seconds from now."""
         return self.at(self.now_s + delay_s, fn, arg, priority)

@@ -35,22 +35,21 @@ class LinkModel:
 class Link:
     """A FIFO link: each message waits for the previous one to leave, then takes size/rate (+ retransmissions) and latency."""
 
-    __slots__ = ("model", "rng", "free_at_s", "last_arrival_s", "bytes_sent", "messages", "busy_s", "queued_s", "_bits_per_s", "_latency_s", "_jitter_s", "_log_loss")
+    __slots__ = ("model", "rng", "free_at_s", "last_arrival_s", "bytes_sent", "busy_s", "_bits_per_s", "_latency_s", "_jitter_s", "_log_loss")
 
     def __init__(self, model: LinkModel, rng: random.Random) -> None:
         self.model, self.rng = model, rng
         self.free_at_s = 0.0  # when the transmitter is free again
         self.last_arrival_s = 0.0  # arrival of the last message (order is kept)
         self.bytes_sent = 0.0
-        self.messages = 0
         self.busy_s = 0.0  # transmitter busy (all attempts)
-        self.queued_s = 0.0  # messages waiting for the transmitter, summed
         self._bits_per_s, self._latency_s, self._jitter_s = model.rate_bps, model.latency_s, model.jitter_s
         self._log_loss = math.log(model.loss) if model.loss > 0 else None
 
     def send(self, now_s: float, size_bytes: float) -> float:
         """Put a message on the link at `now_s`; returns its arrival time (pure arithmetic, no events)."""
-        start = self.free_at_s if self.free_at_s > now_s else now_s
+        free = self.free_at_s
+        start = free if free > now_s else now_s
         wire = 8.0 * size_bytes / self._bits_per_s
         if self._log_loss is not None:  # attempts until one gets through: each failure costs a transmission and a timeout
             failures = int(math.log(1.0 - self.rng.random()) / self._log_loss)
@@ -63,7 +62,5 @@ class Link:
             arrival = self.last_arrival_s
         self.last_arrival_s = arrival
         self.bytes_sent += size_bytes
-        self.messages += 1
         self.busy_s += wire
-        self.queued_s += start - now_s
         return arrival
