@@ -235,11 +235,13 @@ def sim(
     trace: Optional[Path] = typer.Option(None, "--trace", help="Write a Chrome-trace timeline (JSON) of the run."),
     requests: Optional[int] = typer.Option(None, "--requests", min=1, help="Override the workload's number of requests."),
     seed: Optional[int] = typer.Option(None, "--seed", min=0, help="Override the scenario's seed."),
+    requests_csv: Optional[Path] = typer.Option(None, "--requests-csv", help="Write one CSV row per request (timestamps, phases)."),
 ) -> None:
     """Simulate a deployment: drafter and verifier nodes, links, workload, the real policies (never imports torch)."""
     from edgespec.sim.cli import run_sim
 
-    raise typer.Exit(run_sim(scenario=scenario, json_out=json_out, plot=plot, trace=trace, requests=requests, seed=seed))
+    raise typer.Exit(run_sim(scenario=scenario, json_out=json_out, plot=plot, trace=trace, requests=requests, seed=seed,
+                             requests_csv=requests_csv))
 
 
 @app.command("profile")

@@ -16,7 +16,8 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def test_example_runs_with_json_plots_and_trace(tmp_path, capsys):
-    code = run_sim(EXAMPLES / "sim_tiny.toml", json_out=True, plot=tmp_path / "plots", trace=tmp_path / "trace.json", requests=40)
+    code = run_sim(EXAMPLES / "sim_tiny.toml", json_out=True, plot=tmp_path / "plots", trace=tmp_path / "trace.json", requests=40,
+                   requests_csv=tmp_path / "requests.csv")
     assert code == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     report = json.loads(last)
@@ -28,6 +29,11 @@ def test_example_runs_with_json_plots_and_trace(tmp_path, capsys):
     trace = json.loads((tmp_path / "trace.json").read_text())
     phases = {e["name"] for e in trace["traceEvents"] if e["ph"] == "X"}
     assert {"draft", "upload", "verify", "downlink"} <= phases
+    import csv
+
+    rows = list(csv.DictReader((tmp_path / "requests.csv").open()))
+    assert len(rows) == 40
+    assert sum(float(r["e2e_s"]) for r in rows) / 40 == pytest.approx(report["e2e_s"]["mean"])
 
 
 def _scenario_with(tmp_path, extra: str) -> Path:

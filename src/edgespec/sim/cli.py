@@ -17,7 +17,7 @@ __all__ = ["run_sim"]
 
 
 def run_sim(scenario: Path, json_out: bool = False, plot: Optional[Path] = None, trace: Optional[Path] = None,
-            requests: Optional[int] = None, seed: Optional[int] = None) -> int:
+            requests: Optional[int] = None, seed: Optional[int] = None, requests_csv: Optional[Path] = None) -> int:
     """Entry point of `edgespec sim`; returns the exit code (2: bad scenario, 1: the simulation failed)."""
     try:
         config = load_sim_config(scenario, requests=requests, seed=seed)
@@ -47,6 +47,11 @@ def run_sim(scenario: Path, json_out: bool = False, plot: Optional[Path] = None,
 
         write_chrome_trace(run, trace)
         console.print(f"wrote {trace} (open in https://ui.perfetto.dev or chrome://tracing)")
+    if requests_csv is not None:
+        from edgespec.sim.metrics import write_requests_csv
+
+        write_requests_csv(run, requests_csv)
+        console.print(f"wrote {requests_csv} (one row per request)")
     if json_out:
         print(json.dumps(report.to_dict()))
     return 0

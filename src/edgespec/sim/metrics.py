@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -10,7 +12,7 @@ import numpy as np
 from edgespec.sim.config import Slo
 from edgespec.sim.run import SimRun
 
-__all__ = ["Distribution", "SimReport", "summarize", "BREAKDOWN"]
+__all__ = ["Distribution", "SimReport", "summarize", "BREAKDOWN", "write_requests_csv"]
 
 BREAKDOWN = ("draft_s", "upload_s", "queue_s", "verify_s", "downlink_s", "admission_s")
 
@@ -141,3 +143,20 @@ def summarize(run: SimRun) -> SimReport:
         events=run.events,
         wall_s=run.wall_s,
     )
+
+
+REQUEST_COLUMNS = ("request", "class", "drafter_node", "drafter_group", "verifier", "arrival_s", "first_token_s", "finish_s",
+                   "ttft_s", "e2e_s", "input_tokens", "output_tokens", "rounds", "drafted", "accepted") + BREAKDOWN
+
+
+def write_requests_csv(run: SimRun, path: Path | str) -> None:
+    """One row per request: its timestamps, derived latencies, SD counters and time per phase."""
+    groups = [g.name for g in run.config.drafters]
+    classes = [c.name for c in run.config.classes]
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        out = csv.writer(f)
+        out.writerow(REQUEST_COLUMNS)
+        for s in sorted(run.sessions, key=lambda s: s.key):
+            out.writerow([s.key, classes[s.klass], s.node.index, groups[s.node.group], s.verifier, s.arrival_s, s.first_token_s,
+                          s.finish_s, s.first_token_s - s.arrival_s, s.finish_s - s.arrival_s, s.prompt_tokens, s.emitted,
+                          s.rounds, s.drafted, s.accepted] + [getattr(s, k) for k in BREAKDOWN])

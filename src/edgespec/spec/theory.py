@@ -17,8 +17,6 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Sequence, Union
 
-from scipy.optimize import brentq
-from scipy.special import lambertw
 
 __all__ = [
     "expected_tokens_per_round",
@@ -74,6 +72,8 @@ def fit_alpha(tokens_per_round: float, gamma: Union[int, Sequence[int]]) -> floa
             return most - tokens_per_round
         return sum(expected_tokens_per_round(alpha, g) * n for g, n in counts.items()) / rounds - tokens_per_round
 
+    from scipy.optimize import brentq  # scipy loads on first use: `edgespec sim`/`plan` start faster
+
     return float(brentq(excess, 0.0, 1.0))
 
 
@@ -104,6 +104,8 @@ def tkslt_gamma0(alpha: float, L: float) -> float:
     if not (0.0 < L < 1.0):
         raise ValueError(f"L must be in (0, 1) for the TK-SLT optimum, got {L!r}")
     arg = -(alpha ** (1.0 / L - 1.0)) / math.e
+    from scipy.special import lambertw
+
     w = lambertw(arg, k=-1).real
     return (w + 1.0) / math.log(alpha) - 1.0 / L
 
