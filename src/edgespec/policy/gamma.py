@@ -29,6 +29,7 @@ __all__ = [
     "RunningEstimates",
     "OdldGamma",
     "LeviathanGamma",
+    "GoodputGamma",
     "GAMMA_POLICIES",
     "make_gamma_policy",
 ]
@@ -200,11 +201,81 @@ class LeviathanGamma(GammaPolicy):
         self.estimates.update(obs)
 
 
-GAMMA_POLICIES: tuple[str, ...] = ("static", "heuristic", "confidence", "odld", "leviathan")
+class GoodputGamma(GammaPolicy):
+    """SmartSpec-style goodput: the γ maximising n̂·E(γ; α̂) / (γ·t_tok + T_v(n̂, γ)), the verifier's tokens per unit of step time.
+
+    SmartSpec (Liu et al., 2024) picks γ to maximise goodput, generated tokens per second of a batch
+    step, with the step time linear in the batched tokens. Here, per session: n̂ = queue depth + 1
+    (the verdict's queue-depth hint as the batch-size proxy), T_v(n, γ) = a + b·n·(γ + 1) with a, b
+    fitted online by exponentially weighted least squares on the session's own rounds
+    (verify time against n̂·(γ + 1)); b is shrunk towards 0 when z varies by less than about
+    `ridge`·z̄ and kept ≥ 0, so where the data
+    cannot tell a slope the rule reduces to Leviathan's optimum with c = t_tok / a. Network time is
+    left out on purpose (SmartSpec's objective is the server's step); AWC is the policy that counts it.
+    Rounds without a queue hint use n̂ = 1; before any verify time, γ stays at `initial`.
+    """
+
+    def __init__(self, max_gamma: int = 16, min_gamma: int = 1, initial: int = 4, smoothing: float = 0.1, ridge: float = 0.05) -> None:
+        if min_gamma < 1 or max_gamma < min_gamma:
+            raise ValueError(f"need 1 <= min_gamma <= max_gamma, got {min_gamma}, {max_gamma}")
+        if not 0.0 < smoothing <= 1.0:
+            raise ValueError(f"smoothing must be in (0, 1], got {smoothing}")
+        self.min_gamma, self.max_gamma = min_gamma, max_gamma
+        self.smoothing, self.ridge = smoothing, ridge
+        self.current = min(max(initial, min_gamma), max_gamma)
+        self.estimates = RunningEstimates(smoothing=smoothing)
+        self.draft_per_token_s: Optional[float] = None
+        self.queue = 0.0
+        self._m: Optional[list[float]] = None  # EW moments: mean z, mean v, E[z²], E[z·v]
+
+    def gamma(self, now_s: float = 0.0) -> int:
+        return self.current
+
+    def step_model(self) -> tuple[float, float]:
+        """(a, b): the fitted verify time a + b·z at z batched tokens."""
+        if self._m is None:
+            return 0.0, 0.0
+        mz, mv, mzz, mzv = self._m
+        var, cov = mzz - mz * mz, mzv - mz * mv
+        b = max(cov / (var + (self.ridge * mz) ** 2 + 1e-18), 0.0)  # shrunk when z varies by less than ~ridge·z̄
+        return max(mv - b * mz, 0.0), b
+
+    def observe(self, obs: RoundObservation) -> None:
+        self.estimates.update(obs)
+        w = self.smoothing
+        if obs.drafted > 0 and obs.draft_time_s is not None and obs.draft_time_s >= 0:
+            t = obs.draft_time_s / obs.drafted
+            self.draft_per_token_s = t if self.draft_per_token_s is None else self.draft_per_token_s + w * (t - self.draft_per_token_s)
+        if obs.queue_depth is not None and obs.queue_depth >= 0:
+            self.queue += w * (obs.queue_depth - self.queue)
+        v = obs.verify_time_s
+        if v is None or not math.isfinite(v) or v < 0:
+            return
+        z = (1.0 + (obs.queue_depth if obs.queue_depth is not None and obs.queue_depth >= 0 else 0)) * (obs.drafted + 1)
+        new = [z, v, z * z, z * v]
+        self._m = new if self._m is None else [m + w * (x - m) for m, x in zip(self._m, new)]
+        a, b = self.step_model()
+        n = 1.0 + self.queue
+        t_tok = self.draft_per_token_s or 0.0
+        alpha = min(self.estimates.alpha, 0.999)
+        best, best_g = -1.0, self.current
+        for g in range(self.min_gamma, self.max_gamma + 1):
+            step = g * t_tok + a + b * n * (g + 1)
+            good = n * (1.0 - alpha ** (g + 1)) / (1.0 - alpha) / step if step > 0 else math.inf
+            if good > best * (1.0 + 1e-12):
+                best, best_g = good, g
+        self.current = best_g
+
+
+GAMMA_POLICIES: tuple[str, ...] = ("static", "heuristic", "confidence", "odld", "leviathan", "goodput", "awc", "awc_analytic")
 
 
 def make_gamma_policy(name: str, gamma: int = 4, max_gamma: int = 16, confidence_threshold: float = 0.3) -> GammaPolicy:
-    """A fresh γ policy: `gamma` is the static value (static) or the starting value (heuristic); `max_gamma` bounds all of them."""
+    """A fresh γ policy: `gamma` is the static value (static) or the starting value (heuristic, goodput, awc); `max_gamma` bounds all of them.
+
+    "awc" uses the shipped learned weights (edgespec/policy/awc_weights.json) with its analytic fallback;
+    "awc_analytic" is AWC's hand-tuned fallback alone (no weights), for ablations.
+    """
     if not 0 <= gamma <= max_gamma:
         raise ValueError(f"need 0 <= gamma <= max_gamma, got gamma={gamma}, max_gamma={max_gamma}")
     if name == "static":
@@ -217,4 +288,14 @@ def make_gamma_policy(name: str, gamma: int = 4, max_gamma: int = 16, confidence
         return OdldGamma(max_gamma=max_gamma)
     if name == "leviathan":
         return LeviathanGamma(max_gamma=max(max_gamma, 1))
+    if name == "goodput":
+        return GoodputGamma(max_gamma=max(max_gamma, 1), initial=max(gamma, 1))
+    if name == "awc":
+        from edgespec.policy.awc import AwcGamma, default_awc_model  # awc imports this module
+
+        return AwcGamma(max_gamma=max(max_gamma, 1), initial=max(gamma, 1), model=default_awc_model())
+    if name == "awc_analytic":
+        from edgespec.policy.awc import AwcGamma
+
+        return AwcGamma(max_gamma=max(max_gamma, 1), initial=max(gamma, 1), model=None)
     raise ValueError(f"unknown γ policy {name!r}; choose one of {', '.join(GAMMA_POLICIES)}")
