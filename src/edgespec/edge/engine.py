@@ -595,6 +595,8 @@ class DraftEngine:
             draft_time_s=block.draft_time_s if block.gamma else None,
             upload_time_s=upload_s,
             verify_time_s=verify_s,
+            rtt_s=rtt_s,
+            queue_depth=int(verdict.load.queue_depth) if verdict.HasField("load") else None,
         ))
         self._emit(s, list(block.drafted.tokens[:n]) + [int(verdict.next_token_id)])
         if timing is not None:
