@@ -28,6 +28,14 @@ from edgespec.sim.links import Link
 __all__ = ["Session", "DrafterNode", "VerifierNode", "World"]
 
 
+def _by_node(sessions: list["Session"]) -> dict:
+    """Sessions grouped by drafter node, nodes in order of first appearance."""
+    groups: dict = {}
+    for s in sessions:
+        groups.setdefault(s.node, []).append(s)
+    return groups
+
+
 def _time_seq(item: tuple) -> tuple[float, int]:
     return item[0], item[1]
 
@@ -127,6 +135,7 @@ class DrafterNode:
         self.ready: list[Session] = []
         self.busy = False
         self.busy_until_s = -1.0  # end of a pass sent ahead while no pass-done event exists, else -1
+        self.flush_pending = False
         self.live = 0  # sessions at this node, from arrival to finish
         self.busy_s = 0.0
         self.passes = 0
@@ -143,12 +152,22 @@ class DrafterNode:
         self.live += 1
         if self.mode == "ad":
             self._send(s, self.block_overhead + s.prompt_tokens * self.prompt_bytes)
-        else:
-            self.enqueue(s)
-
-    def enqueue(self, s: Session) -> None:
-        now = s.mark_s = self.world.loop.now_s
+            return
+        s.mark_s = self.world.loop.now_s
         self.ready.append(s)
+        if not self.flush_pending:  # requests arriving at one instant (a closed loop's start) share a pass
+            self.flush_pending = True
+            self.world.loop.after(0.0, self._flush, None, DECIDE)
+
+    def _flush(self, _=None) -> None:
+        self.flush_pending = False
+        self._maybe_start()
+
+    def _maybe_start(self) -> None:
+        """Start a pass over the ready sessions if the draft model is free, else make sure one follows the current pass."""
+        if not self.ready:
+            return
+        now = self.world.loop.now_s
         if self.busy and 0.0 <= self.busy_until_s <= now:  # the pass sent ahead is over
             self.busy, self.busy_until_s = False, -1.0
         if not self.busy:
@@ -284,15 +303,18 @@ class DrafterNode:
 
     # -------------------------------------------------------------- verdicts
 
-    def on_verdict(self, s: Session) -> None:
+    def on_verdicts(self, group: list[Session]) -> None:
+        """The verdicts of one batch for this node's sessions arrive (one message); then one draft pass for all that go on."""
         now = self.world.loop.now_s
-        h = self.hints[s.verifier]
-        h[0], h[1], h[2] = s.hint[0], s.hint[1], 0
-        s.downlink_s += now - s.mark_s
-        if s.observes:
-            s.policy.observe(RoundObservation(s.gamma, s.accept_n, now, s.draft_cost_s if s.gamma else None,
-                                              s.upload_cost_s, s.verify_cost_s, now - s.sent_s, s.hint[0]))
-        self._apply(s, now)
+        for s in group:
+            h = self.hints[s.verifier]
+            h[0], h[1], h[2] = s.hint[0], s.hint[1], 0
+            s.downlink_s += now - s.mark_s
+            if s.observes:
+                s.policy.observe(RoundObservation(s.gamma, s.accept_n, now, s.draft_cost_s if s.gamma else None,
+                                                  s.upload_cost_s, s.verify_cost_s, now - s.sent_s, s.hint[0]))
+            self._apply(s, now)
+        self._maybe_start()
 
     def _apply(self, s: Session, now: float) -> None:
         """Emit the round's tokens; finish, or draft again."""
@@ -303,10 +325,9 @@ class DrafterNode:
             s.round_log.append((*s.marks, now, s.gamma, s.accept_n))
         if s.emitted >= s.output_tokens:
             self.world.finish(s, now)
-        elif self.mode == "ad":
-            pass
-        else:
-            self.enqueue(s)
+        else:  # ready to draft again; the caller starts the pass once for everyone
+            s.mark_s = now
+            self.ready.append(s)
 
 
 class VerifierNode:
@@ -471,12 +492,14 @@ class VerifierNode:
             s.drafted += s.gamma
             s.accepted += s.accept_n
             s.hint = hint
-            arrival_s = s.node.downlink.send(now, self.verdict_bytes)
             s.mark_s = now
+        for node, group in _by_node(sessions).items():  # a node's verdicts leave together, as one write
+            arrival_s = node.downlink.send(now, self.verdict_bytes * len(group))
             if self.mode == "ad":
-                self._ad_token(s, arrival_s)
+                for s in group:
+                    self._ad_token(s, arrival_s)
             else:
-                loop.at(arrival_s, s.node.on_verdict, s)
+                loop.at(arrival_s, node.on_verdicts, group)
         self.kick()
 
     def _ad_token(self, s: Session, arrival_s: float) -> None:
