@@ -1,4 +1,4 @@
-"""KV crop: after any append/crop pattern each row's cache equals one rebuilt from scratch for its kept prefix."""
+"""KV crop: after any append/crop pattern (one row, or several rows at once) each row's cache equals one rebuilt from scratch for its kept prefix."""
 
 import pytest
 import torch
@@ -21,7 +21,7 @@ def _rebuilt(lm: CausalLM, tokens: list[int]):
 
 
 ops = st.lists(
-    st.tuples(st.integers(0, 3), st.sampled_from(["append", "crop"]), st.integers(0, 6)),
+    st.tuples(st.integers(0, 3), st.sampled_from(["append", "crop", "crop_rows"]), st.integers(0, 6)),
     min_size=1,
     max_size=12,
 )
@@ -42,10 +42,14 @@ def test_crop_equals_rebuild(toy_pair, prompt_lens, script, seed):
             new = [torch.randint(2, 64, (amount,), generator=gen).tolist() if r == row else [] for r in range(rows)]
             lm.forward(kv, new, [0] * rows)
             transcripts[row] += new[row]
-        else:
+        elif op == "crop":
             keep = max(1, len(transcripts[row]) - amount)
             lm.crop(kv, row, keep)
             transcripts[row] = transcripts[row][:keep]
+        else:  # every row after one batch, each by its own amount (the verifier's runner), one trim
+            keeps = {r: max(1, len(transcripts[r]) - (amount + r) % 4) for r in range(rows)}
+            lm.crop_rows(kv, keeps)
+            transcripts = [t[: keeps[r]] for r, t in enumerate(transcripts)]
     for r in range(rows):
         assert kv.length(r) == len(transcripts[r])
         for (k, v), (k_ref, v_ref) in zip(_row_kv(lm, kv, r), _row_kv(lm, _rebuilt(lm, transcripts[r]), 0)):

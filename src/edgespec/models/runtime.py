@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedTokenizerBase
@@ -127,15 +127,24 @@ class CausalLM:
     @torch.inference_mode()
     def crop(self, kv: RaggedKV, row: int, keep_tokens: int) -> None:
         """Keep only the first `keep_tokens` tokens of `row` (its cache then equals a prefill of that prefix)."""
-        length = kv.length(row)
-        if not 0 <= keep_tokens <= length:
-            raise ValueError(f"cannot crop row {row} of length {length} to {keep_tokens} tokens")
-        if keep_tokens == length:
-            return
-        cols = kv.valid[row].nonzero().squeeze(-1)
-        kv.valid[row, cols[keep_tokens:]] = False
-        kv.lengths[row] = keep_tokens
-        self._trim(kv)
+        self.crop_rows(kv, {row: keep_tokens})
+
+    @torch.inference_mode()
+    def crop_rows(self, kv: RaggedKV, keep: Mapping[int, int]) -> None:
+        """`crop` for several rows at once ({row: tokens to keep}), trimming the cache once at the end."""
+        cropped = False
+        for row, keep_tokens in keep.items():
+            length = kv.length(row)
+            if not 0 <= keep_tokens <= length:
+                raise ValueError(f"cannot crop row {row} of length {length} to {keep_tokens} tokens")
+            if keep_tokens == length:
+                continue
+            cols = kv.valid[row].nonzero().squeeze(-1)
+            kv.valid[row, cols[keep_tokens:]] = False
+            kv.lengths[row] = keep_tokens
+            cropped = True
+        if cropped:
+            self._trim(kv)
 
     def _trim(self, kv: RaggedKV) -> None:
         """Drop trailing columns no row uses; compact when more than half the columns are holes."""

@@ -271,15 +271,16 @@ class VerifierRunner:
         forward_s = ended_s - started_s
         verdicts = self._verify(logits, live, last_n)
         with self._lock:
+            keep: dict[int, int] = {}
             for (i, item, sess), (accepted, token, bonus) in zip(live, verdicts):
                 results[i] = RoundResult(item.key, item.position, item.gamma, accepted, token, bonus, forward_s=forward_s)
                 if sess.closed:  # closed during the forward: its row is in `_released`
                     continue
-                kept = item.position + accepted
-                self.target.crop(self._kv, sess.row, kept)
+                keep[sess.row] = kept = item.position + accepted
                 sess.cached_tokens = kept
                 sess.transcript.extend(item.draft.token_ids[:accepted].tolist())
                 sess.transcript.append(token)
+            self.target.crop_rows(self._kv, keep)  # every row cut back to its kept prefix, the cache trimmed once
             self._tokens_in_use = int(self._kv.lengths.sum())
         return results
 
