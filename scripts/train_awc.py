@@ -29,7 +29,6 @@ A full run (160 scenarios × 12 γ × 150 requests) took 745 s (12.4 minutes) on
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import sys
@@ -125,23 +124,12 @@ class _Recorder(StaticGamma):
                 sums[k] += 0.0 if v is None else v
 
 
-@contextlib.contextmanager
-def _recording(sums: dict):
-    """Make the simulator build `_Recorder`s (it calls `make_gamma_policy` from edgespec.sim.run; the simulator has no policy hook)."""
-    original = sim_run.make_gamma_policy
-    sim_run.make_gamma_policy = lambda name, gamma, max_gamma, threshold: _Recorder(gamma, sums)
-    try:
-        yield
-    finally:
-        sim_run.make_gamma_policy = original
-
-
 def run_static(cfg: SimConfig, gamma: int) -> dict:
     """One run at static γ: mean latency, answer tokens, and the mean AWC snapshot over the run's rounds."""
     sums = dict.fromkeys(("n",) + SNAP_FIELDS, 0.0)
-    c = replace(cfg, speculation=replace(cfg.speculation, gamma_policy="static", gamma=gamma, max_gamma=max(gamma, cfg.speculation.max_gamma)))
-    with _recording(sums):
-        report = summarize(sim_run.simulate(c))
+    c = replace(cfg, speculation=replace(cfg.speculation, gamma_policy="static", gamma=gamma, max_gamma=max(gamma, cfg.speculation.max_gamma)),
+                policy_factory=lambda klass, group: _Recorder(gamma, sums))
+    report = summarize(sim_run.simulate(c))
     n = sums.pop("n")
     snap = {k: (v / n if n else None) for k, v in sums.items()}
     tokens = report.throughput_tok_per_s * report.makespan_s / max(report.requests, 1)

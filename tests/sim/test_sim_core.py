@@ -189,3 +189,19 @@ def test_fast_paths_are_exact(monkeypatch):
         for k in ("wall_s", "events_per_s", "conversations_per_s", "events"):
             d.pop(k)
     assert a == b
+
+
+def test_policy_factory_gives_each_group_its_own_policy():
+    """`SimConfig.policy_factory` builds a session's γ policy from its class and drafter group (here: per-group static γ)."""
+    from edgespec.policy.gamma import StaticGamma
+    from edgespec.sim.config import DrafterGroup
+
+    base = tiny_config(output_tokens=60, requests=20, nodes=2, kind="poisson", rate_per_s=20.0, seed=6)
+    near = base.drafters[0]
+    far = DrafterGroup("far", 2, near.uplink, near.downlink, alpha=0.9)
+    cfg = replace(base, drafters=(replace(near, name="near"), far),
+                  policy_factory=lambda klass, group: StaticGamma(2 if group.name == "near" else 7))
+    run = simulate(cfg)
+    mean_gamma = {g: sum(s.drafted for s in run.sessions if s.node.group == i) / sum(s.rounds for s in run.sessions if s.node.group == i)
+                  for i, g in enumerate(("near", "far"))}
+    assert mean_gamma["near"] <= 2.0 and mean_gamma["far"] > 5.0, mean_gamma

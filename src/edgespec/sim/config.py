@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 from edgespec.sim.costs import StepCost
 from edgespec.sim.links import LinkModel
+
+if TYPE_CHECKING:
+    from edgespec.policy.gamma import GammaPolicy
 
 __all__ = [
     "MODES",
@@ -117,6 +120,9 @@ class SimConfig:
     seed: int = 0
     name: str = "scenario"
     record_rounds: bool = False  # keep every round's timestamps (for traces); off by default for speed
+    # a γ policy per session from its request class and drafter group (e.g. per-group static γ, or a
+    # recording policy); None: `speculation.gamma_policy` by name
+    policy_factory: Optional[Callable[[RequestClass, DrafterGroup], "GammaPolicy"]] = field(default=None, compare=False)
     extra: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:

@@ -57,7 +57,9 @@ class _Arrivals:
         curve = (alpha,) if alpha is not None else cfg.speculation.acceptance
         spec = cfg.speculation
         policy = None
-        if spec.mode == "sd":
+        if spec.mode == "sd" and cfg.policy_factory is not None:
+            policy = cfg.policy_factory(klass, group)
+        elif spec.mode == "sd":
             policy = make_gamma_policy(spec.gamma_policy, spec.gamma, spec.max_gamma, spec.confidence_threshold)
         s = Session(key, k, node, self.world.loop.now_s, klass.input_tokens, klass.output_tokens, policy, curve,
                     stream(cfg.seed, "session", key), user)
