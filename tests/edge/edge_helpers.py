@@ -10,13 +10,13 @@ from typing import Optional
 from edgespec.edge import EdgeConfig, EdgeNode
 from edgespec.models.decoder import GenerationConfig, generate_ad
 from edgespec.spec.sampling import SamplingParams
+from node_helpers import LOOPBACK, loopback_verifier
 
 try:  # transformers' hub client brings httpx2; plain httpx has the same API
     import httpx2 as httpx
 except ImportError:  # pragma: no cover
     import httpx  # type: ignore[no-redef]
 
-LOOPBACK = "127.0.0.1"
 PROMPTS = ["w5 w9 w3", "w17 w2", "w40 w41 w42 w43 w44", "w7", "w60 w12 w8 w30"]
 
 
@@ -46,19 +46,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@contextlib.asynccontextmanager
-async def verifier_node(target, port: int = 0, **overrides):
+def verifier_node(target, port: int = 0, **overrides):
     """A verifier node (edgespec.server) for `target` on 127.0.0.1, stopped on exit."""
-    from edgespec.server import VerifierConfig, VerifierNode
-
-    settings = dict(host=LOOPBACK, port=port, batch_window_ms=1.0)
-    settings.update(overrides)
-    node = VerifierNode(VerifierConfig(**settings), target=target)
-    await node.start()
-    try:
-        yield node
-    finally:
-        await node.stop()
+    return loopback_verifier(target, port=port, **overrides)
 
 
 @contextlib.asynccontextmanager

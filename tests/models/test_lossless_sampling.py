@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import torch
 
 from edgespec.models.decoder import GenerationConfig, generate_sd
 from edgespec.spec.sampling import SamplingParams, probs_from_logits

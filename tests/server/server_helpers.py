@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import Optional
 
 from edgespec.models.decoder import GenerationConfig, generate_ad
-from edgespec.server import VerifierConfig, VerifierNode
 from edgespec.spec.sampling import SamplingParams
+from node_helpers import loopback_verifier
 
-LOOPBACK = "127.0.0.1"
 PROMPTS = [[5, 9, 3], [17, 2], [40, 41, 42, 43, 44], [7], [60, 12, 8, 30]]
 
 
@@ -25,17 +23,9 @@ def ad_tokens(target, prompts, max_new_tokens: int) -> list[list[int]]:
     return [r.token_ids for r in generate_ad(target, prompts, cfg)]
 
 
-@contextlib.asynccontextmanager
-async def running_node(target, **overrides):
+def running_node(target, **overrides):
     """A verifier node for `target` on an ephemeral loopback port, stopped on exit."""
-    settings = dict(host=LOOPBACK, port=0, batch_window_ms=1.0, max_gamma=8, max_top_k=16)
-    settings.update(overrides)
-    node = VerifierNode(VerifierConfig(**settings), target=target)
-    await node.start()
-    try:
-        yield node
-    finally:
-        await node.stop()
+    return loopback_verifier(target, **{"max_gamma": 8, "max_top_k": 16, **overrides})
 
 
 async def wait_until(predicate, timeout_s: float = 30.0, what: Optional[str] = None) -> None:

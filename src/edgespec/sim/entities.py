@@ -222,7 +222,7 @@ class DrafterNode:
         if send_ahead:
             s = batch[0]
             self.busy_until_s = now + cost
-            self._send(s, self.block_overhead + s.gamma * self.per_token_bytes, now + cost)
+            self._send(s, self._block_bytes(s), now + cost)
         else:
             self.world.loop.after(cost, self._pass_done, batch)
 
@@ -253,14 +253,16 @@ class DrafterNode:
                 self._apply(s, now)
         else:
             for s in batch:
-                size = self.block_overhead + s.gamma * self.per_token_bytes
-                if not s.admitted:
-                    size += s.prompt_tokens * self.prompt_bytes  # the open message travels with the first block
-                self._send(s, size)
+                self._send(s, self._block_bytes(s))
         if self.ready:
             self._start_pass()
 
     # -------------------------------------------------------------- the wire
+
+    def _block_bytes(self, s: Session) -> float:
+        """A draft block on the wire; until the session is open at a verifier the open message (with the prompt) rides along."""
+        size = self.block_overhead + s.gamma * self.per_token_bytes
+        return size if s.admitted else size + s.prompt_tokens * self.prompt_bytes
 
     def _route(self, s: Session) -> int:
         hints = self.hints
@@ -298,8 +300,7 @@ class DrafterNode:
 
     def _retry(self, s: Session) -> None:
         s.admission_s += self.world.loop.now_s - s.mark_s
-        size = self.block_overhead + s.gamma * self.per_token_bytes + s.prompt_tokens * self.prompt_bytes
-        self._send(s, size)
+        self._send(s, self._block_bytes(s))
 
     # -------------------------------------------------------------- verdicts
 

@@ -18,7 +18,7 @@ from typing import Optional
 from edgespec.plan.latency import draft_bytes_per_token
 from edgespec.plan.pairprofile import acceptance_curve, load_pair_profile
 from edgespec.plan.profile import ProfileError
-from edgespec.plan.scenario import Scenario, ScenarioError, _Ctx, _Section, load_scenario
+from edgespec.plan.scenario import _NONNEG, _NONNEG_INT, _POS, _POS_INT, Scenario, ScenarioError, _Ctx, _Section, load_scenario
 from edgespec.policy.bandwidth import BandwidthPolicy, UplinkDemand
 from edgespec.policy.gamma import GAMMA_POLICIES
 from edgespec.sim.config import BATCHINGS, MODES, ROUTINGS, DrafterGroup, RequestClass, SimConfig, Slo, Speculation, VerifierConfig, Workload
@@ -27,10 +27,6 @@ from edgespec.sim.links import LinkModel
 
 __all__ = ["load_sim_config", "sim_config_from_scenario", "ScenarioError"]
 
-_POS = dict(check=lambda x: x > 0, what="a number > 0")
-_NONNEG = dict(check=lambda x: x >= 0, what="a number >= 0")
-_POS_INT = dict(check=lambda x: x > 0, what="an integer > 0", integer=True)
-_NONNEG_INT = dict(check=lambda x: x >= 0, what="an integer >= 0", integer=True)
 _PROB = dict(check=lambda x: 0 <= x <= 1, what="a probability in [0, 1]")
 _LOSS = dict(check=lambda x: 0 <= x < 1, what="a loss probability in [0, 1)")
 
