@@ -18,6 +18,10 @@ app = typer.Typer(
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks (tables for people; --json ends with one JSON line).")
 app.add_typer(bench_app, name="bench")
 
+from edgespec.testbed.cli import app as testbed_app  # noqa: E402  (light: typer, rich, no torch)
+
+app.add_typer(testbed_app, name="testbed")
+
 
 def _console():
     from rich.console import Console

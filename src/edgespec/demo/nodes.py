@@ -55,10 +55,14 @@ def _pump(node: NodeProcess, lines: "queue.Queue[Optional[str]]") -> None:
     lines.put(None)
 
 
-def start_node(name: str, role: str, args: Sequence[str], *, threads: int, timeout_s: float = 120.0) -> NodeProcess:
-    """Start `edgespec <role> <args>` with `threads` torch threads; return once it prints its address."""
+def start_node(name: str, role: str, args: Sequence[str], *, threads: int, timeout_s: float = 120.0,
+               prefix: Sequence[str] = ()) -> NodeProcess:
+    """Start `edgespec <role> <args>` with `threads` torch threads; return once it prints its address.
+
+    `prefix` goes before the command, e.g. `["ip", "netns", "exec", NS]` to run the node in a network namespace.
+    """
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
-    cmd = [sys.executable, "-m", "edgespec.cli", role, *args]
+    cmd = [*prefix, sys.executable, "-m", "edgespec.cli", role, *args]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                             start_new_session=True)  # Ctrl-C reaches the demo only; it stops the children itself
     node = NodeProcess(name, role, proc)
