@@ -27,7 +27,7 @@ def _read_token(path: Optional[Path]) -> Optional[str]:
 
 
 def edge_command(
-    verifier: str = typer.Option(..., "--verifier", help="Verifier node(s): HOST:PORT[,HOST:PORT...]."),
+    verifier: str = typer.Option(..., "--verifier", help="Verifier node(s): HOST:PORT[,HOST:PORT...] (wss://HOST:PORT for TLS)."),
     draft: Optional[Path] = typer.Option(None, "--draft", help="Draft model directory (default: the bundled draft)."),
     http_host: str = typer.Option("127.0.0.1", "--http-host", help="Address of the OpenAI-compatible HTTP API."),
     http_port: int = typer.Option(8000, "--http-port", min=0, max=65535, help="HTTP port (0: any free port)."),
@@ -38,6 +38,9 @@ def edge_command(
     max_gamma: int = typer.Option(16, "--max-gamma", min=0, max=32, help="Upper bound on γ for every policy."),
     pipeline: bool = typer.Option(False, "--pipeline/--no-pipeline", help="Pipelined drafting: draft the next block while this one is verified."),
     auth_token_file: Optional[Path] = typer.Option(None, "--auth-token-file", help="File holding the verifiers' bearer token."),
+    tls_ca_file: Optional[Path] = typer.Option(
+        None, "--tls-ca-file", exists=True, dir_okay=False, help="PEM CA certificate(s) to trust for wss:// verifiers (default: the system's trust store)."
+    ),
     node_id: str = typer.Option("edge", "--node-id", help="Name of this node (verifier logs and metrics)."),
     seed: int = typer.Option(0, "--seed", min=0, help="Seed of the draft sampler."),
     threads: int = typer.Option(0, "--threads", min=0, help="torch CPU threads for drafting (0: torch's default). Use 1 when nodes share a small machine."),
@@ -50,7 +53,7 @@ def edge_command(
         config = EdgeConfig(
             verifiers=parse_verifiers(verifier), draft_dir=draft, http_host=http_host, http_port=http_port, q_mode=q_mode,
             top_k=top_k, gamma_policy=gamma_policy, gamma=gamma, max_gamma=max_gamma, pipeline=pipeline,
-            auth_token=_read_token(auth_token_file), node_id=node_id, seed=seed,
+            auth_token=_read_token(auth_token_file), tls_ca_file=tls_ca_file, node_id=node_id, seed=seed,
         )
         config.engine_config()
     except ValueError as exc:

@@ -18,9 +18,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import ssl
 import time
 from dataclasses import dataclass, replace
-from typing import Optional, Protocol
+from pathlib import Path
+from typing import Optional, Protocol, Union
 
 from edgespec.edge.drafting import DraftedBlock
 from edgespec.edge.routing import VerifierLoad, choose_shortest_queue
@@ -54,6 +56,7 @@ class ClientConfig:
 
     verifiers: tuple[str, ...]  # "host:port" or ws:// / wss:// URLs
     auth_token: Optional[str] = None
+    tls_ca_file: Optional[Union[str, Path]] = None  # PEM CA(s) trusted for wss:// verifiers (None: the system's trust store)
     node_id: str = "edge"
     draft_model_id: str = ""
     connect_timeout_s: float = 5.0
@@ -76,6 +79,13 @@ def verifier_url(address: str) -> str:
     if ":" not in address:
         raise ValueError(f"verifier address must be HOST:PORT, got {address!r}")
     return f"ws://{address}"
+
+
+def tls_context(url: str, ca_file: Optional[Union[str, Path]]) -> Optional[ssl.SSLContext]:
+    """The client TLS context for a wss:// URL trusting `ca_file` (None: ws://, or the system's trust store)."""
+    if not url.startswith("wss://") or ca_file is None:
+        return None
+    return ssl.create_default_context(cafile=str(ca_file))
 
 
 @dataclass
@@ -123,6 +133,7 @@ class VerifierLink:
     def __init__(self, pool: "VerifierPool", index: int, address: str):
         self.pool, self.index, self.address = pool, index, address
         self.url = verifier_url(address)
+        self.ssl = tls_context(self.url, pool.config.tls_ca_file)
         self.conn: Optional[DrafterConnection] = None
         self.transport: Optional[Transport] = None
         self.hello_ack: Optional[pb.HelloAck] = None
@@ -192,7 +203,10 @@ class VerifierLink:
 
     async def _connect(self) -> None:
         cfg = self.pool.config
-        transport = await connect(self.url, auth_token=cfg.auth_token, open_timeout_s=cfg.connect_timeout_s)
+        try:
+            transport = await connect(self.url, auth_token=cfg.auth_token, ssl=self.ssl, open_timeout_s=cfg.connect_timeout_s)
+        except ssl.SSLCertVerificationError as exc:
+            raise ConnectionError(f"TLS: {self.url} presented a certificate this node does not trust ({exc.verify_message}); pass its CA with --tls-ca-file") from None
         conn = DrafterConnection()
         try:
             await transport.send(conn.send(m.hello(cfg.node_id, [cfg.draft_model_id] if cfg.draft_model_id else [], agent="edgespec-edge")))

@@ -37,7 +37,7 @@ from edgespec.edge.policies import make_gamma_policy
 from edgespec.edge.text import TextAssembler
 from edgespec.models.runtime import CausalLM
 from edgespec.policy.gamma import RoundObservation
-from edgespec.protocol import Q_MODES, Sampling
+from edgespec.protocol import Q_MODES, ErrorCode, Sampling
 from edgespec.protocol import edgespec_pb2 as pb
 from edgespec.spec.sampling import GREEDY, SamplingParams
 
@@ -614,10 +614,24 @@ class DraftEngine:
         s = self._sessions.get(key)
         if s is None:
             return
+        if error.code == ErrorCode.BUSY:  # the verifier has enough of this node's drafts in flight: the block is fine, resend it later
+            self._resend_later(s, error.retry_after_ms / 1000.0 or self.pool.config.busy_retry_s)
+            return
         log.warning("session %d: draft rejected: %s", key, error)
         s.inflight = None
         s.rejections_in_row += 1
         s.stats.draft_rejections += 1
+        if not self._try_send(s):
+            self._wake.set()
+
+    def _resend_later(self, s: _Session, delay_s: float) -> None:
+        """Keep the refused in-flight block (it still extends the transcript) and send it again after `delay_s`."""
+        log.info("session %d: verifier busy, resending the draft in %.0f ms", s.key, 1000 * delay_s)
+        if s.inflight is not None:
+            s.prepared, s.inflight, s.spec_for = s.inflight, None, None
+        asyncio.get_running_loop().call_later(delay_s, self._resend, s)
+
+    def _resend(self, s: _Session) -> None:
         if not self._try_send(s):
             self._wake.set()
 

@@ -51,6 +51,7 @@ class EdgeConfig:
     max_gamma: int = 16
     pipeline: bool = False
     auth_token: Optional[str] = None
+    tls_ca_file: Optional[Path] = None  # CA trusted for wss:// verifiers (None: the system's trust store)
     node_id: str = "edge"
     model_name: Optional[str] = None  # the id in /v1/models (default: the verifier's target model id)
     seed: int = 0
@@ -71,7 +72,7 @@ class EdgeConfig:
                             max_gamma=self.max_gamma, pipeline=self.pipeline, seed=self.seed)
 
     def client_config(self, draft_model_id: str) -> ClientConfig:
-        return ClientConfig(verifiers=tuple(self.verifiers), auth_token=self.auth_token, node_id=self.node_id, draft_model_id=draft_model_id,
+        return ClientConfig(verifiers=tuple(self.verifiers), auth_token=self.auth_token, tls_ca_file=self.tls_ca_file, node_id=self.node_id, draft_model_id=draft_model_id,
                             connect_timeout_s=self.connect_timeout_s, unavailable_timeout_s=self.unavailable_timeout_s)
 
 

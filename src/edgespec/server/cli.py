@@ -45,16 +45,34 @@ async def run_node(config: VerifierConfig, *, target=None, announce=print, stop:
                 pass
 
 
+def _refuse_missing_auth(host: str, auth_token: Optional[str], allow_no_auth: bool) -> None:
+    """Exit 2 at once (before torch and the model load) when listening beyond loopback with no token and no --allow-no-auth."""
+    from edgespec.server.kvbudget import missing_auth_error  # torch-free
+
+    refusal = missing_auth_error(host, auth_token, allow_no_auth)
+    if refusal is not None:
+        typer.echo(f"edgespec serve: {refusal}", err=True)
+        raise typer.Exit(2)
+
+
 def serve_command(
     target: Optional[Path] = typer.Option(None, "--target", help="target model directory (default: the bundled target)"),
-    host: str = typer.Option("127.0.0.1", "--host", help="address to listen on (0.0.0.0 for every interface)"),
+    host: str = typer.Option("127.0.0.1", "--host", help="address to listen on (0.0.0.0 for every interface; beyond loopback needs --auth-token-file)"),
     port: int = typer.Option(7700, "--port", help="WebSocket port (0 = pick a free one)"),
     metrics_port: Optional[int] = typer.Option(None, "--metrics-port", help="Prometheus /metrics port (off if unset, 0 = pick a free one)"),
     max_batch_tokens: int = typer.Option(2048, "--max-batch-tokens", help="target positions per verification batch"),
     max_batch_size: int = typer.Option(0, "--max-batch-size", help="drafts per batch (0 = no limit, 1 = batching off)"),
     batch_window_ms: float = typer.Option(2.0, "--batch-window-ms", help="how long the oldest queued draft may wait for a batch to fill"),
     kv_budget_tokens: int = typer.Option(262_144, "--kv-budget-tokens", help="KV tokens all sessions may reserve (prompt + max_new_tokens + max γ each)"),
-    auth_token_file: Optional[Path] = typer.Option(None, "--auth-token-file", help="file holding the bearer token drafter nodes must present"),
+    max_sessions_per_node: int = typer.Option(0, "--max-sessions-per-node", min=0, help="open sessions per drafter node id; more are refused BUSY (0 = no limit)"),
+    max_tokens_in_flight_per_node: int = typer.Option(
+        0, "--max-tokens-in-flight-per-node", min=0,
+        help="Σ (γ + 1) of one drafter node's drafts queued or being verified; a draft over it is refused BUSY, to be resent (0 = no limit)",
+    ),
+    auth_token_file: Optional[Path] = typer.Option(None, "--auth-token-file", help="file holding the bearer token drafter nodes must present (required beyond loopback)"),
+    allow_no_auth: bool = typer.Option(
+        False, "--allow-no-auth", help="INSECURE: listen beyond loopback without an auth token, so anyone who can reach the port can use the verifier"
+    ),
     tls_cert: Optional[Path] = typer.Option(None, "--tls-cert", help="TLS certificate (PEM) for wss://"),
     tls_key: Optional[Path] = typer.Option(None, "--tls-key", help="TLS private key (PEM) for wss://"),
     device: str = typer.Option("cpu", "--device", help="torch device for the target model"),
@@ -70,13 +88,19 @@ def serve_command(
             raise typer.BadParameter(f"cannot read the auth token file: {exc}") from None
         if not auth_token:
             raise typer.BadParameter(f"{auth_token_file} is empty")
+    _refuse_missing_auth(host, auth_token, allow_no_auth)
     from edgespec.server.node import VerifierConfig
 
-    config = VerifierConfig(
-        target_dir=target, host=host, port=port, metrics_port=metrics_port, max_batch_tokens=max_batch_tokens,
-        max_batch_size=max_batch_size, batch_window_ms=batch_window_ms, kv_budget_tokens=kv_budget_tokens,
-        auth_token=auth_token, tls_cert=tls_cert, tls_key=tls_key, device=device,
-    )
+    try:  # bad settings fail here, before the model loads
+        config = VerifierConfig(
+            target_dir=target, host=host, port=port, metrics_port=metrics_port, max_batch_tokens=max_batch_tokens,
+            max_batch_size=max_batch_size, batch_window_ms=batch_window_ms, kv_budget_tokens=kv_budget_tokens,
+            max_sessions_per_node=max_sessions_per_node, max_tokens_in_flight_per_node=max_tokens_in_flight_per_node,
+            auth_token=auth_token, allow_no_auth=allow_no_auth, tls_cert=tls_cert, tls_key=tls_key, device=device,
+        )
+    except ValueError as exc:
+        typer.echo(f"edgespec serve: {exc}", err=True)
+        raise typer.Exit(2) from None
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     from edgespec.models.runtime import ModelLoadError
 

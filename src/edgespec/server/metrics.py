@@ -63,7 +63,11 @@ class VerifierMetrics:
         # traffic and sessions
         self.received_bytes = Counter("edgespec_verifier_received_bytes", "Bytes of messages received from drafter nodes.", node, registry=r)
         self.active_sessions = Gauge("edgespec_verifier_active_sessions", "Open sessions.", node, registry=r)
-        self.sessions_refused = Counter("edgespec_verifier_sessions_refused", "Sessions refused for lack of KV budget (BUSY).", node, registry=r)
+        self.sessions_refused = Counter("edgespec_verifier_sessions_refused", "Sessions refused BUSY (KV budget or the node's session limit).", node, registry=r)
+        self.node_limit_refusals = Counter(
+            "edgespec_verifier_node_limit_refusals", "Opens (limit=sessions) and drafts (limit=tokens_in_flight) refused BUSY by a per-drafter-node limit.",
+            ["node", "limit"], registry=r,
+        )
         self.errors = Counter("edgespec_verifier_errors", "Errors sent to drafter nodes, by code.", ["node", "code"], registry=r)
         self.kv_tokens_reserved = Gauge("edgespec_verifier_kv_tokens_reserved", "KV tokens reserved by open sessions.", registry=r)
         self.kv_tokens_in_use = Gauge("edgespec_verifier_kv_tokens_in_use", "KV tokens held in the cache.", registry=r)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
 import random
 import ssl as ssl_lib
 import time
@@ -41,14 +42,14 @@ from edgespec.protocol import (
 from edgespec.protocol import edgespec_pb2 as pb
 from edgespec.protocol import messages as m
 from edgespec.server.intake import checked_draft
-from edgespec.server.kvbudget import KvBudget
+from edgespec.server.kvbudget import KvBudget, NodeLimits, NodeQuotas, is_loopback_host, missing_auth_error
 from edgespec.server.metrics import MetricsServer, VerifierMetrics
 from edgespec.server.runner import DraftItem, VerifierRunner
 from edgespec.server.scheduler import BatchPolicy, QueuedDraft, Scheduler, SchedulerConfig
 from edgespec.spec.sampling import SamplingParams
 from edgespec.spec.verify import DraftLimits
 
-__all__ = ["VerifierConfig", "VerifierNode"]
+__all__ = ["VerifierConfig", "VerifierNode", "is_loopback_host"]
 
 log = logging.getLogger(__name__)
 
@@ -69,12 +70,15 @@ class VerifierConfig:
     batch_window_ms: float = 2.0
     kv_budget_tokens: int = 262_144  # reserved per session: prompt + max_new_tokens + max_gamma
     max_sessions: int = 0  # open sessions on the node; 0 = no limit
+    max_sessions_per_node: int = 0  # open sessions per drafter node id; 0 = no limit
+    max_tokens_in_flight_per_node: int = 0  # Σ (γ + 1) of one drafter node's drafts queued or being verified; 0 = no limit
     max_gamma: int = 32
     max_top_k: int = 1024
     prob_atol: float = 1e-3  # tolerance on Σ q = 1
     default_max_new_tokens: int = 512  # budget of a session that leaves max_new_tokens at 0
     busy_retry_after_ms: int = 1000
     auth_token: Optional[str] = None
+    allow_no_auth: bool = False  # insecure: listen beyond loopback without an auth token
     tls_cert: Optional[Path] = None
     tls_key: Optional[Path] = None
     node_id: str = "verifier"
@@ -88,6 +92,16 @@ class VerifierConfig:
             raise ValueError("give both tls_cert and tls_key, or neither")
         if self.max_gamma < 0 or self.max_top_k < 1 or self.default_max_new_tokens < 1:
             raise ValueError("need max_gamma >= 0, max_top_k >= 1 and default_max_new_tokens >= 1")
+        if self.max_sessions_per_node < 0 or self.max_tokens_in_flight_per_node < 0:
+            raise ValueError("need max_sessions_per_node >= 0 and max_tokens_in_flight_per_node >= 0 (0 = no limit)")
+        refusal = missing_auth_error(self.host, self.auth_token, self.allow_no_auth)
+        if refusal is not None:
+            raise ValueError(refusal)
+
+    @property
+    def exposed_without_auth(self) -> bool:
+        """Listening beyond loopback with no auth token (only with `allow_no_auth`)."""
+        return not self.auth_token and not is_loopback_host(self.host)
 
 
 @dataclass
@@ -116,6 +130,7 @@ class VerifierNode:
             SchedulerConfig(config.max_batch_tokens, config.max_batch_size, config.batch_window_ms / 1000.0), policy
         )
         self.budget = KvBudget(config.kv_budget_tokens)
+        self.quotas = NodeQuotas(NodeLimits(config.max_sessions_per_node, config.max_tokens_in_flight_per_node))
         self.runner: Optional[VerifierRunner] = None
         self.limits = ServerLimits(config.max_gamma, config.max_top_k, config.max_message_bytes, config.max_sessions)
         self.draft_limits = DraftLimits(config.max_gamma, config.max_top_k, config.prob_atol)
@@ -135,6 +150,8 @@ class VerifierNode:
 
     async def start(self) -> None:
         """Load the target if needed, listen, serve metrics, start the batch loop."""
+        if self.config.exposed_without_auth:
+            log.warning("verifier listening on %s with no auth token (--allow-no-auth): anyone who can reach it can use it", self.config.host)
         if self._target is None:
             self._target = await asyncio.to_thread(_load_target, self.config)
         target = self._target
@@ -317,6 +334,7 @@ class VerifierNode:
                 ErrorCode.BUSY, f"{self.active_sessions} sessions open, this verifier's limit is {self.config.max_sessions}",
                 session_id=sid, effect=closed, retry_after_ms=self.config.busy_retry_after_ms,
             )
+        self._check_node_sessions(peer, sid)
         key = (peer.peer_id, sid)
         need = limit_tokens + self.config.max_gamma
         admission = self.budget.reserve(key, need)
@@ -331,6 +349,7 @@ class VerifierNode:
         seed = sampling.seed if sampling.seed is not None else self._rng.getrandbits(63)
         position = self.runner.open(key, tokens, params, seed, num_prompt)
         peer.token_limits[sid] = limit_tokens
+        self.quotas.add_session(peer.node)
         self.metrics.active_sessions.labels(peer.node).inc()
         self.metrics.kv_tokens_reserved.set(self.budget.reserved_tokens)
         self._post(peer, m.session_opened(sid, position, self._load()))
@@ -343,9 +362,27 @@ class VerifierNode:
         self.runner.close(key)
         self.scheduler.drop_session(key)
         self.budget.release(key)
+        self.quotas.remove_session(peer.node)
+        self.quotas.release_draft(key)
         self.metrics.active_sessions.labels(peer.node).dec()
         self.metrics.kv_tokens_reserved.set(self.budget.reserved_tokens)
         self._wake.set()
+
+    def _check_node_sessions(self, peer: _Peer, sid: int) -> None:
+        """Refuse an open (BUSY, session closed) when the drafter node already has its limit of sessions open."""
+        reason = self.quotas.session_refusal(peer.node)
+        if reason is not None:
+            self.metrics.sessions_refused.labels(peer.node).inc()
+            self.metrics.node_limit_refusals.labels(peer.node, "sessions").inc()
+            raise ProtocolError(ErrorCode.BUSY, reason, session_id=sid, effect=ErrorEffect.SESSION_CLOSED, retry_after_ms=self.config.busy_retry_after_ms)
+
+    def _check_node_tokens(self, peer: _Peer, sid: int, tokens: int) -> None:
+        """Refuse a draft (BUSY, draft rejected) that would take the drafter node over its tokens in flight; retry after about one batch."""
+        reason = self.quotas.draft_refusal(peer.node, tokens)
+        if reason is not None:
+            self.metrics.node_limit_refusals.labels(peer.node, "tokens_in_flight").inc()
+            retry_ms = min(max(1, math.ceil(self._verify_ms)), self.config.busy_retry_after_ms)
+            raise ProtocolError(ErrorCode.BUSY, reason, session_id=sid, effect=ErrorEffect.DRAFT_REJECTED, retry_after_ms=retry_ms)
 
     def _drop_peer(self, peer: _Peer) -> None:
         """A connection ended: free every session it held."""
@@ -364,10 +401,13 @@ class VerifierNode:
             raise ProtocolError(ErrorCode.UNKNOWN_SESSION, "no such open session", session_id=sid, effect=rejected)
         if position >= limit:
             raise ProtocolError(ErrorCode.LIMITS, f"the session has reached its budget of {limit} tokens (prompt + max_new_tokens)", session_id=sid, field="draft.position", effect=rejected)
+        tokens_in_flight = event.block.gamma + 1
+        self._check_node_tokens(peer, sid, tokens_in_flight)
         draft = checked_draft(event.block, sid, self.runner.vocab_size, self.draft_limits)
         item = DraftItem(key, position, draft)
         cost = self.runner.pending_tokens(key) + item.gamma
         self.scheduler.submit(QueuedDraft(item, peer.peer_id, asyncio.get_running_loop().time(), cost, peer.received_s))
+        self.quotas.add_draft(key, peer.node, tokens_in_flight)
         self.metrics.queue_depth.set(self.scheduler.depth)
         self._wake.set()
 
@@ -407,6 +447,9 @@ class VerifierNode:
                     self._close_session(peer, sid)
                     self._post(peer, m.error(ErrorCode.INTERNAL, "verification failed on the verifier", session_id=sid, effect=ErrorEffect.SESSION_CLOSED))
             return
+        finally:  # verified or failed: these drafts no longer count against their nodes' tokens in flight
+            for q in batch:
+                self.quotas.release_draft(q.item.key)
         elapsed_s = time.perf_counter() - start
         self._verify_ms = 1000.0 * elapsed_s if not self._verify_ms else 0.8 * self._verify_ms + 200.0 * elapsed_s
         self.metrics.record_batch(len(batch), sum(q.cost_tokens for q in batch), elapsed_s)
