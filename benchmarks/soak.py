@@ -45,7 +45,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Optional
 
-from edgespec.bench.sd_vs_ad import PROMPTS  # code prompts like the bundled pair's training data
+from edgespec.bench.prompts import PROMPTS  # code prompts like the bundled pair's training data (torch-free)
 from edgespec.demo.nodes import NodeProcess, start_node, stop_all
 
 TEMPERATURE = 0.8

@@ -24,19 +24,10 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from edgespec.models.decoder import GenerationConfig, GenerationResult, generate_ad, generate_sd
+from edgespec.bench.prompts import PROMPTS
 from edgespec.models.runtime import CausalLM
 from edgespec.spec.theory import fit_alpha
 
-PROMPTS = (
-    "import os\nimport sys\n\n\ndef main(argv):\n",
-    "class Stack:\n    \"\"\"A last-in, first-out container.\"\"\"\n\n    def __init__(self):\n",
-    "def read_config(path):\n    \"\"\"Read a configuration file and return a dict.\"\"\"\n",
-    "    def __repr__(self):\n        return ",
-    "for i in range(len(items)):\n    if ",
-    "try:\n    import threading\nexcept ImportError:\n",
-    "def _check_arg(name, value):\n    if not isinstance(value, int):\n        raise TypeError(",
-    "\n\nclass Error(Exception):\n    \"\"\"Base class for exceptions in this module.\"\"\"\n",
-)
 
 
 def prompt_ids(lm: CausalLM, texts: Sequence[str] = PROMPTS) -> list[list[int]]:
