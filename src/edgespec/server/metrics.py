@@ -54,6 +54,7 @@ class VerifierMetrics:
         self.batch_size = Histogram("edgespec_verifier_batch_size", "Draft blocks per verification batch.", buckets=_BATCH_SIZE_BUCKETS, registry=r)
         self.batch_tokens = Histogram("edgespec_verifier_batch_tokens", "Target positions per verification batch.", buckets=_BATCH_TOKENS_BUCKETS, registry=r)
         self.verify_seconds = Histogram("edgespec_verifier_verify_seconds", "Wall time of one batch: target forward and verification.", buckets=_VERIFY_S_BUCKETS, registry=r)
+        self.forward_seconds = Counter("edgespec_verifier_forward_seconds", "Target forwards (prefill + verification) of every batch, wall time.", registry=r)
         self.queue_depth = Gauge("edgespec_verifier_queue_depth", "Drafts waiting to be verified.", registry=r)
         self.round_overhead_seconds = Histogram(
             "edgespec_verifier_round_overhead_seconds",
@@ -81,10 +82,11 @@ class VerifierMetrics:
         for pos in range(gamma):
             self.accepted_per_pos.labels(node, str(pos)).inc(1 if pos < accepted else 0)
 
-    def record_batch(self, size: int, tokens: int, seconds: float) -> None:
+    def record_batch(self, size: int, tokens: int, seconds: float, forward_s: float = 0.0) -> None:
         self.batch_size.observe(size)
         self.batch_tokens.observe(tokens)
         self.verify_seconds.observe(seconds)
+        self.forward_seconds.inc(forward_s)
 
     def render(self) -> bytes:
         """The exposition text, as `/metrics` serves it."""

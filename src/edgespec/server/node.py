@@ -452,7 +452,8 @@ class VerifierNode:
                 self.quotas.release_draft(q.item.key)
         elapsed_s = time.perf_counter() - start
         self._verify_ms = 1000.0 * elapsed_s if not self._verify_ms else 0.8 * self._verify_ms + 200.0 * elapsed_s
-        self.metrics.record_batch(len(batch), sum(q.cost_tokens for q in batch), elapsed_s)
+        forward_s = max((r.forward_s for r in results if r is not None), default=0.0)  # the batch's forwards (every row shares them)
+        self.metrics.record_batch(len(batch), sum(q.cost_tokens for q in batch), elapsed_s, forward_s)
         self.metrics.kv_tokens_in_use.set(self.runner.kv_tokens_in_use)
         load = self._load()
         for q, result in zip(batch, results):
