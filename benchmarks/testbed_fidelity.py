@@ -13,11 +13,14 @@ Steps:
    verifier's /metrics: mean verification time per batch and mean batch size.
 2. Simulator on the same scenario, averaged over `--seeds` seeds, two versions:
    - `profile`: the scenario as written (nothing from the testbed run);
-   - `calibrated`: the target's profile tables × the in-run ratio of the verifier's mean batch time to
-     the profile's prediction for the batches it ran, and the drafter nodes' measured per-round
+   - `calibrated`: the target's profile tables × the in-run ratio of the verifier's mean target-forward
+     time per batch to the profile's prediction for the batches it ran, and the drafter nodes' measured per-round
      framework time (round − forwards − busy wait − the link's own latency and transfer) added as
-     one-way latency, half each way. Both are measurements of this testbed run; nothing is fitted to
-     the end-to-end figures.
+     one-way latency, half each way, and each node's draft passes as long as they were in the run (its
+     mean pass time over the profile's γ steps × its slowdown, a factor on its slowdown). All are
+     measurements of this testbed run, as is the acceptance curve (the verifier's per-position counters:
+     the profile's curve was measured on 128-token answers, these are 64); nothing is fitted to the
+     end-to-end figures.
 3. Latency model (paper 2510.11331's, `edgespec.plan.latency`) per node: prefill, then
    rounds(α, γ) × (draft γ steps × slowdown + upload + verify of the static batch of all nodes + downlink)
    on that node's link, with α the i.i.d. acceptance that gives the profile curve's tokens per round;
@@ -26,7 +29,7 @@ Steps:
    the last line is one JSON object with the worst absolute error on mean latency per version and "met"
    (≤ 10 % for the calibrated simulator, issue 6).
 
-Run (as root): .venv/bin/python benchmarks/testbed_fidelity.py [--scenario FILE] [--requests 24] [--seeds 10] [--plot FILE]
+Run (as root): .venv/bin/python benchmarks/testbed_fidelity.py [--scenario FILE] [--requests 32] [--seeds 10] [--plot FILE]
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ def run_testbed(scenario: Path, requests: int) -> tuple[dict, dict]:
     spec, config = spec_from_scenario(scenario)
     with Testbed(spec, say=lambda m: print(f"· {m}", file=sys.stderr)) as bed:
         run_on(bed, workload_of(config, requests=len(spec.drafters)))  # warm-up: one request per node
-        m0 = bed.metrics()
+        m0, s0 = bed.metrics(), {name: bed.http_json(name, "/stats") for name in bed.drafters}
         report = run_on(bed, workload_of(config, requests=requests), say=lambda m: print(f"· {m}", file=sys.stderr))
         m1 = bed.metrics()
         stats = {name: bed.http_json(name, "/stats") for name in bed.drafters}
@@ -65,11 +68,38 @@ def run_testbed(scenario: Path, requests: int) -> tuple[dict, dict]:
         return m1.get(key, 0.0) - m0.get(key, 0.0)
 
     batches = delta("edgespec_verifier_verify_seconds_count")
-    measured = {"verify_batch_s": delta("edgespec_verifier_verify_seconds_sum") / batches if batches else 0.0,
+    drafts = sum(delta(k) for k in m1 if k.startswith("spec_decode_num_drafts_total"))
+    accepted = [sum(delta(k) for k in m1 if k.startswith("spec_decode_num_accepted_tokens_per_pos_total") and f'position="{i}"' in k)
+                for i in range(spec.serving.max_gamma)]
+    measured = {"acceptance_curve": acceptance_curve(drafts, accepted),
+                "verify_batch_s": delta("edgespec_verifier_verify_seconds_sum") / batches if batches else 0.0,
+                "forward_batch_s": delta("edgespec_verifier_forward_seconds_total") / batches if batches else 0.0,
                 "batch_size": delta("edgespec_verifier_batch_size_sum") / batches if batches else 0.0,
                 "batch_tokens": delta("edgespec_verifier_batch_tokens_sum") / batches if batches else 0.0,
-                "round_overhead_ms_p50": {n: s["round_overhead_ms_p50"] for n, s in stats.items()}}
+                "round_overhead_ms_p50": {n: s["round_overhead_ms_p50"] for n, s in stats.items()},
+                "draft_pass_s": {n: (s["draft_time_s"] - s0[n]["draft_time_s"]) / max(1, s["draft_passes"] - s0[n]["draft_passes"])
+                                 for n, s in stats.items()},
+                "draft_gamma": {n: (s["drafted_tokens"] - s0[n]["drafted_tokens"]) / max(1, s["drafted_blocks"] - s0[n]["drafted_blocks"])
+                                for n, s in stats.items()}}
     return report, measured
+
+
+def node_measurements(measured: dict, node: dict) -> dict:
+    """What one drafter node measured about itself, with its nominal slowdown."""
+    name = node["name"]
+    return {"round_overhead_ms_p50": measured["round_overhead_ms_p50"][name], "draft_pass_s": measured["draft_pass_s"][name],
+            "draft_gamma": measured["draft_gamma"][name], "slowdown": node["slowdown"]}
+
+
+def acceptance_curve(drafts: float, accepted_per_pos: list[float]) -> tuple[float, ...]:
+    """a_i = P(position i accepted | positions < i accepted) from the verifier's counters (drafts that reached i ≈ accepted at i − 1)."""
+    curve, reached = [], drafts
+    for acc in accepted_per_pos:
+        if reached <= 0:
+            break
+        curve.append(min(acc / reached, 0.999))
+        reached = acc
+    return tuple(curve) or (0.5,)
 
 
 # ----------------------------------------------------------------------------- simulator
@@ -89,9 +119,10 @@ def simulate_per_node(config, seeds: int) -> dict:
             span = max(s.finish_s for s in mine) - min(s.arrival_s for s in mine)
             up = sum(d.uplink.bytes_sent for d in run.drafters if d.group == g)
             tokens = sum(s.emitted for s in mine)
+            rounds = sum(s.rounds for s in mine)
             rows.setdefault(group.name, []).append((report.per_group[group.name]["e2e_mean_s"], report.per_group[group.name]["ttft_mean_s"],
-                                                    tokens / span, up / tokens))
-    return {name: dict(zip(("mean_latency_s", "mean_ttft_s", "tokens_per_s", "uplink_bytes_per_token"),
+                                                    tokens / span, up / tokens, up / rounds))
+    return {name: dict(zip(("mean_latency_s", "mean_ttft_s", "tokens_per_s", "uplink_bytes_per_token", "uplink_bytes_per_round"),
                            (statistics.fmean(col) for col in zip(*vals)))) for name, vals in rows.items()}
 
 
@@ -109,15 +140,24 @@ def calibrated_config(config, scenario: Path, measured: dict, nodes: dict):
     pp = load_pair_profile(scenario.parent / tomllib.loads(scenario.read_text())["sim"]["pair_profile"])
     b = max(1, round(measured["batch_size"]))
     new = max(1, round(measured["batch_tokens"] / max(measured["batch_size"], 1e-9)))
-    ratio = measured["verify_batch_s"] / float(profile_step_time_s(pp.target, b, new))
+    ratio = measured["forward_batch_s"] / float(profile_step_time_s(pp.target, b, new))  # forwards only: the rest of a batch is in the rounds' framework time
     scaled = scaled_pair_profile(pp, verify_ratio=ratio)
     groups = []
     for g in config.drafters:
         extra = framework_time_s(g, nodes[g.name]) / 2
         groups.append(replace(g, uplink=replace(g.uplink, latency_s=g.uplink.latency_s + extra),
-                              downlink=replace(g.downlink, latency_s=g.downlink.latency_s + extra)))
+                              downlink=replace(g.downlink, latency_s=g.downlink.latency_s + extra),
+                              slowdown=g.slowdown * draft_ratio(pp, nodes[g.name])))
     verifier = load_scenario(scenario).system.verifier
-    return replace(config, drafters=tuple(groups), verify_cost=NodeCost(replace(verifier, profile=scaled.target))), ratio
+    spec = replace(config.speculation, acceptance=measured["acceptance_curve"])
+    return replace(config, drafters=tuple(groups), verify_cost=NodeCost(replace(verifier, profile=scaled.target)), speculation=spec), ratio
+
+
+def draft_ratio(pp, node: dict) -> float:
+    """A node's in-run draft pass time over the profile's (γ steps at batch 1) times its nominal slowdown, as a factor on slowdown."""
+    from edgespec.plan.profile import profile_step_time_s
+
+    return node["draft_pass_s"] / (node["draft_gamma"] * float(profile_step_time_s(pp.draft, 1, 1))) / node["slowdown"]
 
 
 def framework_time_s(group, node: dict) -> float:
@@ -128,7 +168,8 @@ def framework_time_s(group, node: dict) -> float:
 # ----------------------------------------------------------------------------- latency model
 
 
-def model_per_node(scenario: Path, config, verify_ratio: float = 1.0, framework_s: Optional[dict] = None) -> dict:
+def model_per_node(scenario: Path, config, verify_ratio: float = 1.0, framework_s: Optional[dict] = None,
+                   draft_ratios: Optional[dict] = None, curve: Optional[tuple] = None) -> dict:
     """Paper 2510.11331's latency model per node: that node's link and slowdown, the static batch of every node.
 
     `verify_ratio` scales the verification step and `framework_s[group]` adds per-round framework time (calibration).
@@ -143,7 +184,7 @@ def model_per_node(scenario: Path, config, verify_ratio: float = 1.0, framework_
     sc = load_scenario(scenario)
     klass = config.classes[0]
     gamma = config.speculation.gamma
-    curve = config.speculation.acceptance
+    curve = curve or config.speculation.acceptance
     survive, e_tokens = 1.0, 1.0
     for i in range(gamma):
         survive *= curve[min(i, len(curve) - 1)]
@@ -156,7 +197,7 @@ def model_per_node(scenario: Path, config, verify_ratio: float = 1.0, framework_
         system = replace(sc.system, link=LinkSpec(d.uplink.rate_bps, d.downlink.rate_bps, d.uplink.latency_s))
         rt = round_times(system, g, gamma, ctx)
         rounds = float(rounds_needed(klass.output_tokens, alpha, gamma))
-        per_round = (float(rt.draft_s) * d.slowdown + float(rt.transfer_s) + float(rt.verify_s) * verify_ratio + float(rt.downlink_s)
+        per_round = (float(rt.draft_s) * d.slowdown * (draft_ratios or {}).get(d.name, 1.0) + float(rt.transfer_s) + float(rt.verify_s) * verify_ratio + float(rt.downlink_s)
                      + (framework_s or {}).get(d.name, 0.0))
         prefill = float(batch_prefill_s(system, g, klass.input_tokens, g * klass.input_tokens, gamma))
         latency = prefill + rounds * per_round
@@ -178,7 +219,7 @@ def _err(x, ref):
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scenario", type=Path, default=ROOT / "examples" / "testbed_hetero.toml")
-    ap.add_argument("--requests", type=int, default=24)
+    ap.add_argument("--requests", type=int, default=32)
     ap.add_argument("--seeds", type=int, default=10)
     ap.add_argument("--plot", type=Path, default=ROOT / "docs" / "img" / "testbed_fidelity.png")
     args = ap.parse_args()
@@ -186,15 +227,21 @@ def main() -> int:
     from rich.console import Console
     from rich.table import Table
 
+    import tomllib
+
+    from edgespec.plan.pairprofile import load_pair_profile
     from edgespec.sim.scenario import load_sim_config
 
     config = load_sim_config(args.scenario)
     report, measured = run_testbed(args.scenario, args.requests)
     by_group = {n["group"]: {**n, "name": name} for name, n in report["nodes"].items()}
-    nodes = {g: {"round_overhead_ms_p50": measured["round_overhead_ms_p50"][n["name"]]} for g, n in by_group.items()}
+    nodes = {g: node_measurements(measured, n) for g, n in by_group.items()}
     cal, ratio = calibrated_config(config, args.scenario, measured, nodes)
     framework = {g.name: framework_time_s(g, nodes[g.name]) for g in config.drafters}
-    versions = {"model": model_per_node(args.scenario, config), "model calibrated": model_per_node(args.scenario, config, ratio, framework),
+    pp = load_pair_profile(args.scenario.parent / tomllib.loads(args.scenario.read_text())["sim"]["pair_profile"])
+    drafts = {g.name: draft_ratio(pp, nodes[g.name]) for g in config.drafters}
+    versions = {"model": model_per_node(args.scenario, config),
+                "model calibrated": model_per_node(args.scenario, config, ratio, framework, drafts, measured["acceptance_curve"]),
                 "sim": simulate_per_node(config, args.seeds), "sim calibrated": simulate_per_node(cal, args.seeds)}
 
     table = Table(title=f"{config.name}: testbed vs latency model vs simulator ({args.requests} requests)")
@@ -204,9 +251,9 @@ def main() -> int:
     rows = []
     for group, real in by_group.items():
         figures = {"mean_latency_s": real.get("mean_latency_s"), "mean_ttft_s": real.get("mean_ttft_s"),
-                   "tokens_per_s": real.get("throughput_tokens_per_s"), "uplink_bytes_per_token": real.get("uplink_wire_bytes_per_token")}
+                   "tokens_per_s": real.get("throughput_tokens_per_s"), "uplink_bytes_per_token": real.get("uplink_bytes_per_token")}
         link = f"{real['uplink_mbps']:g} Mbit/s, {real['latency_ms']:g} ms, ×{real['slowdown']:g}"
-        for fig, value in figures.items():  # uplink: the testbed's wire bytes (veth counters), like the model's message sizes
+        for fig, value in figures.items():  # uplink: the protocol's bytes (relay count), like the model's message sizes
             preds = {v: versions[v][group].get(fig) for v in versions}
             errs = {v: _err(p, value) for v, p in preds.items()}
             if fig == "mean_latency_s":
@@ -218,10 +265,15 @@ def main() -> int:
             table.add_row(real["name"], link if fig == "mean_latency_s" else "", fig, fmt(value), *(fmt(p) for p in preds.values()),
                           *("–" if e is None else f"{e:+.1%}" for e in errs.values()))
     Console(width=200).print(table)
-    print("uplink bytes per token: the testbed's on the wire (the drafter's veth: Ethernet/IP/TCP headers and ACKs included); "
-          "payload only (relay count): " + ", ".join(f"{n['name']} {n['uplink_bytes_per_token']:.1f}" for n in by_group.values()))
-    print(f"verifier in run: {measured['verify_batch_s'] * 1e3:.1f} ms per batch, mean batch {measured['batch_size']:.2f} "
-          f"→ target tables × {ratio:.2f}; drafter round overhead p50 (ms): {measured['round_overhead_ms_p50']}")
+    print("uplink bytes per token: the protocol's (relay count) in the table; on the wire (the drafter's veth: Ethernet/IP/TCP "
+          "headers and ACKs included): " + ", ".join(f"{n['name']} {n['uplink_wire_bytes_per_token']:.1f}" for n in by_group.values()))
+    print("acceptance per position in the run: " + ", ".join(f"{a:.2f}" for a in measured["acceptance_curve"])
+          + "; the profile's: " + ", ".join(f"{a:.2f}" for a in config.speculation.acceptance))
+    print(f"verifier in run: {measured['verify_batch_s'] * 1e3:.1f} ms per batch, of which {measured['forward_batch_s'] * 1e3:.1f} ms "
+          f"target forwards, mean batch {measured['batch_size']:.2f} → target tables × {ratio:.2f}")
+    for g, n in nodes.items():
+        print(f"{by_group[g]['name']}: draft pass {n['draft_pass_s'] * 1e3:.1f} ms for γ {n['draft_gamma']:.2f} → draft × {drafts[g]:.2f} "
+              f"on top of slowdown {n['slowdown']:g}; framework per round {framework[g] * 1e3:.1f} ms")
     _plot(args.plot, rows, versions)
     out = {"benchmark": "testbed_fidelity", "scenario": config.name, "requests": args.requests, "seeds": args.seeds,
            "verify_ratio": ratio, "max_abs_rel_error_mean_latency": worst, "met": worst["sim calibrated"] <= 0.10, "rows": rows}

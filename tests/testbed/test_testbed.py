@@ -254,6 +254,24 @@ def test_testbed_check_command_exit_code_matches_the_probe():
     assert done.stdout.strip() == CAPS.summary()
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="checks what a user other than root is told; this run is not root")
+def test_a_user_other_than_root_is_refused_clearly():
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child drops to user nobody and asks the probe (already imported: no file access needed)
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            os.write(write, probe().summary().encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    answer = os.read(read, 4096).decode()
+    os.waitpid(pid, 0)
+    os.close(read)
+    assert answer == "testbed unavailable: must run as root (network namespaces, tc and cgroups need it)"
+
+
 def test_testbed_run_refuses_a_bad_scenario_clearly(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text(TINY.format(profiles=ROOT / "examples" / "profiles").replace('kind = "closed"', 'kind = "bursty"'))

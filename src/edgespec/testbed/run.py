@@ -57,6 +57,7 @@ def _report(spec: TestbedSpec, records: list[RequestRecord], wall_s: float, befo
         n.update(group=d.group, uplink_mbps=d.uplink.rate_bps / 1e6, downlink_mbps=d.downlink.rate_bps / 1e6,
                  latency_ms=d.uplink.latency_s * 1e3, slowdown=d.slowdown, uplink_bytes=up, downlink_bytes=down,
                  uplink_bytes_per_token=up / tokens if tokens else None,
+                 uplink_bytes_per_round=up / n["rounds"] if n.get("rounds") else None,
                  uplink_wire_bytes=wire.get(d.name, (0, 0))[0], downlink_wire_bytes=wire.get(d.name, (0, 0))[1],
                  uplink_wire_bytes_per_token=wire.get(d.name, (0, 0))[0] / tokens if tokens else None)
     summary["nodes"] = dict(sorted(summary["nodes"].items(), key=lambda kv: int(kv[0][1:]) if kv[0][1:].isdigit() else 0))

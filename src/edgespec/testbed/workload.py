@@ -10,27 +10,20 @@ from __future__ import annotations
 import http.client
 import json
 import random
+import statistics
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
+from edgespec.bench.prompts import PROMPTS
 from edgespec.sim.config import RequestClass, Workload
 from edgespec.testbed.netns import enter_netns
 
 __all__ = ["RequestRecord", "WorkloadSpec", "run_workload", "complete"]
 
-DEFAULT_PROMPTS = (
-    "def fibonacci(n):\n",
-    "import os\nimport sys\n\n\ndef main(",
-    "class Stack:\n    def __init__(self):\n",
-    "def read_config(path):\n    with open(path) as f:\n",
-    "for i in range(10):\n",
-    "    def __repr__(self):\n        return",
-    "# Parse the command line\nparser = argparse.ArgumentParser(",
-    "def binary_search(items, target):\n",
-)
+DEFAULT_PROMPTS = PROMPTS  # the prompts `edgespec profile` measures acceptance on
 
 
 @dataclass(frozen=True)
@@ -121,6 +114,7 @@ class _Driver:
         self.names = list(nodes)
         self.node_weights = [weights.get(n, 1.0) for n in self.names]
         self.t0 = time.perf_counter()
+        self.per_node = {n: 0 for n in self.names}  # requests issued per node: node k's j-th request uses prompt j (mod the list)
 
     def _take(self) -> Optional[tuple[int, RequestClass]]:
         """The next request's index and class, or None when the workload is done."""
@@ -132,7 +126,10 @@ class _Driver:
 
     def one(self, name: str, index: int, klass: RequestClass, arrival_s: float) -> None:
         s = self.spec
-        body = {"prompt": s.prompts[index % len(s.prompts)], "max_tokens": klass.output_tokens, "ignore_eos": True,
+        with self.lock:
+            j = self.per_node[name]
+            self.per_node[name] += 1
+        body = {"prompt": s.prompts[j % len(s.prompts)], "max_tokens": klass.output_tokens, "ignore_eos": True,
                 "temperature": s.temperature, "seed": s.seed * 100_003 + index}
         got = complete(self.nodes[name][1], body)
         finish = time.perf_counter() - self.t0
@@ -191,8 +188,6 @@ def run_workload(nodes: dict[str, tuple[str, int]], spec: WorkloadSpec, *, weigh
 
 def summarize_records(records: Sequence[RequestRecord]) -> dict:
     """Mean and percentiles of latency and TTFT, throughput, errors — overall and per node."""
-    import statistics
-
     def figures(rs: Sequence[RequestRecord]) -> dict:
         ok = [r for r in rs if r.error is None]
         if not ok:
@@ -202,7 +197,8 @@ def summarize_records(records: Sequence[RequestRecord]) -> dict:
         span = max(r.finish_s for r in ok) - min(r.arrival_s for r in ok)
         tokens = sum(r.completion_tokens for r in ok)
         drafted = sum(r.stats.get("drafted_tokens", 0) for r in ok)
-        return {"requests": len(rs), "errors": len(rs) - len(ok), "mean_latency_s": statistics.fmean(lat),
+        return {"requests": len(rs), "errors": len(rs) - len(ok), "rounds": sum(r.stats.get("rounds", 0) for r in ok),
+                "mean_latency_s": statistics.fmean(lat),
                 "p50_latency_s": lat[len(lat) // 2], "p95_latency_s": lat[min(len(lat) - 1, int(0.95 * len(lat)))],
                 "mean_ttft_s": statistics.fmean(ttft) if ttft else None, "tokens": tokens,
                 "throughput_tokens_per_s": tokens / span if span > 0 else 0.0,
