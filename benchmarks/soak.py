@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from edgespec.bench.prompts import PROMPTS  # code prompts like the bundled pair's training data (torch-free)
-from edgespec.demo.nodes import NodeProcess, start_node, stop_all
+from edgespec.demo.nodes import NodeProcess, post_json, start_node, stop_all
 
 TEMPERATURE = 0.8
 TOP_P = 0.95
@@ -56,12 +56,6 @@ MIB = 1024 * 1024
 
 
 # ----------------------------------------------------------------------------- HTTP and /proc
-
-
-def post(url: str, body: dict, timeout_s: float = REQUEST_TIMEOUT_S) -> dict:
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"content-type": "application/json"})
-    with urllib.request.urlopen(req, timeout=timeout_s) as resp:
-        return json.loads(resp.read())
 
 
 def get_text(url: str, timeout_s: float = 5.0) -> Optional[str]:
@@ -174,7 +168,7 @@ class Load:
             with self.lock:
                 self.inflight[c] = (t, d, body)
             try:
-                reply = post(url, body)
+                reply = post_json(url, body, REQUEST_TIMEOUT_S)
                 text = reply["choices"][0]["text"]
                 n = int(reply["usage"]["completion_tokens"])
             except urllib.error.HTTPError as e:
@@ -300,7 +294,7 @@ def run(args) -> dict:
               + ", ".join(d.url for d in drafters), flush=True)
         # one greedy request per drafter before the clock starts: the first forwards allocate, fill caches
         for d in drafters:
-            post(f"{d.url}/v1/completions", {"prompt": PROMPTS[0], "max_tokens": 8, "temperature": 0, "ignore_eos": True})
+            post_json(f"{d.url}/v1/completions", {"prompt": PROMPTS[0], "max_tokens": 8, "temperature": 0, "ignore_eos": True}, REQUEST_TIMEOUT_S)
         rss_timeline: list[dict] = []
         cpu0 = {name: cpu_s_of(n.proc.pid) for name, n in procs.items()}
 

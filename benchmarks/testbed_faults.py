@@ -20,7 +20,6 @@ import argparse
 import json
 import statistics
 import sys
-from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table

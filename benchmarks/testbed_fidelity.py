@@ -38,7 +38,6 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Optional
@@ -126,18 +125,24 @@ def simulate_per_node(config, seeds: int) -> dict:
                            (statistics.fmean(col) for col in zip(*vals)))) for name, vals in rows.items()}
 
 
-def calibrated_config(config, scenario: Path, measured: dict, nodes: dict):
-    """The scenario with the verifier's in-run speed and the drafters' measured per-round framework time."""
+def pair_profile_of(scenario: Path):
+    """The measured pair profile a scenario names in `[sim] pair_profile` (relative to the scenario's folder)."""
+    import tomllib
+
     from edgespec.plan.pairprofile import load_pair_profile
+
+    return load_pair_profile(scenario.parent / tomllib.loads(scenario.read_text())["sim"]["pair_profile"])
+
+
+def calibrated_config(config, scenario: Path, measured: dict, nodes: dict, pp=None):
+    """The scenario with the verifier's in-run speed and the drafters' measured per-round framework time (`pp`: its pair profile)."""
     from edgespec.plan.profile import profile_step_time_s
     from edgespec.plan.scenario import load_scenario
     from edgespec.sim.costs import NodeCost
 
     from _fidelity import scaled_pair_profile
 
-    import tomllib
-
-    pp = load_pair_profile(scenario.parent / tomllib.loads(scenario.read_text())["sim"]["pair_profile"])
+    pp = pp or pair_profile_of(scenario)
     b = max(1, round(measured["batch_size"]))
     new = max(1, round(measured["batch_tokens"] / max(measured["batch_size"], 1e-9)))
     ratio = measured["forward_batch_s"] / float(profile_step_time_s(pp.target, b, new))  # forwards only: the rest of a batch is in the rounds' framework time
@@ -227,18 +232,15 @@ def main() -> int:
     from rich.console import Console
     from rich.table import Table
 
-    import tomllib
-
-    from edgespec.plan.pairprofile import load_pair_profile
     from edgespec.sim.scenario import load_sim_config
 
     config = load_sim_config(args.scenario)
+    pp = pair_profile_of(args.scenario)
     report, measured = run_testbed(args.scenario, args.requests)
     by_group = {n["group"]: {**n, "name": name} for name, n in report["nodes"].items()}
     nodes = {g: node_measurements(measured, n) for g, n in by_group.items()}
-    cal, ratio = calibrated_config(config, args.scenario, measured, nodes)
+    cal, ratio = calibrated_config(config, args.scenario, measured, nodes, pp)
     framework = {g.name: framework_time_s(g, nodes[g.name]) for g in config.drafters}
-    pp = load_pair_profile(args.scenario.parent / tomllib.loads(args.scenario.read_text())["sim"]["pair_profile"])
     drafts = {g.name: draft_ratio(pp, nodes[g.name]) for g in config.drafters}
     versions = {"model": model_per_node(args.scenario, config),
                 "model calibrated": model_per_node(args.scenario, config, ratio, framework, drafts, measured["acceptance_curve"]),

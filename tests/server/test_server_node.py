@@ -1,14 +1,13 @@
 """The verifier node over real sockets: temperature-0 output equals target-only decoding for concurrent sessions on several drafter nodes, every q mode."""
 
 import asyncio
-import shutil
 import ssl
-import subprocess
 
 import pytest
 
 from edgespec.protocol import messages as m
 
+from tls_helpers import self_signed_cert
 from server_helpers import PROMPTS, ad_tokens, run, running_node
 from drafting_client import TestDrafter
 
@@ -77,12 +76,7 @@ def test_resume_after_reconnect_continues_exactly(toy_pair):
 
 
 def test_wss_with_tls_and_auth(toy_pair, tmp_path, ad_reference):
-    if shutil.which("openssl") is None:
-        pytest.skip("needs the openssl CLI to make a test certificate")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cmd = ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1",
-           "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)]  # fmt: skip
-    subprocess.run(cmd, check=True, capture_output=True)
+    cert, key = self_signed_cert(tmp_path)
     draft, target = toy_pair
 
     async def main():

@@ -2,7 +2,6 @@
 
 import asyncio
 import logging
-import shutil
 import subprocess
 import sys
 import time
@@ -21,21 +20,11 @@ from edgespec.spec.sampling import GREEDY
 
 from drafting_client import TestDrafter
 from node_helpers import LOOPBACK
+from tls_helpers import self_signed_cert
 from server_helpers import PROMPTS, run, running_node
 
 TOKEN = "s3cret-token"
 BEYOND_LOOPBACK = ["0.0.0.0", "::", "10.1.2.3", "192.168.0.7", "example.org", ""]
-
-
-def _self_signed(tmp_path):
-    """(cert, key) for 127.0.0.1 from the openssl CLI (skip without it)."""
-    if shutil.which("openssl") is None:
-        pytest.skip("needs the openssl CLI to make a test certificate")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cmd = ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1",
-           "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)]  # fmt: skip
-    subprocess.run(cmd, check=True, capture_output=True)
-    return cert, key
 
 
 # ---------------------------------------------------------------- auth beyond loopback
@@ -130,7 +119,7 @@ async def _complete(node: EdgeNode, prompts) -> list[list[int]]:
 def test_drafter_node_over_wss_with_the_ca_trusted_is_exact(toy_pair, ad_reference, tmp_path):
     """A verifier with a self-signed certificate and a token; the drafter node (edgespec.edge) trusts the CA file: greedy output equals AD."""
     draft, target = toy_pair
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed_cert(tmp_path)
 
     async def main():
         async with running_node(target, tls_cert=cert, tls_key=key, auth_token=TOKEN) as verifier:
@@ -151,7 +140,7 @@ def test_drafter_node_over_wss_with_the_ca_trusted_is_exact(toy_pair, ad_referen
 def test_drafter_that_does_not_trust_the_certificate_is_refused_clearly(toy_pair, tmp_path):
     """Without the CA (the system's trust store) or over plain ws://, the drafter never connects and says why; requests fail, nothing hangs."""
     draft, target = toy_pair
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed_cert(tmp_path)
 
     async def attempt(verifier, address: str) -> tuple[bool, str, str]:
         node = EdgeNode(_edge_config(address, unavailable_timeout_s=0.5, connect_timeout_s=2.0), draft=draft)

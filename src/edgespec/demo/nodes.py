@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import re
@@ -10,11 +11,12 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
-__all__ = ["NodeProcess", "NodeStartError", "start_node", "stop_all"]
+__all__ = ["NodeProcess", "NodeStartError", "post_json", "start_node", "stop_all"]
 
 READY = {
     "serve": re.compile(r"listening on ws://(?P<host>[^:\s]+):(?P<port>\d+)"),
@@ -95,3 +97,10 @@ def stop_all(nodes: Sequence[NodeProcess], timeout_s: float = 15.0) -> None:
         except subprocess.TimeoutExpired:
             node.proc.kill()
             node.proc.wait()
+
+
+def post_json(url: str, body: dict, timeout_s: float = 600.0) -> dict:
+    """POST `body` as JSON to a node's HTTP API; its JSON reply (urllib's HTTPError on a non-2xx status)."""
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"content-type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+        return json.loads(resp.read())

@@ -28,7 +28,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from edgespec.demo.nodes import NodeProcess, start_node, stop_all
+from edgespec.demo.nodes import NodeProcess, post_json, start_node, stop_all
 
 __all__ = ["DemoConfig", "run_demo"]
 
@@ -64,12 +64,6 @@ AD_EDGE = EdgeSpec("edge-ad", "AD through the verifier (γ = 0)", ("--gamma-poli
 
 
 # ---------------------------------------------------------------- HTTP
-
-
-def _post(url: str, body: dict, timeout_s: float = 600.0) -> dict:
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"content-type": "application/json"})
-    with urllib.request.urlopen(req, timeout=timeout_s) as resp:
-        return json.loads(resp.read())
 
 
 def _get(url: str, timeout_s: float = 5.0) -> Optional[dict]:
@@ -135,7 +129,7 @@ def _run_phase(console: Console, nodes: list[tuple[EdgeSpec, NodeProcess]], requ
     lock = threading.Lock()
 
     def one(spec: EdgeSpec, node: NodeProcess, i: int, body: dict) -> None:
-        reply = _post(f"{node.url}/v1/completions", body)
+        reply = post_json(f"{node.url}/v1/completions", body)
         with lock:
             phase.results[(spec.name, i)] = reply
             phase.done[spec.name] += 1

@@ -17,7 +17,6 @@ import shutil
 import signal
 import threading
 import tempfile
-import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -202,12 +201,6 @@ class Testbed:
         """Take a node's veth down (every packet lost, connections stall) or back up."""
         self.net.cut(name, down)
 
-    def set_relay_cut(self, drafter: str, on: bool) -> None:
-        """Hold everything on a drafter's relay links (both directions) until released."""
-        assert self.relay is not None
-        for v in range(self.spec.verifiers):
-            self.relay.cut(link_name(drafter, v), on)
-
     # ------------------------------------------------------------ talking to nodes
 
     def http_json(self, name: str, path: str, body: Optional[dict] = None, timeout_s: float = 600.0) -> dict:
@@ -257,13 +250,3 @@ def teardown_all(tag: Optional[str] = None) -> tuple[int, int]:
     for netns in names:
         delete_netns(netns)
     return len(names), delete_cpu_groups(prefix)
-
-
-def wait_until(check: Callable[[], bool], timeout_s: float, every_s: float = 0.1) -> float:
-    """Poll `check` until it holds; the seconds it took (raises `TestbedError` on timeout)."""
-    start = time.monotonic()
-    while not check():
-        if time.monotonic() - start > timeout_s:
-            raise TestbedError(f"condition not reached within {timeout_s:.0f} s")
-        time.sleep(every_s)
-    return time.monotonic() - start

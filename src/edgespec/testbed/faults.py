@@ -11,9 +11,9 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
-from edgespec.testbed.bed import Testbed, wait_until
+from edgespec.testbed.bed import Testbed
 from edgespec.testbed.netns import TestbedError, enter_netns
 from edgespec.testbed.workload import complete
 
@@ -104,6 +104,17 @@ def _outcome(fault: str, expected: str, stream: Stream, ref: str, recovery_s: Op
 # ----------------------------------------------------------------------------- the faults
 
 
+def wait_until(check: Callable[[], bool], timeout_s: float, every_s: float = 0.1) -> float:
+    """Poll `check` until it holds; the seconds it took (raises `TestbedError` on timeout)."""
+    start = time.monotonic()
+    while not check():
+        if time.monotonic() - start > timeout_s:
+            raise TestbedError(f"condition not reached within {timeout_s:.0f} s")
+        time.sleep(every_s)
+    return time.monotonic() - start
+
+
+
 def verifier_restart(bed: Testbed, node: str, body: dict, ref: str, down_s: float = 1.0) -> FaultOutcome:
     """Kill verifier 0 mid-generation (SIGKILL), restart it after `down_s`; the session resumes from the drafter's transcript."""
     stream = Stream(bed, node, body)
@@ -141,9 +152,12 @@ def drafter_killed(bed: Testbed, node: str, body: dict, ref: str) -> FaultOutcom
     stream.wait_chunks(3)
     held = _node_gauge(bed, "edgespec_verifier_active_sessions", node)
     bed.kill(node)
-    freed_s = wait_until(lambda: _node_gauge(bed, "edgespec_verifier_active_sessions", node) == 0
-                         and bed.metrics().get("edgespec_verifier_kv_tokens_reserved", 0.0) == 0
-                         and bed.metrics().get("edgespec_verifier_kv_tokens_in_use", 0.0) == 0, 60.0)
+    def freed() -> bool:  # one scrape per poll
+        got = bed.metrics()
+        return (got.get(f'edgespec_verifier_active_sessions{{node="{node}"}}', 0.0) == 0
+                and got.get("edgespec_verifier_kv_tokens_reserved", 0.0) == 0 and got.get("edgespec_verifier_kv_tokens_in_use", 0.0) == 0)
+
+    freed_s = wait_until(freed, 60.0)
     bed.start_drafter(node)
     again = Stream(bed, node, body)
     again.join()

@@ -48,19 +48,21 @@ def _bytes(stats: dict, name: str, direction: str) -> int:
 def _report(spec: TestbedSpec, records: list[RequestRecord], wall_s: float, before: dict, after: dict,
             wire: dict[str, tuple[int, int]]) -> dict:
     summary = summarize_records(records)
-    for d in spec.drafters:
-        n = summary["nodes"].setdefault(d.name, {"requests": 0, "errors": 0})
+    nodes = {}
+    for d in spec.drafters:  # in the spec's order: d0, d1, ...
+        n = nodes[d.name] = summary["nodes"].get(d.name, {"requests": 0, "errors": 0})
         links = [link_name(d.name, v) for v in range(spec.verifiers)]
         up = sum(_bytes(after, k, "up") - _bytes(before, k, "up") for k in links)
         down = sum(_bytes(after, k, "down") - _bytes(before, k, "down") for k in links)
+        wire_up, wire_down = wire.get(d.name, (0, 0))
         tokens = n.get("tokens", 0)
         n.update(group=d.group, uplink_mbps=d.uplink.rate_bps / 1e6, downlink_mbps=d.downlink.rate_bps / 1e6,
                  latency_ms=d.uplink.latency_s * 1e3, slowdown=d.slowdown, uplink_bytes=up, downlink_bytes=down,
                  uplink_bytes_per_token=up / tokens if tokens else None,
                  uplink_bytes_per_round=up / n["rounds"] if n.get("rounds") else None,
-                 uplink_wire_bytes=wire.get(d.name, (0, 0))[0], downlink_wire_bytes=wire.get(d.name, (0, 0))[1],
-                 uplink_wire_bytes_per_token=wire.get(d.name, (0, 0))[0] / tokens if tokens else None)
-    summary["nodes"] = dict(sorted(summary["nodes"].items(), key=lambda kv: int(kv[0][1:]) if kv[0][1:].isdigit() else 0))
+                 uplink_wire_bytes=wire_up, downlink_wire_bytes=wire_down,
+                 uplink_wire_bytes_per_token=wire_up / tokens if tokens else None)
+    summary["nodes"] = nodes
     return {"scenario": spec.name, "wall_s": wall_s, "requests_done": sum(r.error is None for r in records),
             **summary, "requests": [asdict(r) for r in records]}
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
@@ -93,7 +93,5 @@ def spec_from_scenario(path: Path | str, **overrides) -> tuple[TestbedSpec, SimC
                           top_k=spec.top_k or 8, batch_window_ms=v.window_s * 1e3, max_batch_size=v.max_batch_size,
                           max_batch_tokens=v.max_batch_tokens, kv_budget_tokens=v.kv_budget_tokens)
     if overrides:
-        from dataclasses import replace
-
         serving = replace(serving, **overrides)
     return spec_from_config(config, serving), config
