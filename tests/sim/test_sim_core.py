@@ -170,25 +170,30 @@ def test_a_request_that_can_never_fit_fails_loudly():
         simulate(tiny_config(output_tokens=500, verifiers=VerifierConfig(kv_budget_tokens=100)))
 
 
-def test_fast_paths_are_exact(monkeypatch):
-    """The fast paths change no result: a lone session's block put on the uplink at pass start, and drafts
-    that arrive during a running batch submitted when it ends instead of by an event each."""
+@pytest.mark.parametrize("example", ["sim_tiny.toml", "sim_benchmark.toml"])
+def test_fast_paths_are_exact(monkeypatch, example):
+    """The fast paths change no result: a lone session's block put on the uplink at pass start, drafts
+    that arrive during a running batch submitted when it ends instead of by an event each, and a
+    verifier's decision taken within the event that asks for it when nothing else is due at that instant."""
     from edgespec.sim import entities
     from edgespec.sim.scenario import load_sim_config
     from pathlib import Path
 
-    cfg = load_sim_config(Path(__file__).resolve().parents[2] / "examples" / "sim_tiny.toml", requests=150)
-    fast = summarize(simulate(cfg))
-    original = entities.DrafterNode._run_pass
-    monkeypatch.setattr(entities.DrafterNode, "_run_pass", lambda self, batch, cost, send_ahead=False: original(self, batch, cost, False))
+    cfg = load_sim_config(Path(__file__).resolve().parents[2] / "examples" / example, requests=150)
+    fast_run = simulate(cfg)
+    monkeypatch.setattr(entities.DrafterNode, "send_ahead", False)
     monkeypatch.setattr(entities.VerifierNode, "batch_inbox", False)
-    slow = summarize(simulate(cfg))
+    monkeypatch.setattr(entities.VerifierNode, "inline_decide", False)
+    slow_run = simulate(cfg)
+    fast, slow = summarize(fast_run), summarize(slow_run)
     assert slow.events > fast.events
     a, b = fast.to_dict(), slow.to_dict()
     for d in (a, b):
         for k in ("wall_s", "events_per_s", "conversations_per_s", "events"):
             d.pop(k)
     assert a == b
+    timeline = lambda run: sorted((s.key, s.first_token_s, s.finish_s, s.rounds, s.accepted) for s in run.sessions)
+    assert timeline(fast_run) == timeline(slow_run)
 
 
 def test_policy_factory_gives_each_group_its_own_policy():

@@ -80,7 +80,11 @@ class Scheduler:
         return self._tokens
 
     def submit(self, draft: QueuedDraft) -> None:
-        self._queues.setdefault(draft.node, deque()).append(draft)
+        queue = self._queues.get(draft.node)
+        if queue is None:
+            self._queues[draft.node] = deque((draft,))
+        else:
+            queue.append(draft)
         self._depth += 1
         self._tokens += draft.cost_tokens
 
@@ -112,20 +116,32 @@ class Scheduler:
 
     def next_batch(self, now_s: float, open_sessions: int = 0) -> tuple[list[QueuedDraft], Optional[float]]:
         """The batch to run now (empty if none) and, when empty, the time to ask again (None: on the next arrival)."""
-        if not self._depth:
+        depth = self._depth
+        if not depth:
             return [], None
-        pending = [q for queue in self._queues.values() for q in queue]  # QueuedDraft reads as a policy's Pending
+        queues, config = self._queues, self.config
+        if depth == len(queues):  # one draft per node (QueuedDraft reads as a policy's Pending)
+            pending = [queue[0] for queue in queues.values()]
+        else:
+            pending = [q for queue in queues.values() for q in queue]
         decision = self.policy.select(pending, now_s)
-        full = self.queued_tokens() >= self.config.max_batch_tokens or (open_sessions and self._depth >= open_sessions)
-        if not decision.batches and not full:
+        batches = decision.batches
+        if not batches and not (self._tokens >= config.max_batch_tokens or (open_sessions and depth >= open_sessions)):
             return [], decision.wake_at_s
-        size = len(decision.batches[0]) if decision.batches else (self.config.max_batch_size or self._depth)
-        if self.config.max_batch_size:
-            size = min(size, self.config.max_batch_size)
+        size = len(batches[0]) if batches else (config.max_batch_size or depth)
+        if config.max_batch_size:
+            size = min(size, config.max_batch_size)
         return self._fair_fill(max(size, 1)), None
 
     def _fair_fill(self, max_size: int) -> list[QueuedDraft]:
         """Take drafts round-robin across nodes (FIFO per node), one per session, within the size and token limits."""
+        queues = self._queues
+        if self._depth == len(queues) and self._depth <= max_size and (self._depth == 1 or self._tokens <= self.config.max_batch_tokens):
+            # one draft per node and all of them fit: the round-robin takes every head in node order, empties every queue
+            batch = [queue[0] for queue in queues.values()]
+            queues.clear()
+            self._depth = self._tokens = 0
+            return batch
         batch: list[QueuedDraft] = []
         keys: set = set()
         tokens = 0

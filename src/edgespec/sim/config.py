@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Optional
 
-from edgespec.sim.costs import StepCost
+from edgespec.plan.scenario import ServingSystem
+from edgespec.sim.costs import NodeCost, StepCost
 from edgespec.sim.links import LinkModel
 
 if TYPE_CHECKING:
@@ -26,7 +27,7 @@ __all__ = [
 
 MODES = ("sd", "ad", "device")  # distributed SD; server-only AD; device-only draft model (lossy, for reference)
 ROUTINGS = ("round_robin", "jsq", "power_of_two")
-BATCHINGS = ("window", "max")
+BATCHINGS = ("window", "max", "dp")  # window/size; max batching; the planner's DP over the queued drafts
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ class DrafterGroup:
 
 @dataclass(frozen=True)
 class VerifierConfig:
-    """`count` identical verifier nodes: batching (window/size or max), token limit per batch, KV budget, retry after busy."""
+    """`count` identical verifier nodes: batching (window/size, max or dp), token limit per batch, KV budget, retry after busy."""
 
     count: int = 1
     batching: str = "window"
@@ -64,6 +65,10 @@ class VerifierConfig:
     max_batch_tokens: int = 2048
     kv_budget_tokens: int = 0  # 0 = unlimited; a session reserves prompt + answer tokens for its whole life
     busy_retry_s: float = 0.05  # a drafter refused for KV tries again (possibly elsewhere) after this
+    dp_max_tasks: int = 16  # batching "dp": queued drafts planned per decision (edgespec.policy.batching.DpBatching)
+    # batching "dp": the latency model the DP plans with; None derives it from the run's node costs
+    # (edgespec.sim.batching.plan_system); a scenario file sets it from its [drafter], [verifier] and [link]
+    plan_system: Optional[ServingSystem] = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -132,6 +137,12 @@ class SimConfig:
             raise ValueError(f"routing must be one of {ROUTINGS}, got {self.routing!r}")
         if self.verifiers.batching not in BATCHINGS:
             raise ValueError(f"batching must be one of {BATCHINGS}, got {self.verifiers.batching!r}")
+        if self.verifiers.dp_max_tasks < 1:
+            raise ValueError(f"dp_max_tasks must be >= 1, got {self.verifiers.dp_max_tasks}")
+        if self.verifiers.batching == "dp" and self.verifiers.plan_system is None and not (
+                isinstance(self.draft_cost, NodeCost) and isinstance(self.verify_cost, NodeCost)):
+            raise ValueError('batching "dp" plans with the latency model of NodeSpecs: give VerifierConfig.plan_system, '
+                             'or node costs (NodeCost) rather than constants')
         if not self.classes or not self.drafters:
             raise ValueError("need at least one request class and one drafter group")
         if self.workload.kind not in ("poisson", "closed", "trace"):

@@ -19,25 +19,13 @@ from typing import Callable, Optional
 from edgespec.policy.gamma import GammaPolicy, RoundObservation
 from edgespec.policy.routing import VerifierLoad
 from edgespec.server.scheduler import QueuedDraft, Scheduler, SchedulerConfig
-from edgespec.policy.batching import MaxBatching, WindowBatching
+from edgespec.sim.batching import make_batching
 from edgespec.sim.config import SimConfig, VerifierConfig
 from edgespec.sim.costs import StepCost
 from edgespec.sim.kernel import DECIDE, TIMER, EventLoop, SimulationError
 from edgespec.sim.links import Link
 
 __all__ = ["Session", "DrafterNode", "VerifierNode", "World"]
-
-
-def _by_node(sessions: list["Session"]) -> dict:
-    """Sessions grouped by drafter node, nodes in order of first appearance."""
-    groups: dict = {}
-    for s in sessions:
-        groups.setdefault(s.node, []).append(s)
-    return groups
-
-
-def _time_seq(item: tuple) -> tuple[float, int]:
-    return item[0], item[1]
 
 
 class Session:
@@ -129,8 +117,10 @@ class World:
 class DrafterNode:
     """A device (or edge server) hosting a draft model: batched draft passes over its ready sessions, an uplink and a downlink."""
 
+    send_ahead = True  # a lone open session's block goes on the uplink at pass start (False: a pass-done event; same results)
+
     def __init__(self, world: World, index: int, group: int, cost: StepCost, uplink: Link, downlink: Link, routing) -> None:
-        self.world, self.index, self.group = world, index, group
+        self.world, self.loop, self.index, self.group = world, world.loop, index, group
         self.cost, self.uplink, self.downlink, self.routing = cost, uplink, downlink, routing
         self.ready: list[Session] = []
         self.busy = False
@@ -153,11 +143,11 @@ class DrafterNode:
         if self.mode == "ad":
             self._send(s, self.block_overhead + s.prompt_tokens * self.prompt_bytes)
             return
-        s.mark_s = self.world.loop.now_s
+        s.mark_s = self.loop.now_s
         self.ready.append(s)
         if not self.flush_pending:  # requests arriving at one instant (a closed loop's start) share a pass
             self.flush_pending = True
-            self.world.loop.after(0.0, self._flush, None, DECIDE)
+            self.loop.after(0.0, self._flush, None, DECIDE)
 
     def _flush(self, _=None) -> None:
         self.flush_pending = False
@@ -167,13 +157,13 @@ class DrafterNode:
         """Start a pass over the ready sessions if the draft model is free, else make sure one follows the current pass."""
         if not self.ready:
             return
-        now = self.world.loop.now_s
+        now = self.loop.now_s
         if self.busy and 0.0 <= self.busy_until_s <= now:  # the pass sent ahead is over
             self.busy, self.busy_until_s = False, -1.0
         if not self.busy:
             self._start_pass()
         elif self.busy_until_s >= 0.0:  # a pass whose block was sent ahead (no pass-done event): start after it
-            self.world.loop.at(self.busy_until_s, self._after_sent_pass)
+            self.loop.at(self.busy_until_s, self._after_sent_pass)
             self.busy_until_s = -1.0
 
     def _after_sent_pass(self, _=None) -> None:
@@ -196,7 +186,7 @@ class DrafterNode:
                 gammas.append(1)
                 continue
             cap = s.remaining - 1
-            g = s.policy.gamma(self.world.loop.now_s) if s.policy is not None else 0
+            g = s.policy.gamma(self.loop.now_s) if s.policy is not None else 0
             gammas.append(s.draw_block(g if g < cap else (cap if cap > 0 else 0), self.noise))
         cost = self.cost.draft_pass_s([g for g in gammas if g], context // len(batch))
         if prefill:
@@ -210,7 +200,7 @@ class DrafterNode:
         is put on the uplink now for the pass's end time — no other message can precede it there, so
         this is exact — and no pass-done event is needed; `busy_until_s` lets a newcomer wait for it.
         """
-        now = self.world.loop.now_s
+        now = self.loop.now_s
         for s in batch:
             s.draft_s += now - s.mark_s + cost
             s.draft_cost_s = cost
@@ -224,12 +214,12 @@ class DrafterNode:
             self.busy_until_s = now + cost
             self._send(s, self._block_bytes(s), now + cost)
         else:
-            self.world.loop.after(cost, self._pass_done, batch)
+            self.loop.at(now + cost, self._pass_done, batch)
 
     def _start_single(self) -> None:
         """`_start_pass` for the common case of one ready session in SD mode (same result, less work)."""
         s = self.ready.pop()
-        now = self.world.loop.now_s
+        now = self.loop.now_s
         cap = s.output_tokens - s.emitted - 1
         g = s.policy.gamma(now)
         g = s.draw_block(g if g < cap else (cap if cap > 0 else 0), self.noise)
@@ -237,23 +227,40 @@ class DrafterNode:
         if s.new_at_drafter:
             s.new_at_drafter = False
             cost += self.cost.prefill_s(1, s.prompt_tokens)
-        if self.live == 1 and s.admitted:  # nothing else can use this node or its uplink before the pass ends
-            self._run_pass([s], cost, send_ahead=True)
-        else:
+        if self.live != 1 or not s.admitted or not self.send_ahead:
             self._run_pass([s], cost)
+            return
+        # nothing else can use this node or its uplink before the pass ends: `_run_pass(..., send_ahead=True)`, inlined
+        s.draft_s += now - s.mark_s + cost
+        s.draft_cost_s = cost
+        end_s = now + cost
+        if s.round_log is not None:
+            s.marks[0], s.marks[1] = now, end_s
+        self.busy = True
+        self.busy_s += cost
+        self.passes += 1
+        self.busy_until_s = end_s
+        # `_send(s, bytes, end_s)`, inlined (an admitted session has its verifier)
+        s.sent_s = end_s
+        arrival_s = self.uplink.send(end_s, self.block_overhead + s.gamma * self.per_token_bytes)
+        s.upload_cost_s = arrival_s - end_s
+        s.upload_s += s.upload_cost_s
+        self.world.verifiers[s.verifier].deliver(s, arrival_s)
 
     def _pass_done(self, batch: list[Session]) -> None:
         self.busy = False
         self.busy_until_s = -1.0
         if self.mode == "device":
-            now = self.world.loop.now_s
+            now = self.loop.now_s
             for s in batch:
                 s.pending_tokens = 1
                 s.rounds += 1
                 self._apply(s, now)
         else:
-            for s in batch:
-                self._send(s, self._block_bytes(s))
+            overhead, per_token = self.block_overhead, self.per_token_bytes
+            for s in batch:  # `_block_bytes`, inlined
+                size = overhead + s.gamma * per_token
+                self._send(s, size if s.admitted else size + s.prompt_tokens * self.prompt_bytes)
         if self.ready:
             self._start_pass()
 
@@ -273,7 +280,7 @@ class DrafterNode:
 
     def _send(self, s: Session, size_bytes: float, at_s: float = -1.0) -> None:
         """Put a message for the session's verifier on the uplink (now, or at `at_s` when sent ahead)."""
-        loop = self.world.loop
+        loop = self.loop
         if s.verifier is None:
             s.verifier = self._route(s)
         now = at_s if at_s >= 0.0 else loop.now_s
@@ -286,12 +293,12 @@ class DrafterNode:
     def send_close(self, s: Session) -> None:
         if s.verifier is None or not s.admitted:
             return
-        loop = self.world.loop
-        loop.at(self.uplink.send(loop.now_s, self.block_overhead), self.world.verifiers[s.verifier].release, s)
+        loop = self.loop
+        loop.at(self.uplink.send(loop.now_s, self.block_overhead), self.world.verifiers[s.verifier].on_close, s)
 
     def refused(self, s: Session) -> None:
         """The verifier had no KV room: wait, then route again (maybe elsewhere) and resend the block."""
-        loop = self.world.loop
+        loop = self.loop
         v = s.verifier
         self.hints[v][0] = self.hints[v][0] + 1  # treat as loaded
         s.verifier = None
@@ -299,26 +306,43 @@ class DrafterNode:
         loop.after(self.world.config.verifiers.busy_retry_s, self._retry, s)
 
     def _retry(self, s: Session) -> None:
-        s.admission_s += self.world.loop.now_s - s.mark_s
+        s.admission_s += self.loop.now_s - s.mark_s
         self._send(s, self._block_bytes(s))
 
     # -------------------------------------------------------------- verdicts
 
     def on_verdicts(self, group: list[Session]) -> None:
         """The verdicts of one batch for this node's sessions arrive (one message); then one draft pass for all that go on."""
-        now = self.world.loop.now_s
+        now = self.loop.now_s
+        hints, ready = self.hints, self.ready
         for s in group:
-            h = self.hints[s.verifier]
-            h[0], h[1], h[2] = s.hint[0], s.hint[1], 0
+            h, hint = hints[s.verifier], s.hint
+            h[0], h[1], h[2] = hint[0], hint[1], 0
             s.downlink_s += now - s.mark_s
             if s.observes:
                 s.policy.observe(RoundObservation(s.gamma, s.accept_n, now, s.draft_cost_s if s.gamma else None,
-                                                  s.upload_cost_s, s.verify_cost_s, now - s.sent_s, s.hint[0]))
-            self._apply(s, now)
-        self._maybe_start()
+                                                  s.upload_cost_s, s.verify_cost_s, now - s.sent_s, hint[0]))
+            # `_apply`, inlined
+            s.emitted += s.pending_tokens
+            if s.first_token_s < 0:
+                s.first_token_s = now
+            if s.round_log is not None:
+                s.round_log.append((*s.marks, now, s.gamma, s.accept_n))
+            if s.emitted >= s.output_tokens:
+                self.world.finish(s, now)
+            else:
+                s.mark_s = now
+                ready.append(s)
+        if not ready:
+            return
+        if len(ready) == 1 and self.mode == "sd" and (not self.busy or 0.0 <= self.busy_until_s <= now):
+            self.busy, self.busy_until_s = False, -1.0  # a pass sent ahead is over: `_maybe_start`, inlined
+            self._start_single()
+        else:
+            self._maybe_start()
 
     def _apply(self, s: Session, now: float) -> None:
-        """Emit the round's tokens; finish, or draft again."""
+        """Emit the round's tokens; finish, or draft again (the caller starts the pass once for everyone)."""
         s.emitted += s.pending_tokens
         if s.first_token_s < 0:
             s.first_token_s = now
@@ -326,7 +350,7 @@ class DrafterNode:
             s.round_log.append((*s.marks, now, s.gamma, s.accept_n))
         if s.emitted >= s.output_tokens:
             self.world.finish(s, now)
-        else:  # ready to draft again; the caller starts the pass once for everyone
+        else:
             s.mark_s = now
             self.ready.append(s)
 
@@ -335,11 +359,11 @@ class VerifierNode:
     """A verifier: admission against a KV budget, the real `Scheduler` for batching and fairness, one costed forward per batch."""
 
     batch_inbox = True  # submit drafts that arrive during a batch when it ends (False: an event each; same results, slower)
+    inline_decide = True  # decide within the event that asks, when nothing else is due at that instant (False: a DECIDE event each)
 
     def __init__(self, world: World, index: int, config: VerifierConfig, cost: StepCost) -> None:
-        self.world, self.index, self.config, self.cost = world, index, config, cost
-        policy = (MaxBatching(config.max_batch_size) if config.batching == "max"
-                  else WindowBatching(window_s=config.window_s, max_batch_size=config.max_batch_size or 2**31))
+        self.world, self.loop, self.index, self.config, self.cost = world, world.loop, index, config, cost
+        policy = make_batching(config, world.config)
         self.scheduler = Scheduler(SchedulerConfig(config.max_batch_tokens, config.max_batch_size, config.window_s), policy)
         self.busy = False
         self.decide_pending = False
@@ -364,7 +388,7 @@ class VerifierNode:
         While a batch runs the verifier decides nothing, so a draft that can only queue is submitted
         with its own arrival time when the batch ends (exact, and one event fewer per round).
         """
-        loop = self.world.loop
+        loop = self.loop
         if self.batch_inbox and s.admitted and self.busy and arrival_s < self.busy_until_s:
             s.arrival_seq = loop.reserve_seq()
             self.inbox.append((arrival_s, s.arrival_seq, s))
@@ -373,7 +397,7 @@ class VerifierNode:
 
     def receive(self, s: Session) -> None:
         """A block (or, in AD mode, an open) arrives from a drafter node: admission, then the scheduler's queue."""
-        now = self.world.loop.now_s
+        now = self.loop.now_s
         if not s.admitted and not self._admit(s, now):
             return
         if self.mode == "ad":
@@ -384,6 +408,7 @@ class VerifierNode:
         if s.round_log is not None:
             s.marks[2] = now
         self._submit(s, now)
+        self.decide_at_end()
 
     def _admit(self, s: Session, now: float) -> bool:
         """Reserve the session's KV for its whole life, or refuse it (the drafter node retries later)."""
@@ -393,7 +418,7 @@ class VerifierNode:
             self.refusals += 1
             if need > budget:
                 raise SimulationError(f"a request of {need} tokens can never fit a KV budget of {budget} tokens")
-            self.world.loop.at(s.node.downlink.send(now, self.verdict_bytes), s.node.refused, s)
+            self.loop.at(s.node.downlink.send(now, self.verdict_bytes), s.node.refused, s)
             return False
         s.admitted = True
         self.active += 1
@@ -406,33 +431,48 @@ class VerifierNode:
         s.mark_s = now
         cost = s.gamma + 1 + (s.prompt_tokens if s.new_at_verifier else 0)
         self.scheduler.submit(QueuedDraft(s, s.node.index, now, cost))
-        self.kick()
+
+    def on_close(self, s: Session) -> None:
+        """The session's close message arrives."""
+        if s.admitted:
+            self.release(s)
+            self.decide_at_end()
 
     def release(self, s: Session) -> None:
-        """The session closed: free its KV reservation."""
+        """The session closed: free its KV reservation (the caller asks for a decision)."""
         if s.admitted:
             s.admitted = False
             self.active -= 1
             self.reserved_tokens -= s.prompt_tokens + s.output_tokens
             self.scheduler.drop_session(s.key)
-            self.kick()
 
-    def kick(self) -> None:
-        if not self.busy and not self.decide_pending:
-            self.decide_pending = True
-            self.world.loop.after(0.0, self._decide, None, DECIDE)
+    def decide_at_end(self) -> None:
+        """Called last in an event: decide after every delivery at this instant (a DECIDE event).
+
+        When no other event is due at this instant, that event would run next anyway, so with
+        `inline_decide` the decision runs now instead (the same result, one event fewer).
+        """
+        if self.busy or self.decide_pending:
+            return
+        loop = self.loop
+        if self.inline_decide and loop.nothing_else_now():
+            self._decide()
+            return
+        self.decide_pending = True
+        loop.after(0.0, self._decide, None, DECIDE)
 
     def _on_timer(self, _=None) -> None:
         self.timer, self.timer_at = None, float("inf")
-        self.kick()
+        self.decide_at_end()
 
     def _decide(self, _=None) -> None:
         self.decide_pending = False
         if self.busy:
             return
-        loop = self.world.loop
-        depth = self.scheduler.depth
-        batch, wake_at = self.scheduler.next_batch(loop.now_s, self.active)
+        loop = self.loop
+        scheduler = self.scheduler
+        depth = scheduler.depth
+        batch, wake_at = scheduler.next_batch(loop.now_s, self.active)
         if batch:
             self.queue_depths.append(depth)
             self._run(batch)
@@ -443,7 +483,7 @@ class VerifierNode:
             self.timer = loop.at(wake_at, self._on_timer, None, TIMER)
 
     def _run(self, batch: list[QueuedDraft]) -> None:
-        loop = self.world.loop
+        loop = self.loop
         now = loop.now_s
         sessions = [q.item for q in batch]
         max_new, context, prefill = 1, 0, []
@@ -465,27 +505,31 @@ class VerifierNode:
         self.busy_until_s = now + cost
         self.busy_s += cost
         self.batch_sizes.append(len(sessions))
-        loop.after(cost, self._batch_done, sessions)
+        loop.at(now + cost, self._batch_done, sessions)
 
     def _batch_done(self, sessions: list[Session]) -> None:
-        loop = self.world.loop
+        loop = self.loop
         now = loop.now_s
         self.busy = False
         if self.inbox:
             inbox, self.inbox = self.inbox, []
-            inbox.sort(key=_time_seq)  # the order their arrival events would have run in
-            for arrival_s, _, s in inbox:
+            if len(inbox) > 1:  # the order their arrival events would have run in: (time, sequence), which is unique
+                inbox.sort()
+            submit = self.scheduler.submit
+            for arrival_s, _, s in inbox:  # `_submit`, inlined
                 if s.round_log is not None:
                     s.marks[2] = arrival_s
-                self._submit(s, arrival_s)
+                s.mark_s = arrival_s
+                submit(QueuedDraft(s, s.node.index, arrival_s, s.gamma + 1 + (s.prompt_tokens if s.new_at_verifier else 0)))
         hint = (self.scheduler.depth, self.active)
         if self.spans is not None:
             self.spans.append((sessions[0].mark_s, now, len(sessions)))
+        groups: dict = {}  # sessions by drafter node, nodes in order of first appearance
         for s in sessions:
             if s.round_log is not None:
                 s.marks[4] = now
-            s.verify_cost_s = now - s.mark_s
-            s.verify_s += s.verify_cost_s
+            s.verify_cost_s = cost_s = now - s.mark_s
+            s.verify_s += cost_s
             tokens = s.accept_n + 1
             remaining = s.output_tokens - s.emitted
             s.pending_tokens = tokens if tokens < remaining else remaining
@@ -494,14 +538,19 @@ class VerifierNode:
             s.accepted += s.accept_n
             s.hint = hint
             s.mark_s = now
-        for node, group in _by_node(sessions).items():  # a node's verdicts leave together, as one write
+            group = groups.get(s.node)
+            if group is None:
+                groups[s.node] = [s]
+            else:
+                group.append(s)
+        for node, group in groups.items():  # a node's verdicts leave together, as one write
             arrival_s = node.downlink.send(now, self.verdict_bytes * len(group))
             if self.mode == "ad":
                 for s in group:
                     self._ad_token(s, arrival_s)
             else:
                 loop.at(arrival_s, node.on_verdicts, group)
-        self.kick()
+        self.decide_at_end()
 
     def _ad_token(self, s: Session, arrival_s: float) -> None:
         """Server-only AD: the token streams down while the session stays here and decodes again at once.
@@ -514,9 +563,9 @@ class VerifierNode:
         if s.emitted >= s.output_tokens:
             s.downlink_s += arrival_s - s.mark_s
             self.release(s)
-            self.world.loop.at(arrival_s, self._ad_finish, s)
+            self.loop.at(arrival_s, self._ad_finish, s)
             return
         self._submit(s, s.mark_s)
 
     def _ad_finish(self, s: Session) -> None:
-        self.world.finish(s, self.world.loop.now_s)
+        self.world.finish(s, self.loop.now_s)

@@ -34,7 +34,7 @@ class EventLoop:
 
     def at(self, time_s: float, fn: Callable[[Any], None], arg: Any = None, priority: int = DELIVER) -> int:
         """Schedule `fn(arg)` at absolute time `time_s` (never in the past); returns a handle for `cancel`."""
-        if time_s < self.now_s:
+        if not time_s >= self.now_s:  # also refuses NaN
             raise SimulationError(f"event scheduled in the past: {time_s} < now {self.now_s}")
         self._seq += 1
         heapq.heappush(self._heap, (time_s, priority, self._seq, fn, arg))
@@ -70,6 +70,11 @@ class EventLoop:
             fn(arg)
         if until_s != float("inf") and (not heap or heap[0][0] > until_s):
             self.now_s = max(self.now_s, until_s)
+
+    def nothing_else_now(self) -> bool:
+        """True when no other event is due at the current instant (the next one is strictly later, or none)."""
+        heap = self._heap
+        return not heap or heap[0][0] > self.now_s
 
     @property
     def pending(self) -> int:

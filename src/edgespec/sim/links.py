@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 __all__ = ["LinkModel", "Link"]
 
+_log = math.log
+
 
 @dataclass(frozen=True)
 class LinkModel:
@@ -35,7 +37,7 @@ class LinkModel:
 class Link:
     """A FIFO link: each message waits for the previous one to leave, then takes size/rate (+ retransmissions) and latency."""
 
-    __slots__ = ("model", "rng", "free_at_s", "last_arrival_s", "bytes_sent", "busy_s", "_bits_per_s", "_latency_s", "_jitter_s", "_log_loss")
+    __slots__ = ("model", "rng", "free_at_s", "last_arrival_s", "bytes_sent", "busy_s", "_bits_per_s", "_latency_s", "_jitter_s", "_log_loss", "_random")
 
     def __init__(self, model: LinkModel, rng: random.Random) -> None:
         self.model, self.rng = model, rng
@@ -45,6 +47,7 @@ class Link:
         self.busy_s = 0.0  # transmitter busy (all attempts)
         self._bits_per_s, self._latency_s, self._jitter_s = model.rate_bps, model.latency_s, model.jitter_s
         self._log_loss = math.log(model.loss) if model.loss > 0 else None
+        self._random = rng.random
 
     def send(self, now_s: float, size_bytes: float) -> float:
         """Put a message on the link at `now_s`; returns its arrival time (pure arithmetic, no events)."""
@@ -52,12 +55,12 @@ class Link:
         start = free if free > now_s else now_s
         wire = 8.0 * size_bytes / self._bits_per_s
         if self._log_loss is not None:  # attempts until one gets through: each failure costs a transmission and a timeout
-            failures = int(math.log(1.0 - self.rng.random()) / self._log_loss)
+            failures = int(_log(1.0 - self._random()) / self._log_loss)
             wire += failures * (wire + self.model.retransmit_s)
         self.free_at_s = free = start + wire
         arrival = free + self._latency_s
         if self._jitter_s:
-            arrival -= self._jitter_s * math.log(1.0 - self.rng.random())  # exponential, mean jitter_s
+            arrival -= self._jitter_s * _log(1.0 - self._random())  # exponential, mean jitter_s
         if arrival < self.last_arrival_s:
             arrival = self.last_arrival_s
         self.last_arrival_s = arrival

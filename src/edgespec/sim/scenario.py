@@ -82,17 +82,29 @@ def _allocate(sim: _Section, sc: Scenario, groups: list[DrafterGroup], efficienc
     return out
 
 
-def _verifiers(sec: Optional[_Section]) -> VerifierConfig:
+def _verifiers(sec: Optional[_Section], sc: Scenario, draft_cost, verify_cost) -> VerifierConfig:
     if sec is None:
         return VerifierConfig()
+    batching = sec.string("batching", "window", choices=BATCHINGS)
+    dp_max_tasks = sec.number("dp_max_tasks", None, **_POS_INT)
+    plan = None
+    if batching == "dp":
+        if not (isinstance(draft_cost, NodeCost) and isinstance(verify_cost, NodeCost)):
+            sec.fail("batching", '"dp" plans with the latency model of [drafter] and [verifier] (or pair_profile); '
+                                 "it cannot plan with [sim.costs] constants: drop [sim.costs] or choose window or max")
+        plan = replace(sc.system, drafter=draft_cost.node, verifier=verify_cost.node)
+    elif dp_max_tasks is not None:
+        sec.fail("dp_max_tasks", f'only applies with batching = "dp"; got batching = {batching!r}')
     cfg = VerifierConfig(
         count=sec.number("count", 1, **_POS_INT),
-        batching=sec.string("batching", "window", choices=BATCHINGS),
+        batching=batching,
         window_s=sec.number("window_s", 0.002, **_NONNEG),
         max_batch_size=sec.number("max_batch_size", 0, **_NONNEG_INT),
         max_batch_tokens=sec.number("max_batch_tokens", 2048, **_POS_INT),
         kv_budget_tokens=sec.number("kv_budget_tokens", 0, **_NONNEG_INT),
         busy_retry_s=sec.number("busy_retry_s", 0.05, **_NONNEG),
+        dp_max_tasks=VerifierConfig.dp_max_tasks if dp_max_tasks is None else dp_max_tasks,
+        plan_system=plan,
     )
     sec.done()
     return cfg
@@ -208,7 +220,7 @@ def sim_config_from_scenario(sc: Scenario, data: dict, ctx: _Ctx) -> SimConfig:
         drafters=groups,
         draft_cost=draft_cost,
         verify_cost=verify_cost,
-        verifiers=_verifiers(sim.sub("verifiers", required=False)),
+        verifiers=_verifiers(sim.sub("verifiers", required=False), sc, draft_cost, verify_cost),
         workload=_workload(sim.sub("workload", required=False), ctx.base_dir),
         speculation=spec,
         slo=_slo(sim.sub("slo", required=False)),
