@@ -41,8 +41,10 @@ class BatchDecision:
 
 def _by_arrival(pending: Sequence[Pending]) -> list[Pending]:
     """Oldest first; requests that arrived at the same instant in the order of their ids (so input order never matters)."""
+    if len(pending) < 2:
+        return list(pending)
     queue = sorted(pending, key=_arrival)
-    if len(queue) > 1 and len({p.arrival_s for p in queue}) < len(queue):  # ties are rare: pay for the full key only then
+    if len({p.arrival_s for p in queue}) < len(queue):  # ties are rare: pay for the full key only then
         queue.sort(key=lambda p: (p.arrival_s, str(p.request_id)))
     return queue
 

@@ -64,16 +64,24 @@ class NodeCost(StepCost):
         if not slowdown > 0:
             raise ValueError(f"slowdown must be > 0, got {slowdown}")
         self.node, self.slowdown = node, slowdown
-        self._steps: dict[tuple[int, int, int], float] = {}
+        self._steps: dict[tuple[int, int, int], float] = {}  # by (batch, new tokens, context)
+        self._bucket_steps: dict[tuple[int, int, int], float] = {}  # by (batch, new tokens, context bucket)
         self._prefills: dict[tuple[int, int], float] = {}
         self._uses_context = node.profile is None
 
     def step_s(self, batch_size: int, new_tokens: int, context_tokens: int) -> float:
-        bucket = -(-context_tokens // CONTEXT_BUCKET) * CONTEXT_BUCKET if self._uses_context else 0
-        key = (batch_size, new_tokens, bucket)
+        key = (batch_size, new_tokens, context_tokens)  # each context's bucket is computed once
         cost = self._steps.get(key)
         if cost is None:
-            cost = self._steps[key] = self.slowdown * float(step_time_s(self.node, batch_size, new_tokens, max(bucket, 1)))
+            bucket = -(-context_tokens // CONTEXT_BUCKET) * CONTEXT_BUCKET if self._uses_context else 0
+            cost = self._steps[key] = self._bucket_step_s(batch_size, new_tokens, bucket)
+        return cost
+
+    def _bucket_step_s(self, batch_size: int, new_tokens: int, bucket: int) -> float:
+        key = (batch_size, new_tokens, bucket)
+        cost = self._bucket_steps.get(key)
+        if cost is None:
+            cost = self._bucket_steps[key] = self.slowdown * float(step_time_s(self.node, batch_size, new_tokens, max(bucket, 1)))
         return cost
 
     def prefill_s(self, batch_size: int, prompt_tokens: int) -> float:

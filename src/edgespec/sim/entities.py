@@ -27,6 +27,8 @@ from edgespec.sim.links import Link
 
 __all__ = ["Session", "DrafterNode", "VerifierNode", "World"]
 
+_log, _NEG_INF = math.log, -math.inf
+
 
 class Session:
     """One request: its transcript counters, γ policy, acceptance stream, timestamps and time breakdown."""
@@ -74,7 +76,7 @@ class Session:
                 self.gamma = self.accept_n = 0
                 return 0
             la = self.log_alpha
-            n = gamma if la == 0.0 else (0 if la == -math.inf else int(math.log(1.0 - self.rng.random()) / la))
+            n = gamma if la == 0.0 else (0 if la == _NEG_INF else int(_log(1.0 - self.rng.random()) / la))
             self.gamma, self.accept_n = gamma, (n if n < gamma else gamma)
             return gamma
         curve, last = self.curve, len(self.curve) - 1
