@@ -170,16 +170,19 @@ def test_a_request_that_can_never_fit_fails_loudly():
         simulate(tiny_config(output_tokens=500, verifiers=VerifierConfig(kv_budget_tokens=100)))
 
 
-@pytest.mark.parametrize("example", ["sim_tiny.toml", "sim_benchmark.toml"])
-def test_fast_paths_are_exact(monkeypatch, example):
+@pytest.mark.parametrize("example, gamma_policy", [("sim_tiny.toml", "static"), ("sim_tiny.toml", "confidence"),
+                                                   ("sim_benchmark.toml", "static")])
+def test_fast_paths_are_exact(monkeypatch, example, gamma_policy):
     """The fast paths change no result: a lone session's block put on the uplink at pass start, drafts
     that arrive during a running batch submitted when it ends instead of by an event each, and a
-    verifier's decision taken within the event that asks for it when nothing else is due at that instant."""
+    verifier's decision taken within the event that asks for it when nothing else is due at that instant.
+    SLED's confidence rule drafts γ = 0 at times: passes of zero length, whose end ties with other events."""
     from edgespec.sim import entities
     from edgespec.sim.scenario import load_sim_config
     from pathlib import Path
 
-    cfg = load_sim_config(Path(__file__).resolve().parents[2] / "examples" / example, requests=150)
+    cfg = load_sim_config(Path(__file__).resolve().parents[2] / "examples" / example, requests=200)
+    cfg = replace(cfg, speculation=replace(cfg.speculation, gamma_policy=gamma_policy))
     fast_run = simulate(cfg)
     monkeypatch.setattr(entities.DrafterNode, "send_ahead", False)
     monkeypatch.setattr(entities.VerifierNode, "batch_inbox", False)

@@ -38,7 +38,7 @@ class Session:
         "rng", "admitted", "new_at_verifier", "new_at_drafter", "gamma", "accept_n", "mark_s", "verify_cost_s",
         "first_token_s", "finish_s", "rounds", "drafted", "accepted", "draft_s", "upload_s", "queue_s", "verify_s",
         "downlink_s", "admission_s", "pending_tokens", "hint", "round_log", "user", "draft_cost_s", "upload_cost_s",
-        "observes", "log_alpha", "marks", "sent_s", "arrival_seq",
+        "observes", "log_alpha", "marks", "sent_s", "arrival_seq", "finishing", "opened",
     )
 
     def __init__(self, key: int, klass: int, node: "DrafterNode", arrival_s: float, prompt_tokens: int, output_tokens: int,
@@ -64,6 +64,8 @@ class Session:
         self.marks = [0.0] * 5
         self.sent_s = 0.0
         self.arrival_seq = 0  # sequence number of the block's arrival (orders the verifier's inbox like events)
+        self.finishing = False  # the block in flight completes the answer (known when drafted: acceptance is drawn then)
+        self.opened = False  # admitted at a verifier and not yet finished (counted in its node's `open_sessions`)
 
     @property
     def remaining(self) -> int:
@@ -110,7 +112,14 @@ class World:
         """The user has the last token: record, close the session on its verifier, let a closed-loop user go on."""
         s.finish_s = now_s
         self.finished.append(s)
-        s.node.live -= 1
+        node = s.node
+        node.live -= 1
+        if s.opened:
+            s.opened = False
+            node.open_sessions -= 1
+        if s.finishing:
+            s.finishing = False
+            node.finishing -= 1
         s.node.send_close(s)
         if self.on_finish is not None:
             self.on_finish(s)
@@ -119,7 +128,7 @@ class World:
 class DrafterNode:
     """A device (or edge server) hosting a draft model: batched draft passes over its ready sessions, an uplink and a downlink."""
 
-    send_ahead = True  # a lone open session's block goes on the uplink at pass start (False: a pass-done event; same results)
+    send_ahead = True  # a pass's blocks go on the uplink at pass start when nothing can precede them (False: a pass-done event; same results)
 
     def __init__(self, world: World, index: int, group: int, cost: StepCost, uplink: Link, downlink: Link, routing) -> None:
         self.world, self.loop, self.index, self.group = world, world.loop, index, group
@@ -127,8 +136,11 @@ class DrafterNode:
         self.ready: list[Session] = []
         self.busy = False
         self.busy_until_s = -1.0  # end of a pass sent ahead while no pass-done event exists, else -1
+        self.pass_seq = 0  # the sequence number that pass's pass-done event would have had (ordering at equal times)
         self.flush_pending = False
         self.live = 0  # sessions at this node, from arrival to finish
+        self.open_sessions = 0  # of those, admitted at a verifier
+        self.finishing = 0  # of those, with a block in flight that completes the answer
         self.busy_s = 0.0
         self.passes = 0
         self.hints: list[list[int]] = []  # per verifier: [queue depth, active sessions, placed since]
@@ -160,12 +172,12 @@ class DrafterNode:
         if not self.ready:
             return
         now = self.loop.now_s
-        if self.busy and 0.0 <= self.busy_until_s <= now:  # the pass sent ahead is over
+        if self.busy and 0.0 <= self.busy_until_s < now:  # the pass sent ahead is over
             self.busy, self.busy_until_s = False, -1.0
         if not self.busy:
             self._start_pass()
-        elif self.busy_until_s >= 0.0:  # a pass whose block was sent ahead (no pass-done event): start after it
-            self.loop.at(self.busy_until_s, self._after_sent_pass)
+        elif self.busy_until_s >= 0.0:  # a pass sent ahead (no pass-done event): start after it, where that event would run
+            self.loop.at_reserved(self.busy_until_s, self.pass_seq, self._after_sent_pass)
             self.busy_until_s = -1.0
 
     def _after_sent_pass(self, _=None) -> None:
@@ -190,17 +202,40 @@ class DrafterNode:
             cap = s.remaining - 1
             g = s.policy.gamma(self.loop.now_s) if s.policy is not None else 0
             gammas.append(s.draw_block(g if g < cap else (cap if cap > 0 else 0), self.noise))
+            self._mark_finishing(s)
         cost = self.cost.draft_pass_s([g for g in gammas if g], context // len(batch))
         if prefill:
             cost += self.cost.prefill_s(len(prefill), max(prefill))
-        self._run_pass(batch, cost)
+        self._run_pass(batch, cost, self.mode == "sd" and self._nothing_precedes(batch))
+
+    def _mark_finishing(self, s: Session) -> None:
+        if s.accept_n + 1 >= s.output_tokens - s.emitted:
+            s.finishing = True
+            self.finishing += 1
+
+    def _nothing_precedes(self, batch: list[Session]) -> bool:
+        """True when no other message of this node can go on its uplink before this pass ends, so its blocks can be sent now.
+
+        Other sessions of the node can only queue for the next pass, unless one closes (its block in
+        flight completes its answer) or retries after a KV refusal (it is not admitted): neither may exist.
+        """
+        if not self.send_ahead or self.open_sessions != self.live:
+            return False
+        own = 0
+        for s in batch:
+            if not s.admitted:
+                return False
+            own += s.finishing
+        return self.finishing == own
 
     def _run_pass(self, batch: list[Session], cost: float, send_ahead: bool = False) -> None:
         """Charge the pass to its sessions and finish it `cost` seconds from now.
 
-        With `send_ahead` (one session, the only one on this node, already open at its verifier) the block
-        is put on the uplink now for the pass's end time — no other message can precede it there, so
-        this is exact — and no pass-done event is needed; `busy_until_s` lets a newcomer wait for it.
+        With `send_ahead` (`_nothing_precedes`: no other message of this node can reach its uplink before
+        the pass ends) the blocks are put on the uplink now for the pass's end time, which is exact, and
+        no pass-done event is needed; `busy_until_s` and `pass_seq` let a session that becomes ready
+        meanwhile start its pass where that event would have run (a pass ending exactly now is over
+        only then, so equal-time events keep their order).
         """
         now = self.loop.now_s
         for s in batch:
@@ -212,9 +247,10 @@ class DrafterNode:
         self.busy_s += cost
         self.passes += 1
         if send_ahead:
-            s = batch[0]
-            self.busy_until_s = now + cost
-            self._send(s, self._block_bytes(s), now + cost)
+            self.busy_until_s = end_s = now + cost
+            self.pass_seq = self.loop.reserve_seq()
+            for s in batch:
+                self._send(s, self._block_bytes(s), end_s)
         else:
             self.loop.at(now + cost, self._pass_done, batch)
 
@@ -225,12 +261,15 @@ class DrafterNode:
         cap = s.output_tokens - s.emitted - 1
         g = s.policy.gamma(now)
         g = s.draw_block(g if g < cap else (cap if cap > 0 else 0), self.noise)
+        if s.accept_n + 1 >= s.output_tokens - s.emitted:  # `_mark_finishing`, inlined
+            s.finishing = True
+            self.finishing += 1
         cost = g * self.cost.step_s(1, 1, s.prompt_tokens + s.emitted) if g else 0.0
         if s.new_at_drafter:
             s.new_at_drafter = False
             cost += self.cost.prefill_s(1, s.prompt_tokens)
-        if self.live != 1 or not s.admitted or not self.send_ahead:
-            self._run_pass([s], cost)
+        if not (s.admitted and self.send_ahead and self.open_sessions == self.live and self.finishing == s.finishing):
+            self._run_pass([s], cost)  # `_nothing_precedes([s])` is False
             return
         # nothing else can use this node or its uplink before the pass ends: `_run_pass(..., send_ahead=True)`, inlined
         s.draft_s += now - s.mark_s + cost
@@ -242,6 +281,7 @@ class DrafterNode:
         self.busy_s += cost
         self.passes += 1
         self.busy_until_s = end_s
+        self.pass_seq = self.loop.reserve_seq()
         # `_send(s, bytes, end_s)`, inlined (an admitted session has its verifier)
         s.sent_s = end_s
         arrival_s = self.uplink.send(end_s, self.block_overhead + s.gamma * self.per_token_bytes)
@@ -337,7 +377,7 @@ class DrafterNode:
                 ready.append(s)
         if not ready:
             return
-        if len(ready) == 1 and self.mode == "sd" and (not self.busy or 0.0 <= self.busy_until_s <= now):
+        if len(ready) == 1 and self.mode == "sd" and (not self.busy or 0.0 <= self.busy_until_s < now):
             self.busy, self.busy_until_s = False, -1.0  # a pass sent ahead is over: `_maybe_start`, inlined
             self._start_single()
         else:
@@ -378,6 +418,7 @@ class VerifierNode:
         self.queue_depths: list[int] = []
         self.refusals = 0
         self.inbox: list[tuple[float, int, Session]] = []  # (arrival, seq, session): drafts that arrived during the running batch
+        self.later: list[tuple[float, int, Session]] = []  # (arrival, seq, session): drafts arriving after the running batch ends
         self.busy_until_s = 0.0
         self.spans: Optional[list] = [] if world.config.record_rounds else None  # (start, end, size) per batch, when tracing
         self.peak_reserved_tokens = 0
@@ -391,11 +432,29 @@ class VerifierNode:
         with its own arrival time when the batch ends (exact, and one event fewer per round).
         """
         loop = self.loop
-        if self.batch_inbox and s.admitted and self.busy and arrival_s < self.busy_until_s:
-            s.arrival_seq = loop.reserve_seq()
-            self.inbox.append((arrival_s, s.arrival_seq, s))
+        if self.batch_inbox and s.admitted and self.busy and arrival_s != self.busy_until_s:
+            # its arrival event gets the sequence number it would have now, whenever it is scheduled
+            s.arrival_seq = seq = loop.reserve_seq()
+            if arrival_s < self.busy_until_s:
+                self.inbox.append((arrival_s, seq, s))
+            else:  # after this batch: the inbox of the next batch if one covers it, else an event (see `_sort_later`)
+                self.later.append((arrival_s, seq, s))
         else:
             s.arrival_seq = loop.at(arrival_s, self.receive, s)
+
+    def _sort_later(self) -> None:
+        """Drafts due after the batch that ran: into the inbox of the batch now running where it covers their arrival
+        (their arrival events would only join it), the others into the event heap, or kept while a batch runs."""
+        later, self.later = self.later, []
+        busy, end_s, at = self.busy, self.busy_until_s, self.loop.at_reserved
+        for entry in later:
+            arrival_s = entry[0]
+            if busy and arrival_s < end_s:
+                self.inbox.append(entry)
+            elif busy and arrival_s > end_s:
+                self.later.append(entry)
+            else:
+                at(arrival_s, entry[1], self.receive, entry[2])
 
     def receive(self, s: Session) -> None:
         """A block (or, in AD mode, an open) arrives from a drafter node: admission, then the scheduler's queue."""
@@ -422,7 +481,8 @@ class VerifierNode:
                 raise SimulationError(f"a request of {need} tokens can never fit a KV budget of {budget} tokens")
             self.loop.at(s.node.downlink.send(now, self.verdict_bytes), s.node.refused, s)
             return False
-        s.admitted = True
+        s.admitted = s.opened = True
+        s.node.open_sessions += 1
         self.active += 1
         self.reserved_tokens += need
         if self.reserved_tokens > self.peak_reserved_tokens:
@@ -508,6 +568,8 @@ class VerifierNode:
         self.busy_s += cost
         self.batch_sizes.append(len(sessions))
         loop.at(now + cost, self._batch_done, sessions)
+        if self.later:
+            self._sort_later()
 
     def _batch_done(self, sessions: list[Session]) -> None:
         loop = self.loop
@@ -553,6 +615,8 @@ class VerifierNode:
             else:
                 loop.at(arrival_s, node.on_verdicts, group)
         self.decide_at_end()
+        if self.later and not self.busy:  # no batch started: they arrive at an idle verifier, as events
+            self._sort_later()
 
     def _ad_token(self, s: Session, arrival_s: float) -> None:
         """Server-only AD: the token streams down while the session stays here and decodes again at once.

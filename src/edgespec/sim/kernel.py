@@ -40,6 +40,13 @@ class EventLoop:
         heapq.heappush(self._heap, (time_s, priority, self._seq, fn, arg))
         return self._seq
 
+    def at_reserved(self, time_s: float, seq: int, fn: Callable[[Any], None], arg: Any = None, priority: int = DELIVER) -> None:
+        """Schedule `fn(arg)` at `time_s` under a sequence number taken earlier with `reserve_seq`: it runs exactly
+        where an event scheduled at that earlier moment would have (the order is by time, priority, sequence)."""
+        if not time_s >= self.now_s:
+            raise SimulationError(f"event scheduled in the past: {time_s} < now {self.now_s}")
+        heapq.heappush(self._heap, (time_s, priority, seq, fn, arg))
+
     def reserve_seq(self) -> int:
         """A sequence number as `at` would assign, for callers that order deferred work the way events would run."""
         self._seq += 1
