@@ -111,6 +111,7 @@ class World:
     def finish(self, s: Session, now_s: float) -> None:
         """The user has the last token: record, close the session on its verifier, let a closed-loop user go on."""
         s.finish_s = now_s
+        s.rng = None  # its acceptance stream is spent: keep finished sessions small (a generator's state is 2.5 kB)
         self.finished.append(s)
         node = s.node
         node.live -= 1
