@@ -1,4 +1,4 @@
-"""AWC (adaptive window control) and the goodput policy: directions of their choices, None fields, the weights file, and a small simulation."""
+"""AWC (adaptive window control) and the goodput policy: directions of their choices, the drafter node's pool, None fields, the weights file, and small simulations."""
 
 from __future__ import annotations
 
@@ -10,11 +10,15 @@ import pytest
 from edgespec.policy.awc import (
     FEATURE_NAMES,
     WEIGHTS_FORMAT,
+    AwcFeatures,
     AwcGamma,
     AwcModel,
+    AwcNodeStats,
+    AwcSnapshot,
     AwcWeightsError,
     default_awc_model,
     load_awc_weights,
+    ready_shift_s,
 )
 from edgespec.policy.gamma import GAMMA_POLICIES, GoodputGamma, RoundObservation, make_gamma_policy
 from edgespec.sim.config import DrafterGroup, RequestClass, SimConfig, Speculation, VerifierConfig, Workload
@@ -133,6 +137,125 @@ def test_bounds_are_respected():
         AwcGamma(max_gamma=2, min_gamma=0)
 
 
+# ----------------------------------------------------------------------------- round time: pass-mates and the verifier's batches
+
+
+def _snap(recent, busy=1.0, verify_s=0.015, t_tok=0.002):
+    return AwcSnapshot(rounds=10, alpha=0.7, gamma_obs=4.0, draft_per_token_s=t_tok, verify_s=verify_s, rtt_s=0.04,
+                       upload_s=0.005, queue=2.0, queue_trend=0.0, recent=tuple(recent), busy_share=busy)
+
+
+def test_drafting_within_the_wait_for_the_batch_is_free_and_a_missed_batch_costs_a_verify_pass():
+    """Rounds that waited 5 ms for their batch (verify pass T = 15 ms) with drafts of 4 × 2 ms and a busy verifier."""
+    snap = _snap([(0.008, 4, 0.005)] * 4)
+    assert ready_shift_s(snap, 6, 0.002, 0.015) == pytest.approx(0.0)  # 4 ms more, within the 5 ms wait
+    assert ready_shift_s(snap, 7, 0.002, 0.015) == pytest.approx(0.015)  # 6 ms more: the batch starts without it
+    assert ready_shift_s(snap, 2, 0.002, 0.015) == pytest.approx(0.0)  # 4 ms sooner still waits for the same start
+    barely = _snap([(0.008, 4, 0.0)] * 4)  # it made its batch just in time: any longer draft misses it
+    assert ready_shift_s(barely, 5, 0.002, 0.015) == pytest.approx(0.015)
+    long_wait = _snap([(0.008, 4, 0.012)] * 4)  # waited 12 ms: 4 ms sooner would have made the batch it waited behind
+    assert ready_shift_s(long_wait, 2, 0.002, 0.015) == pytest.approx(-0.015)
+    idle = _snap([(0.008, 4, 0.0)] * 4, busy=0.0)  # an idle verifier starts on a block when it arrives
+    assert ready_shift_s(idle, 7, 0.002, 0.015) == pytest.approx(0.006)
+
+
+def test_drafting_up_to_a_longer_pass_mate_is_free():
+    """The node's batched pass ran 20 ms (a pass-mate drafted 10) while this session drafted 4 tokens of 2 ms."""
+    snap = _snap([(0.020, 4, 0.0)] * 4, busy=0.0)
+    assert ready_shift_s(snap, 10, 0.002, 0.015) == pytest.approx(0.0)
+    assert ready_shift_s(snap, 12, 0.002, 0.015) == pytest.approx(0.004)
+    assert ready_shift_s(snap, 2, 0.002, 0.015) == pytest.approx(0.0)  # drafting less does not shorten the pass
+
+
+def _feed(policy, rounds: int, *, alpha: float, batch_at_s: float = 0.0, queue: int = 0, verify_s: float = 0.015,
+          t_tok: float = 0.002, upload_s: float = 0.005, down_s: float = 0.005, now0: float = 0.0, gammas=None,
+          round_s: float = 0.05) -> int:
+    """Rounds with an α-pattern of acceptance; RTT = upload + wait for the batch + verify + downlink.
+
+    With `batch_at_s` the verifier starts batches every verify pass, one of them `batch_at_s` after
+    the draft pass starts (less the upload): a block waits for the next start after it arrives.
+    `gammas` (a function of the round) overrides the policy's γ, as another session of the node would.
+    Round i ends at now0 + i·round_s.
+    """
+    credit = getattr(policy, "_test_credit", 0.0)  # the acceptance pattern goes on across calls
+    for i in range(rounds):
+        g = policy.gamma(now0 + i * round_s) if gammas is None else gammas(i)
+        accepted = 0
+        for _ in range(g):
+            credit += alpha
+            if credit >= 1.0:
+                credit -= 1.0
+                accepted += 1
+            else:
+                break
+        wait = (batch_at_s - t_tok * g) % verify_s if batch_at_s else 0.0
+        rtt = upload_s + wait + verify_s + down_s
+        policy.observe(RoundObservation(g, accepted, now0 + i * round_s, t_tok * g, upload_s, verify_s, rtt, queue))
+    policy._test_credit = credit
+    return policy.gamma(now0 + rounds * round_s)
+
+
+def test_a_session_drafts_while_its_block_would_wait_for_the_batch_but_not_past_it():
+    """Batches start 12 ms after the draft pass does (and every 15 ms): up to 6 drafts of 2 ms are free, a 7th misses the batch."""
+    waits = _feed(AwcGamma(max_gamma=16, model=None, node=AwcNodeStats()), 40, alpha=0.7, batch_at_s=0.012, queue=3)
+    idle = _feed(AwcGamma(max_gamma=16, model=None, node=AwcNodeStats()), 40, alpha=0.7)  # an idle verifier
+    assert idle < waits <= 6
+
+
+def test_node_pools_acceptance_per_request_class_as_a_new_sessions_prior():
+    state: dict = {}
+    first = make_gamma_policy("awc_analytic", 4, 12, node_state=state, request_class="code")
+    _feed(first, 60, alpha=0.9)
+    assert make_gamma_policy("awc_analytic", 4, 12, node_state=state).features.node is first.features.node
+    newcomer = make_gamma_policy("awc_analytic", 4, 12, node_state=state, request_class="code")
+    other = make_gamma_policy("awc_analytic", 4, 12, node_state=state, request_class="chat")
+    alone = make_gamma_policy("awc_analytic", 4, 12)
+    assert newcomer.features.alpha > 0.8  # the pool's α̂ before its first verdict
+    assert other.features.alpha == pytest.approx(alone.features.alpha)  # no chat sessions yet: the default prior
+    assert alone.features.node is None
+
+
+def test_sessions_of_one_node_draft_one_gamma_between_their_own_choices():
+    solo_hi = _feed(AwcGamma(max_gamma=16, model=None, node=AwcNodeStats()), 40, alpha=0.92)
+    solo_lo = _feed(AwcGamma(max_gamma=16, model=None, node=AwcNodeStats()), 40, alpha=0.4)
+    assert solo_hi > solo_lo
+    node = AwcNodeStats()
+    hi, lo = AwcGamma(max_gamma=16, model=None, node=node), AwcGamma(max_gamma=16, model=None, node=node)
+    for i in range(40):  # interleaved rounds, as the node's passes serve both
+        _feed(hi, 1, alpha=0.92, now0=0.05 * i)
+        _feed(lo, 1, alpha=0.4, now0=0.05 * i)
+    g_hi, g_lo = hi.gamma(2.0), lo.gamma(2.0)
+    assert g_hi == g_lo and solo_lo <= g_hi <= solo_hi
+    apart = AwcGamma(max_gamma=16, model=None, node=node, joint=False, request_class="other")  # pooling without the joint γ
+    assert _feed(apart, 40, alpha=0.92, now0=100.0) == solo_hi
+
+
+def test_a_lapsed_sessions_vote_no_longer_counts():
+    node = AwcNodeStats()
+    gone = AwcGamma(max_gamma=16, model=None, node=node, request_class="a")
+    stays = AwcGamma(max_gamma=16, model=None, node=node, request_class="b")  # (another class: its own acceptance pool)
+    _feed(gone, 20, alpha=0.4)
+    solo = _feed(AwcGamma(max_gamma=16, model=None, node=AwcNodeStats()), 40, alpha=0.92, now0=1000.0)
+    assert _feed(stays, 40, alpha=0.92, now0=1000.0) == solo  # 1000 s later the first session's rounds are long over
+
+
+def test_a_node_whose_verify_pass_does_not_grow_with_gamma_ignores_the_queue():
+    """The queue proxy shortens γ (the fallback test above); a node that has seen its verify time flat across γ does not."""
+    node = AwcNodeStats()
+    _feed(AwcGamma(max_gamma=16, model=None, node=node, joint=False), 60, alpha=0.7, queue=100, gammas=lambda i: 2 + i % 7)
+    assert node.verify_slope()[0] == pytest.approx(0.0) and node.verify_slope()[1] > 0.5
+    on_node = _feed(AwcGamma(max_gamma=16, model=None, node=node, joint=False), 40, alpha=0.7, queue=100)
+    proxy = _feed(AwcGamma(max_gamma=16, model=None), 40, alpha=0.7, queue=100)
+    assert on_node > proxy
+    grows = AwcNodeStats()  # a node whose verify pass grows 1 ms per drafted token (its drafts are the longest in their batches)
+    tracker = AwcFeatures(node=grows)
+    for i in range(60):
+        g = 2 + i % 7
+        tracker.update(RoundObservation(g, 1, float(i), 0.002 * g, 0.005, 0.010 + 0.001 * g, 0.030 + 0.001 * g, 100))
+    assert grows.verify_slope()[0] == pytest.approx(0.001)
+    assert _feed(AwcGamma(max_gamma=16, model=None, node=grows, joint=False), 40, alpha=0.7, queue=100) < on_node
+
+
 # ----------------------------------------------------------------------------- the weights file
 
 
@@ -246,3 +369,25 @@ def test_awc_beats_poor_static_gammas_in_the_simulator():
     assert _mean_latency("awc", 4, **far) < _mean_latency("static", 1, **far)
     near = dict(alpha=0.3, latency_s=0.001, draft_step_s=0.01, verify_s=0.02)
     assert _mean_latency("awc", 4, **near) < _mean_latency("static", 12, **near)
+
+
+def test_the_simulator_gives_the_sessions_of_one_node_one_pool():
+    """As the real drafter node does: AWC sessions on one simulated node share its `AwcNodeStats`, other nodes have their own."""
+    link = LinkModel(1e9, 0.005)
+    cfg = SimConfig(
+        classes=(RequestClass("chat", 16, 48), RequestClass("code", 16, 48)),
+        drafters=(DrafterGroup("nodes", 3, link, link, alpha=0.7),),
+        draft_cost=ConstantCost(0.002),
+        verify_cost=ConstantCost(0.02),
+        verifiers=VerifierConfig(window_s=0.0),
+        workload=Workload("closed", 18, users_per_node=2),
+        speculation=Speculation(gamma_policy="awc", gamma=4, max_gamma=12),
+        seed=5,
+    )
+    run = simulate(cfg)
+    pools: dict[int, set[int]] = {}
+    for s in run.sessions:
+        assert isinstance(s.policy, AwcGamma) and s.policy.features.request_class == cfg.classes[s.klass].name
+        pools.setdefault(s.node.index, set()).add(id(s.policy.features.node))
+    assert len(pools) == 3 and all(len(v) == 1 for v in pools.values())
+    assert len({next(iter(v)) for v in pools.values()}) == 3

@@ -302,6 +302,7 @@ class DraftEngine:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgespec-draft")
         self._gen = torch.Generator().manual_seed(config.seed)
         self._sessions: dict[int, _Session] = {}
+        self._policy_state: dict = {}  # what this node's sessions' γ policies pool (AWC: acceptance, wire floor, shared γ)
         self._keys = itertools.count(1)
         self._releases: list[int] = []
         self._wake: Optional[asyncio.Event] = None
@@ -339,7 +340,7 @@ class DraftEngine:
         sampling = Sampling(request.sampling.temperature, request.sampling.top_k, request.sampling.top_p, request.seed)
         remote = RemoteSession(key, list(request.prompt_ids), len(request.prompt_ids), sampling, request.max_tokens)
         cfg = self.config
-        policy = make_gamma_policy(cfg.gamma_policy, cfg.gamma, cfg.max_gamma, cfg.confidence_threshold)
+        policy = make_gamma_policy(cfg.gamma_policy, cfg.gamma, cfg.max_gamma, cfg.confidence_threshold, node_state=self._policy_state)
         session = _Session(key, request, remote, policy, TextAssembler(self.draft.detokenize, request.stop), asyncio.Queue(), time.perf_counter())
         self._sessions[key] = session
         self.pool.open(remote)

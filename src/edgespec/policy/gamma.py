@@ -267,14 +267,19 @@ class GoodputGamma(GammaPolicy):
         self.current = best_g
 
 
-GAMMA_POLICIES: tuple[str, ...] = ("static", "heuristic", "confidence", "odld", "leviathan", "goodput", "awc", "awc_analytic")
+GAMMA_POLICIES: tuple[str, ...] = ("static", "heuristic", "confidence", "odld", "leviathan", "goodput", "awc", "awc_analytic", "awc_solo")
 
 
-def make_gamma_policy(name: str, gamma: int = 4, max_gamma: int = 16, confidence_threshold: float = 0.3) -> GammaPolicy:
+def make_gamma_policy(name: str, gamma: int = 4, max_gamma: int = 16, confidence_threshold: float = 0.3,
+                      node_state: Optional[dict] = None, request_class: Optional[str] = None) -> GammaPolicy:
     """A fresh γ policy: `gamma` is the static value (static) or the starting value (heuristic, goodput, awc); `max_gamma` bounds all of them.
 
     "awc" uses the shipped learned weights (edgespec/policy/awc_weights.json) with its analytic fallback;
-    "awc_analytic" is AWC's hand-tuned fallback alone (no weights), for ablations.
+    "awc_analytic" is AWC's hand-tuned fallback alone (no weights), for ablations; "awc_solo" is that
+    fallback with every session learning alone (no node pool), for ablations too.
+    `node_state` is one dict per drafter node, the same for all its sessions (the real node and the
+    simulator each keep one): AWC pools its statistics there, per `request_class` where the caller
+    knows the request's class, and its sessions draft one γ. Without it every session learns alone.
     """
     if not 0 <= gamma <= max_gamma:
         raise ValueError(f"need 0 <= gamma <= max_gamma, got gamma={gamma}, max_gamma={max_gamma}")
@@ -291,10 +296,15 @@ def make_gamma_policy(name: str, gamma: int = 4, max_gamma: int = 16, confidence
     if name == "goodput":
         return GoodputGamma(max_gamma=max(max_gamma, 1), initial=max(gamma, 1))
     if name == "awc":
-        from edgespec.policy.awc import AwcGamma, default_awc_model  # awc imports this module
+        from edgespec.policy.awc import AwcGamma, AwcNodeStats, default_awc_model  # awc imports this module
 
-        return AwcGamma(max_gamma=max(max_gamma, 1), initial=max(gamma, 1), model=default_awc_model())
+        return AwcGamma(max_gamma=max(max_gamma, 1), initial=max(gamma, 1), model=default_awc_model(),
+                        node=AwcNodeStats.of(node_state), request_class=request_class)
     if name == "awc_analytic":
+        from edgespec.policy.awc import AwcGamma, AwcNodeStats
+
+        return AwcGamma(max_gamma=max(max_gamma, 1), initial=max(gamma, 1), model=None, node=AwcNodeStats.of(node_state), request_class=request_class)
+    if name == "awc_solo":
         from edgespec.policy.awc import AwcGamma
 
         return AwcGamma(max_gamma=max(max_gamma, 1), initial=max(gamma, 1), model=None)

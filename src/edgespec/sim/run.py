@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import gc
 import itertools
 import time
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ class _Arrivals:
         weights = [config.drafters[n.group].weight for n in world.drafters]
         self.node_cum = list(itertools.accumulate(weights))
         self.issued = 0
+        self.node_state: dict[int, dict] = {}  # per drafter node: what its sessions' γ policies pool (as the real node does)
 
     def _pick(self, cum: list[float]) -> int:
         return bisect.bisect_right(cum, self.rng.random() * cum[-1])
@@ -60,7 +62,8 @@ class _Arrivals:
         if spec.mode == "sd" and cfg.policy_factory is not None:
             policy = cfg.policy_factory(klass, group)
         elif spec.mode == "sd":
-            policy = make_gamma_policy(spec.gamma_policy, spec.gamma, spec.max_gamma, spec.confidence_threshold)
+            policy = make_gamma_policy(spec.gamma_policy, spec.gamma, spec.max_gamma, spec.confidence_threshold,
+                                       node_state=self.node_state.setdefault(node.index, {}), request_class=klass.name)
         s = Session(key, k, node, self.world.loop.now_s, klass.input_tokens, klass.output_tokens, policy, curve,
                     stream(cfg.seed, "session", key), user)
         if cfg.record_rounds:
@@ -137,7 +140,15 @@ def simulate(config: SimConfig, max_events: int = 0) -> SimRun:
         arrivals.start_closed()
     else:
         arrivals.start_open()
-    world.loop.run(max_events=max_events)
+    # The run allocates many short-lived, acyclic objects (events, queued drafts): reference counting frees
+    # them, and the cycle collector would only rescan the growing set of finished sessions.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        world.loop.run(max_events=max_events)
+    finally:
+        if collecting:
+            gc.enable()
     expected = arrivals.issued
     if len(world.finished) != expected:
         raise SimulationError(f"{expected - len(world.finished)} of {expected} requests did not finish (the run stalled)")
