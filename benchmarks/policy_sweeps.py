@@ -16,11 +16,14 @@ Sweeps (128-token prompts and answers unless said; max γ 12 for every adaptive 
   with α 0.7 and 0.85, near and far-slow nodes).
 γ policies: static γ = 1…12 (the table shows 2, 4, 6, 8 and the best single static γ of each
 scenario, chosen after the fact), the +2/−1 heuristic, SLED's confidence threshold (0.3), ODLD,
-goodput (SmartSpec-like), AWC's analytic fallback alone (awc_analytic) and AWC with the shipped
+goodput (SmartSpec-like), AWC's analytic fallback with every session learning alone (awc_solo: no
+drafter-node pool, no shared γ), the fallback (awc_analytic) and AWC with the shipped
 learned correction (awc). Batching: window 0 / 2 / 10 ms, window 2 ms capped at 4 or 16 drafts per
-batch, and max batching (dispatch when the verifier is free), with static γ=4 and AWC, on the mixed
-deployment at 9 requests/s. The DP batching plan of the planner is not a simulator policy, so it is
-not here.
+batch, max batching (dispatch when the verifier is free), and the planner's DP plan over the queued
+drafts (edgespec.policy.batching.DpBatching, `batching = "dp"`: replanned at every decision over the
+oldest 16 queued drafts with the latency model of the run's nodes and the groups' mean link; the
+verifier runs the size of its first batch), uncapped and capped at 4, with static γ=4 and AWC, on
+the mixed deployment at 9 requests/s.
 
 AWC's gain is against the best single static γ of the same scenario: latency % = 1 − AWC's mean
 latency / best static's mean latency (best by mean latency), throughput % = AWC's tokens/s over the
@@ -29,7 +32,9 @@ best static's tokens/s (best by throughput), minus 1. Open-loop throughput is se
 
 Writes docs/img/policy_sweeps.png, docs/img/policy_gain.png, docs/img/policy_batching.png, prints
 rich tables, and ends with one JSON line.
-Run: .venv/bin/python benchmarks/policy_sweeps.py [--quick] [--seeds N] [--requests N]
+Run: .venv/bin/python benchmarks/policy_sweeps.py [--quick] [--seeds N] [--first-seed S] [--requests N] [--batching-only | --gamma-only]
+(`--batching-only`: the batching comparison alone, its table, plot and JSON line; `--gamma-only`: the γ-policy
+sweeps alone; `--first-seed 3 --seeds 2`: seeds 3 and 4, to check a result on seeds other than the default 1 and 2.)
 """
 
 from __future__ import annotations
@@ -53,7 +58,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "examples" / "sim_tiny.toml"
 IMG = ROOT / "docs" / "img"
 MAX_GAMMA = 12
-ADAPTIVE = ("heuristic", "confidence", "odld", "goodput", "awc_analytic", "awc")
+ADAPTIVE = ("heuristic", "confidence", "odld", "goodput", "awc_solo", "awc_analytic", "awc")
 SHOWN_STATIC = (2, 4, 6, 8)
 
 
@@ -98,11 +103,32 @@ def run_one(cfg: SimConfig, policy: str, gamma: int, seed: int, verifiers: Verif
     c = replace(cfg, speculation=spec, seed=seed, verifiers=verifiers or cfg.verifiers)
     r = summarize(simulate(c))
     return {"throughput": r.throughput_tok_per_s, "mean_s": r.e2e_s.mean, "p99_s": r.e2e_s.p99, "gamma": r.mean_gamma,
-            "ttft_s": r.ttft_s.mean, "events": r.events, "wall_s": r.wall_s}
+            "ttft_s": r.ttft_s.mean, "events": r.events, "wall_s": r.wall_s,
+            "groups": {name: (g["requests"], g["e2e_mean_s"]) for name, g in r.per_group.items()}}
 
 
 def averaged(rows: list[dict]) -> dict:
-    return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+    """Numbers averaged over the seeds; per drafter group: requests summed, mean latency request-weighted."""
+    out = {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k != "groups"}
+    if "groups" in rows[0]:
+        groups = {}
+        for name in rows[0]["groups"]:
+            n = sum(r["groups"].get(name, (0, 0.0))[0] for r in rows)
+            total = sum(r["groups"].get(name, (0, 0.0))[0] * r["groups"].get(name, (0, 0.0))[1] for r in rows)
+            groups[name] = (n, total / n if n else 0.0)
+        out["groups"] = groups
+    return out
+
+
+def at_mix_s(run: dict, mix: dict) -> float:
+    """Mean latency of `run` with its drafter groups weighted as in `mix` (requests per group of another run).
+
+    In closed loop the request mix is not fixed: a policy that speeds up slow nodes' users lets
+    them issue more of the run's requests, each a slow one, which raises the plain mean even when
+    every group got faster. At a fixed mix the comparison is per group, as in open loop.
+    """
+    n = sum(mix[g][0] for g in mix if g in run["groups"])
+    return sum(mix[g][0] * run["groups"][g][1] for g in mix if g in run["groups"]) / n if n else run["mean_s"]
 
 
 def sweep(cfg: SimConfig, seeds: list[int], statics: list[int], progress) -> dict:
@@ -119,12 +145,14 @@ def sweep(cfg: SimConfig, seeds: list[int], statics: list[int], progress) -> dic
     res["best static"] = dict(res[f"static {best_lat}"], gamma_static=best_lat)
     res["_best"] = {"latency_gamma": best_lat, "throughput_gamma": best_thr}
     gains = {}
-    for p in ("awc", "awc_analytic", "heuristic", "goodput"):
+    for p in ("awc", "awc_analytic", "awc_solo", "heuristic", "goodput"):
         gains[p] = {
             "latency_pct": 100.0 * (1.0 - res[p]["mean_s"] / res[f"static {best_lat}"]["mean_s"]),
             "p99_pct": 100.0 * (1.0 - res[p]["p99_s"] / res[f"static {best_lat}"]["p99_s"]),
             "throughput_pct": 100.0 * (res[p]["throughput"] / res[f"static {best_thr}"]["throughput"] - 1.0),
             "speedup_x": res[f"static {best_lat}"]["mean_s"] / res[p]["mean_s"],
+            "latency_at_mix_pct": 100.0 * (1.0 - at_mix_s(res[p], res[f"static {best_lat}"]["groups"])
+                                           / at_mix_s(res[f"static {best_lat}"], res[f"static {best_lat}"]["groups"])),
         }
     res["_gain"] = gains
     return res
@@ -137,6 +165,8 @@ BATCHINGS = {
     "window 2 ms, ≤4": VerifierConfig(count=1, window_s=0.002, max_batch_size=4),
     "window 2 ms, ≤16": VerifierConfig(count=1, window_s=0.002, max_batch_size=16),
     "max batching": VerifierConfig(count=1, batching="max"),
+    "dp plan": VerifierConfig(count=1, batching="dp"),
+    "dp plan, ≤4": VerifierConfig(count=1, batching="dp", max_batch_size=4),
 }
 
 
@@ -164,7 +194,7 @@ def tables(results: dict, batching: dict, statics: list[int]) -> None:
         t = Table(title=label)
         t.add_column("scenario")
         for c in cols:
-            t.add_column(c.replace("awc_analytic", "awc fallback"), justify="right")
+            t.add_column(c.replace("awc_analytic", "awc fallback").replace("awc_solo", "fallback, alone"), justify="right")
         for name, res in results.items():
             cells = []
             for c in cols:
@@ -176,16 +206,25 @@ def tables(results: dict, batching: dict, statics: list[int]) -> None:
             t.add_row(name, *cells)
         console.print(t)
     t = Table(title="gain vs the best single static γ of each scenario (+ = better)")
-    for c in ("scenario", "best γ (lat / thr)", "AWC latency", "AWC p99", "AWC throughput", "AWC speedup",
-              "fallback latency", "fallback throughput", "heuristic latency", "goodput latency"):
+    for c in ("scenario", "best γ (lat / thr)", "AWC latency", "AWC latency, static's mix", "AWC p99", "AWC throughput", "AWC speedup",
+              "fallback latency", "fallback throughput", "fallback alone latency", "heuristic latency", "goodput latency"):
         t.add_column(c, justify="right" if c != "scenario" else "left")
     for name, res in results.items():
         g = res["_gain"]
         t.add_row(name, f"{res['_best']['latency_gamma']} / {res['_best']['throughput_gamma']}",
-                  f"{g['awc']['latency_pct']:+.1f} %", f"{g['awc']['p99_pct']:+.1f} %", f"{g['awc']['throughput_pct']:+.1f} %",
+                  f"{g['awc']['latency_pct']:+.1f} %", f"{g['awc']['latency_at_mix_pct']:+.1f} %", f"{g['awc']['p99_pct']:+.1f} %",
+                  f"{g['awc']['throughput_pct']:+.1f} %",
                   f"{g['awc']['speedup_x']:.3f}×", f"{g['awc_analytic']['latency_pct']:+.1f} %", f"{g['awc_analytic']['throughput_pct']:+.1f} %",
+                  f"{g['awc_solo']['latency_pct']:+.1f} %",
                   f"{g['heuristic']['latency_pct']:+.1f} %", f"{g['goodput']['latency_pct']:+.1f} %")
     console.print(t)
+    if batching:  # (--gamma-only runs none)
+        batching_table(console, batching)
+
+
+def batching_table(console, batching: dict) -> None:
+    from rich.table import Table
+
     t = Table(title="batching at the verifier (mixed deployment, 9 requests/s): mean / p99 latency (ms), throughput (tokens/s)")
     t.add_column("batching")
     for label in ("static 4", "awc"):
@@ -239,7 +278,7 @@ def plots(results: dict, sweeps: dict, batching: dict, statics: list[int]) -> li
     x = np.arange(len(names))
     for i, (key, label) in enumerate((("latency_pct", "mean latency"), ("p99_pct", "p99 latency"), ("throughput_pct", "throughput"))):
         ax.bar(x + (i - 1) * 0.27, [results[n]["_gain"]["awc"][key] for n in names], 0.27, label=f"AWC {label}")
-    ax.plot(x, [results[n]["_gain"]["awc_analytic"]["latency_pct"] for n in names], "kx", label="fallback alone, mean latency")
+    ax.plot(x, [results[n]["_gain"]["awc_analytic"]["latency_pct"] for n in names], "kx", label="fallback (no learned correction), mean latency")
     ax.axhline(0, color="k", lw=0.8)
     ax.set_xticks(x, names, rotation=20, fontsize=8)
     ax.set_ylabel("gain vs best static γ (%)")
@@ -247,7 +286,13 @@ def plots(results: dict, sweeps: dict, batching: dict, statics: list[int]) -> li
     ax.legend(fontsize=8)
     written.append(_save(plt, fig, "policy_gain.png"))
 
-    fig, ax = plt.subplots(figsize=(9, 4))
+    if batching:
+        written.append(batching_plot(plt, batching))
+    return written
+
+
+def batching_plot(plt, batching: dict) -> str:
+    fig, ax = plt.subplots(figsize=(10, 4))
     names = list(batching)
     x = np.arange(len(names))
     for i, label in enumerate(("static 4", "awc")):
@@ -255,10 +300,47 @@ def plots(results: dict, sweeps: dict, batching: dict, statics: list[int]) -> li
         ax.plot(x + (i - 0.5) * 0.38, [batching[n][label]["p99_s"] * 1e3 for n in names], "o", label=f"{label} p99")
     ax.set_xticks(x, names, rotation=15, fontsize=8)
     ax.set_ylabel("end-to-end latency (ms)")
+    ax.set_yscale("log")
     ax.set_title("verifier batching policies (mixed deployment, 9 requests/s)")
     ax.legend(fontsize=8)
-    written.append(_save(plt, fig, "policy_batching.png"))
-    return written
+    return _save(plt, fig, "policy_batching.png")
+
+
+def batching_summary(batching: dict) -> dict:
+    return {n: {k: {"mean_ms": round(v["mean_s"] * 1e3, 1), "p99_ms": round(v["p99_s"] * 1e3, 1),
+                    "throughput_tok_s": round(v["throughput"], 1)} for k, v in row.items()} for n, row in batching.items()}
+
+
+def batching_main(args, requests: int, seeds: list[int]) -> int:
+    """`--batching-only`: the batching comparison on the mixed deployment at 9 requests/s, nothing else."""
+    tiny = load_sim_config(TINY)
+    tiny = replace(tiny, speculation=replace(tiny.speculation, max_gamma=MAX_GAMMA))
+    cfg = next(c for sw, name, c in scenarios(tiny, tiny, requests, args.quick) if name == "mixed 9/s")
+    started = time.perf_counter()
+    done = [0]
+
+    def progress() -> None:
+        done[0] += 1
+        print(f"\r  {done[0]}/{len(BATCHINGS) * 2} policy pairs, {time.perf_counter() - started:5.0f} s", end="", file=sys.stderr, flush=True)
+
+    batching = batching_sweep(cfg, seeds, progress)
+    print(file=sys.stderr)
+    from rich.console import Console
+
+    batching_table(Console(width=200), batching)
+    images = []
+    if not args.no_plots:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        IMG.mkdir(parents=True, exist_ok=True)
+        images.append(batching_plot(plt, batching))
+    print(json.dumps({"regime": "simulated (edgespec.sim, roofline costs of examples/sim_tiny.toml)", "requests": requests,
+                      "seeds": seeds, "batching": batching_summary(batching), "images": images,
+                      "wall_s": round(time.perf_counter() - started, 1)}, ensure_ascii=False))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -267,16 +349,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", type=int, default=None)
     ap.add_argument("--requests", type=int, default=None)
     ap.add_argument("--no-plots", action="store_true")
+    ap.add_argument("--batching-only", action="store_true", help="only the verifier batching comparison")
+    ap.add_argument("--gamma-only", action="store_true", help="only the γ-policy sweeps (no batching comparison)")
+    ap.add_argument("--first-seed", type=int, default=1, help="seeds first-seed … first-seed + seeds − 1 (default 1: seeds 1 and 2)")
     args = ap.parse_args(argv)
     requests = args.requests or (120 if args.quick else 400)
-    seeds = list(range(1, 1 + (args.seeds or (1 if args.quick else 2))))
+    seeds = list(range(args.first_seed, args.first_seed + (args.seeds or (1 if args.quick else 2))))
+    if args.batching_only:
+        return batching_main(args, requests, seeds)
     statics = [2, 4, 6, 8, 12] if args.quick else list(range(1, MAX_GAMMA + 1))
 
     tiny = load_sim_config(TINY)
     tiny = replace(tiny, speculation=replace(tiny.speculation, max_gamma=MAX_GAMMA))
     base = tiny
     scs = scenarios(base, tiny, requests, args.quick)
-    runs_total = len(scs) * (len(statics) + len(ADAPTIVE)) * len(seeds) + len(BATCHINGS) * 2 * len(seeds)
+    runs_total = len(scs) * (len(statics) + len(ADAPTIVE)) * len(seeds) + (0 if args.gamma_only else len(BATCHINGS) * 2 * len(seeds))
     done = [0]
     started = time.perf_counter()
 
@@ -286,14 +373,16 @@ def main(argv: list[str] | None = None) -> int:
         eta = elapsed / done[0] * (runs_total - done[0])
         print(f"\r  {done[0]}/{runs_total} runs, {elapsed:5.0f} s elapsed, ~{eta:4.0f} s left ", end="", file=sys.stderr, flush=True)
 
-    print(f"{len(scs)} scenarios × {len(statics) + len(ADAPTIVE)} γ policies × seeds {seeds}, {requests} requests each; "
-          f"then {len(BATCHINGS)} batching policies", file=sys.stderr)
+    print(f"{len(scs)} scenarios × {len(statics) + len(ADAPTIVE)} γ policies × seeds {seeds}, {requests} requests each"
+          + ("" if args.gamma_only else f"; then {len(BATCHINGS)} batching policies"), file=sys.stderr)
     results, sweeps = {}, {}
     for sw, name, cfg in scs:
         results[name] = sweep(cfg, seeds, statics, progress)
         sweeps[name] = sw
-    batch_cfg = next(cfg for sw, name, cfg in scs if name == "mixed 9/s")
-    batching = batching_sweep(batch_cfg, seeds, progress)
+    batching = {}
+    if not args.gamma_only:
+        batch_cfg = next(cfg for sw, name, cfg in scs if name == "mixed 9/s")
+        batching = batching_sweep(batch_cfg, seeds, progress)
     print(file=sys.stderr)
     tables(results, batching, statics)
     images = [] if args.no_plots else plots(results, sweeps, batching, statics)
@@ -308,18 +397,21 @@ def main(argv: list[str] | None = None) -> int:
                                            "p99_ms": round(v["p99_s"] * 1e3, 1), "mean_gamma": round(v["gamma"], 2)}
                                        for p, v in r.items() if not p.startswith("_") and (p in ADAPTIVE or p == "best static" or p in (f"static {g}" for g in SHOWN_STATIC))},
                           "awc_gain": {k: round(v, 2 if k != "speedup_x" else 4) for k, v in r["_gain"]["awc"].items()},
-                          "awc_fallback_gain": {k: round(v, 2 if k != "speedup_x" else 4) for k, v in r["_gain"]["awc_analytic"].items()}}
+                          "groups": {p: {g: {"requests": n, "mean_ms": round(m * 1e3, 1)} for g, (n, m) in r[p]["groups"].items()}
+                                     for p in ("best static", "awc")},
+                          "awc_fallback_gain": {k: round(v, 2 if k != "speedup_x" else 4) for k, v in r["_gain"]["awc_analytic"].items()},
+                          "awc_solo_gain": {k: round(v, 2 if k != "speedup_x" else 4) for k, v in r["_gain"]["awc_solo"].items()}}
                       for n, r in results.items()},
         "heterogeneous": {
             "scenarios": het,
             "awc_beats_best_static_latency": sum(g["latency_pct"] > 0 for g in gains_het),
+            "awc_beats_best_static_latency_at_static_mix": sum(g["latency_at_mix_pct"] > 0 for g in gains_het),
             "awc_latency_gain_pct_mean": round(float(np.mean([g["latency_pct"] for g in gains_het])), 2),
             "awc_latency_gain_pct_max": round(float(np.max([g["latency_pct"] for g in gains_het])), 2),
             "awc_throughput_gain_pct_mean": round(float(np.mean([g["throughput_pct"] for g in gains_het])), 2),
             "awc_throughput_gain_pct_max": round(float(np.max([g["throughput_pct"] for g in gains_het])), 2),
         },
-        "batching": {n: {k: {"mean_ms": round(v["mean_s"] * 1e3, 1), "p99_ms": round(v["p99_s"] * 1e3, 1),
-                             "throughput_tok_s": round(v["throughput"], 1)} for k, v in row.items()} for n, row in batching.items()},
+        "batching": batching_summary(batching),
         "images": images,
         "wall_s": round(time.perf_counter() - started, 1),
     }
