@@ -365,17 +365,7 @@ class DrafterNode:
             if s.observes:
                 s.policy.observe(RoundObservation(s.gamma, s.accept_n, now, s.draft_cost_s if s.gamma else None,
                                                   s.upload_cost_s, s.verify_cost_s, now - s.sent_s, hint[0]))
-            # `_apply`, inlined
-            s.emitted += s.pending_tokens
-            if s.first_token_s < 0:
-                s.first_token_s = now
-            if s.round_log is not None:
-                s.round_log.append((*s.marks, now, s.gamma, s.accept_n))
-            if s.emitted >= s.output_tokens:
-                self.world.finish(s, now)
-            else:
-                s.mark_s = now
-                ready.append(s)
+            self._apply(s, now)
         if not ready:
             return
         if len(ready) == 1 and self.mode == "sd" and (not self.busy or 0.0 <= self.busy_until_s < now):
