@@ -9,6 +9,13 @@ from server_helpers import PROMPTS, run, running_node, wait_until
 from drafting_client import TestDrafter
 
 
+def _kv_state(node) -> str:
+    """What the node still holds, for a failure message."""
+    r = node.runner
+    return (f"KV tokens {r.kv_tokens_in_use}, KV rows {r.kv_rows}, sessions {r.session_count}, reserved {node.budget.reserved_tokens}, "
+            f"queued drafts {node.scheduler.depth}, rows awaiting reclaim {r.needs_reclaim}, connections {len(node._peers)}")
+
+
 def _all_free(node) -> bool:
     return (
         node.runner.kv_tokens_in_use == 0
@@ -41,7 +48,10 @@ def test_abandoned_sessions_and_disconnects_free_all_kv(toy_pair):
             for sid in sids[:10]:
                 await d.send(m.draft(sid, d.conn.session(sid).position, [5, 6, 7], pack_q("tokens")))
             await d.close()
-            await wait_until(lambda: _all_free(node), what="the KV of a dropped connection to be freed")
+            try:
+                await wait_until(lambda: _all_free(node), what="the KV of a dropped connection to be freed")
+            except AssertionError as exc:  # say what is still held (this has failed rarely, and not been reproduced)
+                raise AssertionError(f"{exc}: {_kv_state(node)}") from None
             # 3. sessions closed properly, and one left open by a client that then disconnects
             async with TestDrafter(node.url, draft) as d2:
                 await asyncio.gather(*(d2.run_session(p, max_new_tokens=6) for p in PROMPTS[:3]))
