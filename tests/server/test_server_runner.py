@@ -182,3 +182,18 @@ def test_a_failed_forward_drops_the_cache_and_sessions_rebuild_it(toy_pair):
     assert runner.kv_tokens_in_use == 0 and runner.kv_rows == 0 and runner.session_count == 2
     out = _decode(runner, draft, [0, 1], [p + [r.next_token_id] for p, r in zip(PROMPTS[:2], first)], 7, gammas=[3])
     assert [[first[i].next_token_id] + out[i] for i in (0, 1)] == ref
+
+
+def test_a_batch_whose_sessions_all_closed_still_counts_the_freed_kv(toy_pair):
+    """The node's batch loop can hand over drafts whose sessions closed after the batch was formed: the batch
+    then reclaims their rows and verifies nothing, and the KV count must follow (it once stayed stale)."""
+    _, target = toy_pair
+    runner = VerifierRunner(target)
+    key = (1, 0)
+    runner.open(key, PROMPTS[0], GREEDY, seed=0)
+    position = len(PROMPTS[0])
+    assert runner.verify_batch([_item(key, position, [3, 4])])[0].error is None
+    assert runner.kv_tokens_in_use > 0 and runner.kv_rows == 1
+    runner.close(key)
+    assert runner.verify_batch([_item(key, position + 1, [5])]) == [None]
+    assert runner.kv_rows == 0 and runner.kv_tokens_in_use == 0 and not runner.needs_reclaim

@@ -170,9 +170,9 @@ class VerifierRunner:
         """Crop the rows of closed sessions to 0 tokens and drop trailing free rows (worker thread)."""
         with self._lock:
             self._reclaim_locked()
-            self._tokens_in_use = int(self._kv.lengths.sum())
 
     def _reclaim_locked(self) -> None:
+        """Free the released rows and recount the tokens in use (also when a batch then finds no live session)."""
         while self._released:
             row = self._released.pop()
             if self._kv.length(row):
@@ -183,6 +183,7 @@ class VerifierRunner:
             keep -= 1
         if keep < len(self._owner):
             self._set_rows(keep)
+        self._tokens_in_use = int(self._kv.lengths.sum())
 
     def _allocate_rows(self, sessions: list[_Session]) -> None:
         """Give each session without a row the lowest free row, growing the cache by as many rows as needed."""
