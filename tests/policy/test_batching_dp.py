@@ -15,7 +15,7 @@ from plan_helpers import toy_system, toy_task  # noqa: E402
 from edgespec.plan.dp import SearchSpace, brute_force_all_partitions  # noqa: E402
 from edgespec.plan.latency import batch_breakdown  # noqa: E402
 from edgespec.plan.scenario import LinkSpec, NodeSpec  # noqa: E402
-from edgespec.policy.batching import DpBatching, DpBatchingConfig, MaxBatching, Pending, TaskState  # noqa: E402
+from edgespec.policy.batching import DpBatching, DpBatchingConfig, MaxBatching, TaskState  # noqa: E402
 from edgespec.server.scheduler import QueuedDraft, Scheduler, SchedulerConfig  # noqa: E402
 
 EXACT = DpBatchingConfig(context_quantum_tokens=1, remaining_quantum_tokens=1)  # no rounding: hand-checkable states
