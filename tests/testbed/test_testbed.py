@@ -217,15 +217,48 @@ def _scenario(tmp_path: Path) -> Path:
     return path
 
 
-def _testbed_up(scenario: Path, tag: str) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "edgespec.cli", "testbed", "up", "--scenario", str(scenario), "--tag", tag],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    seen = []
-    for line in proc.stdout:  # type: ignore[union-attr]
-        seen.append(line)
-        if "testbed up" in line:
-            return proc
-    raise AssertionError("testbed up exited early:\n" + "".join(seen))
+class _Testbed:
+    """A `testbed up` process whose output is read to the end (a full pipe never stalls it), for the interrupt tests."""
+
+    def __init__(self, scenario: Path, tag: str, *, sigint_ignored: bool = False) -> None:
+        env = dict(os.environ, PYTHONFAULTHANDLER="1")  # SIGABRT makes it print every thread's stack
+        # `sigint_ignored`: started the way a script's background job (`cmd &`) is, with SIGINT ignored (inherited across exec)
+        preexec = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint_ignored else (lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        self.proc = subprocess.Popen([sys.executable, "-m", "edgespec.cli", "testbed", "up", "--scenario", str(scenario), "--tag", tag],
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, env=env,
+                                     preexec_fn=preexec)
+        self.lines: list[str] = []
+        up = threading.Event()
+        self._reader = threading.Thread(target=self._read, args=(up,), daemon=True)
+        self._reader.start()
+        up.wait(300)
+        if not up.is_set():
+            raise AssertionError("testbed up did not come up:\n" + self.output(abort=True))
+
+    def _read(self, up: threading.Event) -> None:
+        for line in self.proc.stdout:  # type: ignore[union-attr]
+            self.lines.append(line)
+            if "testbed up" in line:
+                up.set()
+        up.set()  # exited early: the caller sees why in the output
+
+    def output(self, abort: bool = False) -> str:
+        """What it printed; with `abort`, first its threads' stacks and the process tree (a hang's diagnosis)."""
+        tree = ""
+        if abort and self.proc.poll() is None:
+            tree = subprocess.run(["ps", "-eo", "pid,pgid,stat,etime,args", "--forest"], capture_output=True, text=True).stdout
+            tree += "".join(f"{who} {line}" for who, pid in (("test", "self"), ("testbed", str(self.proc.pid)))
+                            for line in open(f"/proc/{pid}/status") if line.startswith(("Sig", "Shd")))
+            self.proc.send_signal(signal.SIGABRT)
+            self.proc.wait(30)
+        self._reader.join(10)
+        return "".join(self.lines) + tree
+
+    def wait(self, timeout_s: float) -> int:
+        try:
+            return self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"testbed up still running after {timeout_s:.0f} s:\n" + self.output(abort=True)) from None
 
 
 @needs_quota
@@ -233,15 +266,15 @@ def _testbed_up(scenario: Path, tag: str) -> subprocess.Popen:
 def test_interrupted_testbed_tears_everything_down_and_down_clears_a_killed_one(tmp_path):
     scenario, t = _scenario(tmp_path), tag("i")
     mine = f"{PREFIX}{t}-"
-    proc = _testbed_up(scenario, t)
-    assert len(netns_names(mine)) == 3  # hub, v0, d0
-    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C
-    assert proc.wait(60) == 0
+    bed = _Testbed(scenario, t, sigint_ignored=True)  # the harder case: a plain Python program would ignore the Ctrl-C
+    assert len(netns_names(mine)) == 3, bed.output()  # hub, v0, d0
+    os.killpg(bed.proc.pid, signal.SIGINT)  # Ctrl-C
+    assert bed.wait(60) == 0, bed.output()
     assert not netns_names(mine), "Ctrl-C left namespaces behind"
 
-    proc = _testbed_up(scenario, t)
-    os.kill(proc.pid, signal.SIGKILL)  # nothing of ours runs: `testbed down` must clean up
-    proc.wait(10)
+    bed = _Testbed(scenario, t)
+    os.kill(bed.proc.pid, signal.SIGKILL)  # nothing of ours runs: `testbed down` must clean up
+    bed.wait(10)
     assert len(netns_names(mine)) == 3
     done = subprocess.run([sys.executable, "-m", "edgespec.cli", "testbed", "down", "--tag", t], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "removed 3 namespace(s) and 1 cgroup(s)" in done.stdout, done.stdout

@@ -81,7 +81,7 @@ class Testbed:
         self.drafters = {d.name: _Drafter(d) for d in spec.drafters}
         self._dir = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{self.tag}-"))
         self.token_file = self._dir / "token"
-        self._old_sigterm = None
+        self._old_handlers: dict[int, object] = {}  # signal -> the handler `start` replaced
         self.verifier_cpus, self.device_cpus = cpu_split(spec.serving.pin_verifiers)
 
     # ------------------------------------------------------------ up and down
@@ -96,7 +96,8 @@ class Testbed:
     def start(self) -> None:
         """1. check the machine, 2. network, 3. verifiers, 4. relay links, 5. drafter nodes (with CPU quotas)."""
         require(cpu_quota=any(d.slowdown != 1.0 for d in self.spec.drafters))
-        self._old_sigterm = signal.signal(signal.SIGTERM, _raise_interrupt) if _main_thread() else None
+        if _main_thread():  # SIGINT too: a testbed started with SIGINT ignored (a script's background job) still tears down
+            self._old_handlers = {sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             self.token_file.write_text(secrets.token_urlsafe(24))
             self.token_file.chmod(0o600)
@@ -125,9 +126,10 @@ class Testbed:
         for d in self.drafters.values():
             d.node = d.quota = None
         self.verifiers = [None] * self.spec.verifiers
-        if self._old_sigterm is not None and _main_thread():
-            signal.signal(signal.SIGTERM, self._old_sigterm)
-            self._old_sigterm = None
+        if self._old_handlers and _main_thread():
+            for sig, handler in self._old_handlers.items():
+                signal.signal(sig, handler)
+            self._old_handlers = {}
 
     def _network(self) -> None:
         self.net.up()
