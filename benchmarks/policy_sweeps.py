@@ -13,7 +13,11 @@ Sweeps (128-token prompts and answers unless said; max γ 12 for every adaptive 
 - RTT: 16 alike nodes (α 0.7, 2× slower device), Poisson 6/s, one-way latency 2, 20 and 60 ms;
 - heterogeneity (closed loop, 2 users per node, think 0.5 s): alike nodes; "mixed"; "3tier"
   (fast/near/α 0.45, mid, slow-IoT/satellite-like 80 ms/α 0.9); and examples/sim_tiny.toml (two tasks
-  with α 0.7 and 0.85, near and far-slow nodes).
+  with α 0.7 and 0.85, near and far-slow nodes). The closed-loop runs come twice: "closed" issues
+  `--requests` in all, each to whichever user finishes first (a policy that speeds up slow users lets
+  them issue more of the total, so policies serve different requests); "closed, per user" gives every
+  user the same share (`requests_per_user` = requests / 32, each request's class, think time and
+  acceptance from that user's own streams), so every policy serves the same requests.
 γ policies: static γ = 1…12 (the table shows 2, 4, 6, 8 and the best single static γ of each
 scenario, chosen after the fact), the +2/−1 heuristic, SLED's confidence threshold (0.3), ODLD,
 goodput (SmartSpec-like), AWC's analytic fallback with every session learning alone (awc_solo: no
@@ -78,6 +82,8 @@ def scenarios(base: SimConfig, tiny: SimConfig, requests: int, quick: bool) -> l
     """(sweep, name, config) for every scenario."""
     chat = (RequestClass("chat", 128, 128),)
     closed = Workload("closed", requests, users_per_node=2, think_time_s=0.5)
+    # the same requests under every policy: each user issues its share of `requests` (see the docstring)
+    per_user = replace(closed, requests_per_user=max(1, round(requests / (2 * 16))))
     one = VerifierConfig(count=1, window_s=0.002)
 
     def make(groups, workload, **kw) -> SimConfig:
@@ -93,6 +99,9 @@ def scenarios(base: SimConfig, tiny: SimConfig, requests: int, quick: bool) -> l
     out.append(("heterogeneity", "alike closed", make(ALIKE, closed)))
     out.append(("heterogeneity", "mixed closed", make(MIXED, closed)))
     out.append(("heterogeneity", "3tier closed", make(THREE_TIER, closed)))
+    for name, groups in (("alike", ALIKE), ("mixed", MIXED), ("3tier", THREE_TIER)):
+        assert sum(g.count for g in groups) == 16
+        out.append(("heterogeneity", f"{name} closed, per user", make(groups, per_user)))
     if not quick:
         out.append(("heterogeneity", "sim_tiny tasks", replace(tiny, workload=replace(tiny.workload, requests=requests))))
     return out
@@ -257,7 +266,8 @@ def plots(results: dict, sweeps: dict, batching: dict, statics: list[int]) -> li
     IMG.mkdir(parents=True, exist_ok=True)
     written = []
     groups = ["load", "rtt", "heterogeneity"]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    counts = [sum(sweeps[n] == sw for n in results) for sw in groups]
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.6), gridspec_kw={"width_ratios": counts})
     show = [f"static {g}" for g in SHOWN_STATIC if g in statics] + ["best static", "heuristic", "goodput", "awc_analytic", "awc"]
     for ax, sw in zip(axes, groups):
         names = [n for n in results if sweeps[n] == sw]
@@ -266,21 +276,21 @@ def plots(results: dict, sweeps: dict, batching: dict, statics: list[int]) -> li
         for i, p in enumerate(show):
             ax.bar(x + i * width - 0.4 + width / 2, [results[n][p]["mean_s"] * 1e3 for n in names], width,
                    label=p.replace("awc_analytic", "awc fallback"), hatch="//" if p == "best static" else None)
-        ax.set_xticks(x, names, rotation=15, fontsize=8)
+        ax.set_xticks(x, [n.replace(", ", ",\n") for n in names], rotation=15, fontsize=8)
         ax.set_title(f"{sw} sweep")
         ax.set_ylabel("mean end-to-end latency (ms)")
     axes[0].legend(fontsize=7, ncol=2)
     fig.suptitle("γ policies in the simulator (lower is better)")
     written.append(_save(plt, fig, "policy_sweeps.png"))
 
-    fig, ax = plt.subplots(figsize=(10, 4))
+    fig, ax = plt.subplots(figsize=(12, 4.4))
     names = list(results)
     x = np.arange(len(names))
     for i, (key, label) in enumerate((("latency_pct", "mean latency"), ("p99_pct", "p99 latency"), ("throughput_pct", "throughput"))):
         ax.bar(x + (i - 1) * 0.27, [results[n]["_gain"]["awc"][key] for n in names], 0.27, label=f"AWC {label}")
     ax.plot(x, [results[n]["_gain"]["awc_analytic"]["latency_pct"] for n in names], "kx", label="fallback (no learned correction), mean latency")
     ax.axhline(0, color="k", lw=0.8)
-    ax.set_xticks(x, names, rotation=20, fontsize=8)
+    ax.set_xticks(x, [n.replace(", ", ",\n") for n in names], rotation=20, fontsize=8)
     ax.set_ylabel("gain vs best static γ (%)")
     ax.set_title("AWC against the best single static γ of each scenario (+ = better)")
     ax.legend(fontsize=8)

@@ -51,6 +51,20 @@ def test_unknown_sim_table_is_named(tmp_path, extra, needle):
         load_sim_config(_scenario_with(tmp_path, extra))
 
 
+def test_requests_per_user_is_read_for_closed_loop_and_refused_elsewhere(tmp_path):
+    text = (EXAMPLES / "sim_tiny.toml").read_text()
+    closed = text.replace('kind = "poisson"\nrequests = 200\nrate_per_s = 4.0', 'kind = "closed"\nusers_per_node = 2\nrequests_per_user = 3')
+    assert closed != text
+    (tmp_path / "closed.toml").write_text(closed)
+    cfg = load_sim_config(tmp_path / "closed.toml")
+    assert cfg.workload.requests_per_user == 3 and cfg.request_count == 3 * 2 * sum(g.count for g in cfg.drafters)
+    with pytest.raises(ScenarioError, match="requests_per_user = 3"):
+        load_sim_config(tmp_path / "closed.toml", requests=10)
+    (tmp_path / "open.toml").write_text(text.replace("requests = 200", "requests = 200\nrequests_per_user = 3"))
+    with pytest.raises(ScenarioError, match=r"open\.toml:\d+: sim\.workload\.requests_per_user: is for closed loop only"):
+        load_sim_config(tmp_path / "open.toml")
+
+
 def test_bad_value_names_file_line_and_field(tmp_path, capsys):
     text = (EXAMPLES / "sim_tiny.toml").read_text().replace('routing = "jsq"', 'routing = "random"')
     path = tmp_path / "bad.toml"

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import math
 import random
+from collections import Counter
 from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from edgespec.sim.config import RequestClass, Workload
 from edgespec.sim.kernel import EventLoop, SimulationError
 from edgespec.sim.links import Link, LinkModel
 from edgespec.sim.metrics import summarize
@@ -213,3 +215,34 @@ def test_policy_factory_gives_each_group_its_own_policy():
     mean_gamma = {g: sum(s.drafted for s in run.sessions if s.node.group == i) / sum(s.rounds for s in run.sessions if s.node.group == i)
                   for i, g in enumerate(("near", "far"))}
     assert mean_gamma["near"] <= 2.0 and mean_gamma["far"] > 5.0, mean_gamma
+
+
+# ----------------------------------------------------------------------------- closed loop, requests per user
+
+
+def _per_user(gamma: int, seed: int = 3):
+    cfg = tiny_config(alpha=0.7, output_tokens=40, nodes=3, gamma=gamma, seed=seed, latency_s=0.004)
+    return replace(cfg, classes=(RequestClass("a", 16, 40), RequestClass("b", 8, 24)), drafters=(replace(cfg.drafters[0], count=2), replace(cfg.drafters[0], name="slow", count=1, alpha=0.9)),
+                   workload=Workload("closed", 1, users_per_node=2, think_time_s=0.05, requests_per_user=4))
+
+
+def test_requests_per_user_gives_every_user_its_quota_and_every_policy_the_same_requests():
+    runs = {g: simulate(_per_user(g)) for g in (2, 6)}
+    assert _per_user(2).request_count == 24
+    for run in runs.values():
+        per_user = Counter((s.node.index, s.user) for s in run.sessions)
+        assert per_user == {(n, u): 4 for n in range(3) for u in range(2)}
+    same = [sorted((s.key, s.node.index, s.user, s.klass, s.output_tokens) for s in run.sessions) for run in runs.values()]
+    assert same[0] == same[1]  # the same requests, though finishing in another order
+    ends = [{s.key: s.finish_s for s in run.sessions} for run in runs.values()]
+    assert ends[0] != ends[1]
+    # with a first-come total (`requests`) the two policies serve different requests: users' shares and classes differ
+    shared = [simulate(replace(_per_user(g), workload=Workload("closed", 24, users_per_node=2, think_time_s=0.05))) for g in (2, 6)]
+    assert all(len(r.sessions) == 24 for r in shared)
+    served = [sorted((s.key, s.node.index, s.user, s.klass, s.output_tokens) for s in r.sessions) for r in shared]
+    assert served[0] != served[1]
+
+
+def test_requests_per_user_is_for_closed_loop_only():
+    with pytest.raises(ValueError, match="requests_per_user"):
+        replace(_per_user(4), workload=Workload("poisson", 10, requests_per_user=2))

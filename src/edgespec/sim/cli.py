@@ -30,7 +30,7 @@ def run_sim(scenario: Path, json_out: bool = False, plot: Optional[Path] = None,
 
     console = Console(stderr=json_out)
     try:
-        with console.status(f"simulating {config.workload.requests} requests of {config.name} …"):
+        with console.status(f"simulating {config.request_count} requests of {config.name} …"):
             run = simulate(config)
     except (SimulationError, ValueError) as exc:
         print(f"error: simulation failed: {exc}", file=sys.stderr)

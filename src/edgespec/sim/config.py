@@ -73,7 +73,12 @@ class VerifierConfig:
 
 @dataclass(frozen=True)
 class Workload:
-    """Open loop (`poisson` at `rate_per_s`, or a `trace` of arrival times) or `closed` (users per node with think time)."""
+    """Open loop (`poisson` at `rate_per_s`, or a `trace` of arrival times) or `closed` (users per node with think time).
+
+    Closed loop issues `requests` in all, each to whichever user finishes first; with `requests_per_user`
+    every user issues exactly that many instead, each request's class, think time and acceptance drawn
+    from that user's own streams — so policies compared on one seed serve the same requests.
+    """
 
     kind: str = "poisson"
     requests: int = 100
@@ -81,6 +86,7 @@ class Workload:
     users_per_node: int = 1
     think_time_s: float = 0.0
     trace_s: tuple[float, ...] = ()
+    requests_per_user: int = 0  # closed loop only; 0: `requests` in all
 
 
 @dataclass(frozen=True)
@@ -130,6 +136,14 @@ class SimConfig:
     policy_factory: Optional[Callable[[RequestClass, DrafterGroup], "GammaPolicy"]] = field(default=None, compare=False)
     extra: dict = field(default_factory=dict, compare=False)
 
+    @property
+    def request_count(self) -> int:
+        """How many requests a run issues: `workload.requests`, or each closed-loop user's `requests_per_user`."""
+        w = self.workload
+        if w.requests_per_user:
+            return w.requests_per_user * w.users_per_node * sum(g.count for g in self.drafters)
+        return len(w.trace_s[: w.requests or None]) if w.kind == "trace" else w.requests
+
     def __post_init__(self) -> None:
         if self.speculation.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.speculation.mode!r}")
@@ -147,3 +161,6 @@ class SimConfig:
             raise ValueError("need at least one request class and one drafter group")
         if self.workload.kind not in ("poisson", "closed", "trace"):
             raise ValueError(f"workload kind must be poisson, closed or trace, got {self.workload.kind!r}")
+        if self.workload.requests_per_user < 0 or (self.workload.requests_per_user and self.workload.kind != "closed"):
+            raise ValueError(f"requests_per_user must be >= 0 and is for closed loop only, got {self.workload.requests_per_user} "
+                             f"with kind {self.workload.kind!r}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import bisect
 import gc
 import itertools
+import random
 import time
 from dataclasses import dataclass
 
@@ -45,6 +46,8 @@ class _Arrivals:
         weights = [config.drafters[n.group].weight for n in world.drafters]
         self.node_cum = list(itertools.accumulate(weights))
         self.issued = 0
+        self.user_rng: dict[tuple[int, int], random.Random] = {}  # closed loop with requests_per_user: per (node, user)
+        self.user_left: dict[tuple[int, int], int] = {}  # requests each user has yet to issue
         self.node_state: dict[int, dict] = {}  # per drafter node: what its sessions' γ policies pool (as the real node does)
 
     def _pick(self, cum: list[float]) -> int:
@@ -52,8 +55,14 @@ class _Arrivals:
 
     def new_session(self, node: DrafterNode, user: int = -1) -> Session:
         cfg = self.config
-        key = next(self.ids)
-        k = min(self._pick(self.class_cum), len(cfg.classes) - 1)
+        per_user = cfg.workload.requests_per_user
+        if per_user:  # the user's own streams and a key fixed by (node, user, j): the same requests under every policy
+            rng = self.user_rng[node.index, user]
+            j = per_user - self.user_left[node.index, user]
+            key = (node.index * cfg.workload.users_per_node + user) * per_user + j
+        else:
+            rng, key = self.rng, next(self.ids)
+        k = min(bisect.bisect_right(self.class_cum, rng.random() * self.class_cum[-1]), len(cfg.classes) - 1)
         klass, group = cfg.classes[k], cfg.drafters[node.group]
         alpha = klass.alpha if klass.alpha is not None else group.alpha
         curve = (alpha,) if alpha is not None else cfg.speculation.acceptance
@@ -97,20 +106,36 @@ class _Arrivals:
         self.world.on_finish = self._user_done
         for node in self.world.drafters:
             for user in range(w.users_per_node):
-                if self.issued < w.requests:
+                if w.requests_per_user:
+                    self.user_rng[node.index, user] = stream(self.config.seed, "user", node.index, user)
+                    self.user_left[node.index, user] = w.requests_per_user
+                if self._may_issue(node, user):
                     node.start(self.new_session(node, user))
+                    self._issued_by(node, user)
+
+    def _may_issue(self, node: DrafterNode, user: int) -> bool:
+        """Whether the user issues another request: its own quota left, else the run's total not yet reached."""
+        if self.config.workload.requests_per_user:
+            return self.user_left[node.index, user] > 0
+        return self.issued < self.config.workload.requests
+
+    def _issued_by(self, node: DrafterNode, user: int) -> None:
+        if self.config.workload.requests_per_user:
+            self.user_left[node.index, user] -= 1
 
     def _user_done(self, s: Session) -> None:
         w = self.config.workload
-        if self.issued < w.requests:
+        if self._may_issue(s.node, s.user):
             self.issued += 1  # reserve the slot now so concurrent finishes do not overshoot
-            delay = self.rng.expovariate(1.0 / w.think_time_s) if w.think_time_s > 0 else 0.0
+            rng = self.user_rng[s.node.index, s.user] if w.requests_per_user else self.rng
+            delay = rng.expovariate(1.0 / w.think_time_s) if w.think_time_s > 0 else 0.0
             self.world.loop.after(delay, self._next_request, (s.node, s.user))
 
     def _next_request(self, arg) -> None:
         node, user = arg
         self.issued -= 1
         node.start(self.new_session(node, user))
+        self._issued_by(node, user)
 
 
 def _build(config: SimConfig) -> World:

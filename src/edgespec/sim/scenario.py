@@ -132,7 +132,10 @@ def _workload(sec: Optional[_Section], base_dir: Optional[Path]) -> Workload:
         users_per_node=sec.number("users_per_node", 1, **_POS_INT),
         think_time_s=sec.number("think_time_s", 0.0, **_NONNEG),
         trace_s=trace,
+        requests_per_user=sec.number("requests_per_user", 0, **_NONNEG_INT),
     )
+    if w.requests_per_user and kind != "closed":
+        sec.fail("requests_per_user", f'is for closed loop only (kind = "closed"), not kind = "{kind}"')
     sec.done()
     return w
 
@@ -240,6 +243,9 @@ def load_sim_config(path: Path | str, *, requests: Optional[int] = None, seed: O
     data = tomllib.loads(text)
     config = sim_config_from_scenario(sc, data, _Ctx(text, str(path), path.parent))
     if requests is not None:
+        if config.workload.requests_per_user:
+            raise ScenarioError(f"{path}: the requests override is for a run's total; this scenario gives each user "
+                                f"requests_per_user = {config.workload.requests_per_user} (change it in the file)")
         config = replace(config, workload=replace(config.workload, requests=requests))
     if seed is not None:
         config = replace(config, seed=seed)
