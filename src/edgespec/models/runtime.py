@@ -11,6 +11,7 @@ transformers' plain causal path.
 
 from __future__ import annotations
 
+import inspect
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,6 +83,8 @@ class CausalLM:
         self._sdpa = getattr(model.config, "_attn_implementation", "sdpa") == "sdpa"
         # plain Llama blocks run through our lean forward (same math and cache, less overhead)
         self.fast_path = self._plain_head and self._sdpa and fastpath.supports(model)
+        # the KV cache's keyword: `cache` in newer transformers, `past_key_values` (deprecated there) before
+        self._cache_kw = "cache" if "cache" in inspect.signature(type(self._decoder).forward).parameters else "past_key_values"
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -225,9 +228,10 @@ class CausalLM:
     def _hidden(self, ids, mask, positions, cache) -> torch.Tensor:
         if self.fast_path:
             return fastpath.llama_hidden(self.model, ids, mask, positions, cache)
+        kwargs = {"input_ids": ids, "attention_mask": mask, "position_ids": positions, self._cache_kw: cache, "use_cache": True}
         if self._plain_head:
-            return self._decoder(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True).last_hidden_state
-        return self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True).logits
+            return self._decoder(**kwargs).last_hidden_state
+        return self.model(**kwargs).logits
 
     def _logits(self, hidden: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         selected = hidden[rows, cols]  # [R, H] (or [R, V] when `hidden` already holds logits)
