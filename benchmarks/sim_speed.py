@@ -4,7 +4,8 @@ Regime: examples/sim_benchmark.toml — 100 drafter nodes (two device speeds, ji
 links), 4 verifiers with window batching and a KV budget, 160-token answers, Poisson arrivals,
 static γ = 4, roofline costs — run in this process on one core, after imports (the scenario is
 loaded once; each size runs `--repeats` times and the median wall time is reported). Issue 5's target:
->= 1,500 conversations per wall-second (ten times a SimPy process-per-transfer design) and linear
+>= 1,500 conversations per wall-second (ten times a SimPy process-per-transfer design, which
+../shared/DESIGN.md §6 puts at about 150/s on this machine; the reference below is leaner) and linear
 growth in requests (events per request roughly constant across sizes).
 
 With `--simpy` (the default; `--no-simpy` skips it) the same scenario also runs in
