@@ -295,15 +295,11 @@ def make_gamma_policy(name: str, gamma: int = 4, max_gamma: int = 16, confidence
         return LeviathanGamma(max_gamma=max(max_gamma, 1))
     if name == "goodput":
         return GoodputGamma(max_gamma=max(max_gamma, 1), initial=max(gamma, 1))
-    if name == "awc":
+    if name in ("awc", "awc_analytic"):
         from edgespec.policy.awc import AwcGamma, AwcNodeStats, default_awc_model  # awc imports this module
 
-        return AwcGamma(max_gamma=max(max_gamma, 1), initial=max(gamma, 1), model=default_awc_model(),
+        return AwcGamma(max_gamma=max(max_gamma, 1), initial=max(gamma, 1), model=default_awc_model() if name == "awc" else None,
                         node=AwcNodeStats.of(node_state), request_class=request_class)
-    if name == "awc_analytic":
-        from edgespec.policy.awc import AwcGamma, AwcNodeStats
-
-        return AwcGamma(max_gamma=max(max_gamma, 1), initial=max(gamma, 1), model=None, node=AwcNodeStats.of(node_state), request_class=request_class)
     if name == "awc_solo":
         from edgespec.policy.awc import AwcGamma
 

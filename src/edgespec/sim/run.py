@@ -8,6 +8,7 @@ import itertools
 import random
 import time
 from dataclasses import dataclass
+from typing import Optional
 
 from edgespec.policy.gamma import make_gamma_policy
 from edgespec.policy.routing import make_routing
@@ -50,8 +51,8 @@ class _Arrivals:
         self.user_left: dict[tuple[int, int], int] = {}  # requests each user has yet to issue
         self.node_state: dict[int, dict] = {}  # per drafter node: what its sessions' γ policies pool (as the real node does)
 
-    def _pick(self, cum: list[float]) -> int:
-        return bisect.bisect_right(cum, self.rng.random() * cum[-1])
+    def _pick(self, cum: list[float], rng: Optional[random.Random] = None) -> int:
+        return bisect.bisect_right(cum, (rng or self.rng).random() * cum[-1])
 
     def new_session(self, node: DrafterNode, user: int = -1) -> Session:
         cfg = self.config
@@ -59,10 +60,11 @@ class _Arrivals:
         if per_user:  # the user's own streams and a key fixed by (node, user, j): the same requests under every policy
             rng = self.user_rng[node.index, user]
             j = per_user - self.user_left[node.index, user]
+            self.user_left[node.index, user] -= 1
             key = (node.index * cfg.workload.users_per_node + user) * per_user + j
         else:
             rng, key = self.rng, next(self.ids)
-        k = min(bisect.bisect_right(self.class_cum, rng.random() * self.class_cum[-1]), len(cfg.classes) - 1)
+        k = min(self._pick(self.class_cum, rng), len(cfg.classes) - 1)
         klass, group = cfg.classes[k], cfg.drafters[node.group]
         alpha = klass.alpha if klass.alpha is not None else group.alpha
         curve = (alpha,) if alpha is not None else cfg.speculation.acceptance
@@ -111,17 +113,12 @@ class _Arrivals:
                     self.user_left[node.index, user] = w.requests_per_user
                 if self._may_issue(node, user):
                     node.start(self.new_session(node, user))
-                    self._issued_by(node, user)
 
     def _may_issue(self, node: DrafterNode, user: int) -> bool:
         """Whether the user issues another request: its own quota left, else the run's total not yet reached."""
         if self.config.workload.requests_per_user:
             return self.user_left[node.index, user] > 0
         return self.issued < self.config.workload.requests
-
-    def _issued_by(self, node: DrafterNode, user: int) -> None:
-        if self.config.workload.requests_per_user:
-            self.user_left[node.index, user] -= 1
 
     def _user_done(self, s: Session) -> None:
         w = self.config.workload
@@ -135,7 +132,6 @@ class _Arrivals:
         node, user = arg
         self.issued -= 1
         node.start(self.new_session(node, user))
-        self._issued_by(node, user)
 
 
 def _build(config: SimConfig) -> World:
