@@ -172,14 +172,14 @@ def test_cpu_quota_makes_a_process_a_slower_device():
     # run does not hold on a shared 2-core machine, where the free run is slowed too).
     quota = CpuQuota(tag("c"), "slow", 0.25)
     try:
-        free_wall_s, free_cpu_s = _busy(None)
+        free_wall_s, _ = _busy(None)
         slow_wall_s, slow_cpu_s = _busy(quota)
         assert quota.throttled_s() > 0
     finally:
         quota.delete()
     assert slow_cpu_s / slow_wall_s <= 0.25 * 1.2, (slow_cpu_s, slow_wall_s)
     assert slow_wall_s > free_wall_s, (free_wall_s, slow_wall_s)
-    assert not (quota.path).exists()
+    assert not quota.path.exists()
 
 
 TINY = """
