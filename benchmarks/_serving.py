@@ -70,7 +70,22 @@ def histogram_totals(registry, name: str) -> dict:
     return out
 
 
-def _verifier_child(conn, config: dict, threads: int) -> None:
+def pin(cpus: Optional[set[int]]) -> None:
+    """Restrict this process (every thread) to `cpus`; None leaves it as it is."""
+    if cpus:
+        os.sched_setaffinity(0, cpus)
+
+
+def split_cpus() -> tuple[set[int], set[int]]:
+    """(the verifier's core, everything else's cores): the last CPU for the verifier, the rest for the drafters and clients."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        raise RuntimeError("pinning the verifier to a core of its own needs at least 2 CPUs")
+    return {cpus[-1]}, set(cpus[:-1])
+
+
+def _verifier_child(conn, config: dict, threads: int, cpus: Optional[set[int]] = None) -> None:
+    pin(cpus)
     import torch
 
     torch.set_num_threads(threads)
@@ -106,10 +121,10 @@ def _verifier_child(conn, config: dict, threads: int) -> None:
 class VerifierProcess:
     """A verifier node for the bundled target in a spawned process; `port`, `stats()`, `stop()`."""
 
-    def __init__(self, threads: int = 1, **config):
+    def __init__(self, threads: int = 1, cpus: Optional[set[int]] = None, **config):
         ctx = mp.get_context("spawn")
         self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_verifier_child, args=(child, config, threads), daemon=True)
+        self._proc = ctx.Process(target=_verifier_child, args=(child, config, threads, cpus), daemon=True)
         self._proc.start()
         if not self._conn.poll(120):
             raise RuntimeError("the verifier process did not start")

@@ -39,6 +39,7 @@ from edgespec.models.runtime import CausalLM
 from edgespec.policy.gamma import RoundObservation
 from edgespec.protocol import Q_MODES, ErrorCode, Sampling
 from edgespec.protocol import edgespec_pb2 as pb
+from edgespec.protocol.messages import verifier_hints
 from edgespec.spec.sampling import GREEDY, SamplingParams
 
 __all__ = [
@@ -66,8 +67,10 @@ class EngineConfig:
 
     q_mode: str = "topk"  # "full" | "topk" | "tokens" (temperature 0 always sends tokens only)
     top_k: int = 8  # K for q_mode "topk"
-    gamma_policy: str = "heuristic"
-    gamma: int = 4  # static γ, or the starting γ of the heuristic
+    gamma_policy: str = "adaptive"  # AWC behind the speculation gate: γ = 0 where the verifier's load makes drafting lose
+    gamma: int = 4  # static γ, or the starting γ of the adaptive policies
+    load_aware: bool = False  # put any other policy behind the speculation gate too ("adaptive" always is)
+    probe_every: int = 0  # while the gate is closed, speculate once every this many AD rounds (0: never)
     max_gamma: int = 16
     confidence_threshold: float = 0.3  # SLED's c_th for the "confidence" policy
     pipeline: bool = False
@@ -81,6 +84,8 @@ class EngineConfig:
             raise ValueError(f"top_k must be >= 1, got {self.top_k}")
         if not 0 <= self.max_gamma <= MAX_GAMMA:
             raise ValueError(f"max_gamma must be in [0, {MAX_GAMMA}], got {self.max_gamma}")
+        if self.probe_every < 0:
+            raise ValueError(f"probe_every must be >= 0, got {self.probe_every}")
         make_gamma_policy(self.gamma_policy, self.gamma, self.max_gamma, self.confidence_threshold)  # validates
 
 
@@ -107,6 +112,7 @@ class RequestStats:
     """Speculative-decoding counters of one request."""
 
     rounds: int = 0
+    ad_rounds: int = 0  # rounds without drafts (γ = 0: the speculation gate closed, the last token, or after rejected drafts)
     drafted_tokens: int = 0
     accepted_tokens: int = 0
     pipeline_hits: int = 0
@@ -340,7 +346,8 @@ class DraftEngine:
         sampling = Sampling(request.sampling.temperature, request.sampling.top_k, request.sampling.top_p, request.seed)
         remote = RemoteSession(key, list(request.prompt_ids), len(request.prompt_ids), sampling, request.max_tokens)
         cfg = self.config
-        policy = make_gamma_policy(cfg.gamma_policy, cfg.gamma, cfg.max_gamma, cfg.confidence_threshold, node_state=self._policy_state)
+        policy = make_gamma_policy(cfg.gamma_policy, cfg.gamma, cfg.max_gamma, cfg.confidence_threshold, node_state=self._policy_state,
+                                   load_aware=cfg.load_aware, probe_every=cfg.probe_every)
         session = _Session(key, request, remote, policy, TextAssembler(self.draft.detokenize, request.stop), asyncio.Queue(), time.perf_counter())
         self._sessions[key] = session
         self.pool.open(remote)
@@ -584,11 +591,13 @@ class DraftEngine:
             upload_s: Optional[float] = max(0.0, rtt_s - timing.server_us / 1e6)
         else:
             upload_s = max(0.0, rtt_s - verify_s) if verify_s is not None else None
+        s.stats.ad_rounds += block.gamma == 0
         for stats in (s.stats, self.stats):
             stats.rounds += 1
             stats.drafted_tokens += block.gamma
             stats.accepted_tokens += n
         s.rejections_in_row = 0
+        load = verifier_hints(verdict.load) if verdict.HasField("load") else None
         s.policy.observe(RoundObservation(
             drafted=block.gamma,
             accepted=n,
@@ -597,7 +606,10 @@ class DraftEngine:
             upload_time_s=upload_s,
             verify_time_s=verify_s,
             rtt_s=rtt_s,
-            queue_depth=int(verdict.load.queue_depth) if verdict.HasField("load") else None,
+            queue_depth=load.queue_depth if load is not None else None,
+            forward_s=timing.forward_us / 1e6 if timing is not None else None,
+            busy_wait_s=timing.busy_wait_us / 1e6 if timing is not None else None,
+            hints=load,
         ))
         self._emit(s, list(block.drafted.tokens[:n]) + [int(verdict.next_token_id)])
         if timing is not None:

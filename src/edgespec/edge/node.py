@@ -46,9 +46,11 @@ class EdgeConfig:
     http_port: int = 8000  # 0: an ephemeral port (see EdgeNode.http_port)
     q_mode: str = "topk"
     top_k: int = 8
-    gamma_policy: str = "heuristic"
+    gamma_policy: str = "adaptive"
     gamma: int = 4
     max_gamma: int = 16
+    load_aware: bool = False  # put a policy other than "adaptive" behind the speculation gate too
+    probe_every: int = 0
     pipeline: bool = False
     auth_token: Optional[str] = None
     tls_ca_file: Optional[Path] = None  # CA trusted for wss:// verifiers (None: the system's trust store)
@@ -69,7 +71,8 @@ class EdgeConfig:
 
     def engine_config(self) -> EngineConfig:
         return EngineConfig(q_mode=self.q_mode, top_k=self.top_k, gamma_policy=self.gamma_policy, gamma=self.gamma,
-                            max_gamma=self.max_gamma, pipeline=self.pipeline, seed=self.seed)
+                            max_gamma=self.max_gamma, load_aware=self.load_aware, probe_every=self.probe_every, pipeline=self.pipeline,
+                            seed=self.seed)
 
     def client_config(self, draft_model_id: str) -> ClientConfig:
         return ClientConfig(verifiers=tuple(self.verifiers), auth_token=self.auth_token, tls_ca_file=self.tls_ca_file, node_id=self.node_id, draft_model_id=draft_model_id,

@@ -121,14 +121,30 @@ class Resume(_message.Message):
     def __init__(self, protocol_version: _Optional[int] = ..., session_id: _Optional[int] = ..., transcript_token_ids: _Optional[_Iterable[int]] = ..., num_prompt_tokens: _Optional[int] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., draft_model_id: _Optional[str] = ..., max_new_tokens: _Optional[int] = ...) -> None: ...
 
 class LoadHints(_message.Message):
-    __slots__ = ("queue_depth", "active_sessions", "verify_ms")
+    __slots__ = ("queue_depth", "active_sessions", "verify_ms", "batch_rows", "batch_width", "forward_cost")
     QUEUE_DEPTH_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_SESSIONS_FIELD_NUMBER: _ClassVar[int]
     VERIFY_MS_FIELD_NUMBER: _ClassVar[int]
+    BATCH_ROWS_FIELD_NUMBER: _ClassVar[int]
+    BATCH_WIDTH_FIELD_NUMBER: _ClassVar[int]
+    FORWARD_COST_FIELD_NUMBER: _ClassVar[int]
     queue_depth: int
     active_sessions: int
     verify_ms: float
-    def __init__(self, queue_depth: _Optional[int] = ..., active_sessions: _Optional[int] = ..., verify_ms: _Optional[float] = ...) -> None: ...
+    batch_rows: float
+    batch_width: float
+    forward_cost: ForwardCost
+    def __init__(self, queue_depth: _Optional[int] = ..., active_sessions: _Optional[int] = ..., verify_ms: _Optional[float] = ..., batch_rows: _Optional[float] = ..., batch_width: _Optional[float] = ..., forward_cost: _Optional[_Union[ForwardCost, _Mapping]] = ...) -> None: ...
+
+class ForwardCost(_message.Message):
+    __slots__ = ("base_us", "per_position_us", "per_row_us")
+    BASE_US_FIELD_NUMBER: _ClassVar[int]
+    PER_POSITION_US_FIELD_NUMBER: _ClassVar[int]
+    PER_ROW_US_FIELD_NUMBER: _ClassVar[int]
+    base_us: float
+    per_position_us: float
+    per_row_us: float
+    def __init__(self, base_us: _Optional[float] = ..., per_position_us: _Optional[float] = ..., per_row_us: _Optional[float] = ...) -> None: ...
 
 class SessionOpened(_message.Message):
     __slots__ = ("session_id", "position", "load")

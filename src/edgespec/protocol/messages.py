@@ -15,6 +15,7 @@ from edgespec.protocol import edgespec_pb2 as pb
 from edgespec.protocol.codec import DEFAULT_MAX_MESSAGE_BYTES, PROTOCOL_VERSION
 from edgespec.protocol.drafts import QMessage, pack_draft
 from edgespec.protocol.errors import ErrorCode, ErrorEffect, ProtocolError
+from edgespec.policy.load import ForwardCost, VerifierHints
 
 __all__ = [
     "Sampling",
@@ -79,9 +80,31 @@ class ServerLimits:
         return cls(msg.max_gamma, msg.max_top_k, msg.max_message_bytes, msg.max_sessions)
 
 
-def load_hints(queue_depth: int = 0, active_sessions: int = 0, verify_ms: float = 0.0) -> pb.LoadHints:
-    """Load hints a verifier attaches to `SessionOpened` and `Verdict`."""
-    return pb.LoadHints(queue_depth=queue_depth, active_sessions=active_sessions, verify_ms=verify_ms)
+def load_hints(queue_depth: int = 0, active_sessions: int = 0, verify_ms: float = 0.0, batch_rows: float = 0.0, batch_width: float = 0.0,
+               forward_cost: Optional[ForwardCost] = None) -> pb.LoadHints:
+    """Load hints a verifier attaches to `SessionOpened` and `Verdict` (its forward-time model in microseconds on the wire)."""
+    hints = pb.LoadHints(queue_depth=queue_depth, active_sessions=active_sessions, verify_ms=verify_ms, batch_rows=batch_rows,
+                         batch_width=batch_width)
+    if forward_cost is not None:
+        hints.forward_cost.CopyFrom(pb.ForwardCost(base_us=1e6 * forward_cost.base_s, per_position_us=1e6 * forward_cost.per_position_s,
+                                                   per_row_us=1e6 * forward_cost.per_row_s))
+    return hints
+
+
+def verifier_hints(hints: pb.LoadHints) -> VerifierHints:
+    """The facts in a verdict's load hints; fields a verifier left unset, or sent out of range (not finite, < 0), are None."""
+    def positive(value: float) -> Optional[float]:
+        return float(value) if math.isfinite(value) and value > 0.0 else None
+
+    cost = None
+    if hints.HasField("forward_cost"):
+        c = hints.forward_cost
+        values = (c.base_us, c.per_position_us, c.per_row_us)
+        if all(math.isfinite(v) and v >= 0.0 for v in values) and any(v > 0.0 for v in values):
+            cost = ForwardCost(*(v / 1e6 for v in values))
+    verify_ms = positive(hints.verify_ms)
+    return VerifierHints(int(hints.queue_depth), int(hints.active_sessions), verify_ms / 1000.0 if verify_ms else None,
+                        positive(hints.batch_rows), positive(hints.batch_width), cost)
 
 
 def round_timing(server_s: float, forward_s: float, busy_wait_s: float) -> pb.RoundTiming:

@@ -72,6 +72,10 @@ class VerifierMetrics:
         self.errors = Counter("edgespec_verifier_errors", "Errors sent to drafter nodes, by code.", ["node", "code"], registry=r)
         self.kv_tokens_reserved = Gauge("edgespec_verifier_kv_tokens_reserved", "KV tokens reserved by open sessions.", registry=r)
         self.kv_tokens_in_use = Gauge("edgespec_verifier_kv_tokens_in_use", "KV tokens held in the cache.", registry=r)
+        self.forward_cost = Gauge(
+            "edgespec_verifier_forward_cost_seconds",
+            "The forward-time model sent in load hints: base + per_position·rows·width + per_row·rows, seconds per term.", ["term"], registry=r,
+        )
 
     def record_round(self, node: str, gamma: int, accepted: int) -> None:
         """One verified draft block of `gamma` tokens of which the first `accepted` were accepted."""

@@ -41,6 +41,7 @@ from edgespec.protocol import (
 )
 from edgespec.protocol import edgespec_pb2 as pb
 from edgespec.protocol import messages as m
+from edgespec.policy.load import ForwardCost, ForwardCostFit
 from edgespec.server.intake import checked_draft
 from edgespec.server.kvbudget import KvBudget, NodeLimits, NodeQuotas, is_loopback_host, missing_auth_error
 from edgespec.server.metrics import MetricsServer, VerifierMetrics
@@ -86,6 +87,8 @@ class VerifierConfig:
     device: str = "cpu"
     seed: int = 0  # picks the seeds of sessions that leave theirs unset
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    calibrate: bool = True  # time a few forwards at start-up: the prior of the forward-time model sent in load hints
+    forward_cost: Optional[ForwardCost] = None  # announce this forward-time model (e.g. from a profile) instead of fitting one
 
     def __post_init__(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -143,6 +146,8 @@ class VerifierNode:
         self._wake: Optional[asyncio.Event] = None
         self._stopped: Optional[asyncio.Event] = None
         self._verify_ms = 0.0  # moving average of one batch's wall time
+        self.cost_fit = ForwardCostFit()  # the forward-time model sent in load hints (seeded by the start-up calibration)
+        self._batch_rows = self._batch_width = 0.0  # moving averages over verification forwards
         self._background: set[asyncio.Task] = set()
         self.model_id = config.model_id or "target"
 
@@ -158,6 +163,13 @@ class VerifierNode:
         if self.config.model_id is None and getattr(target, "path", None) is not None:
             self.model_id = f"{target.path.parent.name}/{target.path.name}"
         self.runner = VerifierRunner(target)
+        if self.config.forward_cost is not None:
+            self.cost_fit = ForwardCostFit(prior=self.config.forward_cost)  # never observes: stays at the given model
+            self._publish_cost()
+        elif self.config.calibrate:
+            points = await asyncio.to_thread(self.runner.calibrate)
+            self.cost_fit = ForwardCostFit(prior=ForwardCostFit().fit_points(points))
+            self._publish_cost()
         self._wake, self._stopped = asyncio.Event(), asyncio.Event()
         self._server = await serve(
             self._handle,
@@ -312,7 +324,27 @@ class VerifierNode:
     # ------------------------------------------------------------------ sessions
 
     def _load(self) -> pb.LoadHints:
-        return m.load_hints(self.scheduler.depth, self.active_sessions, self._verify_ms)
+        return m.load_hints(self.scheduler.depth, self.active_sessions, self._verify_ms, self._batch_rows, self._batch_width,
+                            self.cost_fit.cost())
+
+    def _observe_forward(self) -> None:
+        """Fold the last batch's verification forward into the forward-time model and the batch-shape averages."""
+        shape = self.runner.last_verify
+        if shape is None:
+            return
+        rows, width, seconds = shape
+        if self.config.forward_cost is None:
+            self.cost_fit.observe(rows, width, seconds)
+        first = not self._batch_rows
+        self._batch_rows = rows if first else 0.8 * self._batch_rows + 0.2 * rows
+        self._batch_width = width if first else 0.8 * self._batch_width + 0.2 * width
+        self._publish_cost()
+
+    def _publish_cost(self) -> None:
+        cost = self.cost_fit.cost()
+        if cost is not None:
+            for term, value in (("base", cost.base_s), ("per_position", cost.per_position_s), ("per_row", cost.per_row_s)):
+                self.metrics.forward_cost.labels(term).set(value)
 
     def _open(self, peer: _Peer, event: Event) -> None:
         msg, sid = event.message, event.session_id
@@ -452,6 +484,7 @@ class VerifierNode:
                 self.quotas.release_draft(q.item.key)
         elapsed_s = time.perf_counter() - start
         self._verify_ms = 1000.0 * elapsed_s if not self._verify_ms else 0.8 * self._verify_ms + 200.0 * elapsed_s
+        self._observe_forward()
         forward_s = max((r.forward_s for r in results if r is not None), default=0.0)  # the batch's forwards (every row shares them)
         self.metrics.record_batch(len(batch), sum(q.cost_tokens for q in batch), elapsed_s, forward_s)
         self.metrics.kv_tokens_in_use.set(self.runner.kv_tokens_in_use)

@@ -17,6 +17,7 @@ under a short lock that is never held across a forward.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import deque
@@ -26,6 +27,7 @@ from typing import Hashable, Optional, Sequence
 import torch
 
 from edgespec.models.runtime import CausalLM, RaggedKV
+from edgespec.policy.load import CALIBRATION_CONTEXT_TOKENS, CALIBRATION_SHAPES
 from edgespec.models.runtime import put_rows, resize_rows, take_rows
 from edgespec.spec.sampling import SamplingParams, probs_from_logits
 from edgespec.spec.verify import DraftBatch, verify_greedy, verify_probs
@@ -100,6 +102,8 @@ class VerifierRunner:
         self._lock = threading.Lock()
         self._tokens_in_use = 0
         self.forward_windows: deque[tuple[float, float]] = deque(maxlen=FORWARD_WINDOWS)  # (start, end) perf_counter seconds of recent batches' forwards
+        self.last_verify: Optional[tuple[int, int, float]] = None  # the last batch's verification forward: (rows, width, seconds)
+        self._shape = (0, 0)  # (rows, width) of the last forward `_forward_rows` ran
 
     # ------------------------------------------------------------------ session table (event loop)
 
@@ -208,9 +212,12 @@ class VerifierRunner:
         When at most half the rows take part, run on a cache of just those rows (no padded idle rows).
         """
         rows = sorted(feeds)
+        width = max(len(f) for f in feeds.values())
         if 2 * len(rows) > self._kv.batch_size:
             every = range(self._kv.batch_size)
+            self._shape = (self._kv.batch_size, width)  # idle rows are padded to the width too
             return self.target.forward(self._kv, [feeds.get(r, []) for r in every], [last_n.get(r, 0) for r in every])
+        self._shape = (len(rows), width)
         sub = take_rows(self.target, self._kv, rows)
         logits = self.target.forward(sub, [feeds[r] for r in rows], [last_n[r] for r in rows])
         self._kv = put_rows(self.target, self._kv, sub, rows)
@@ -224,6 +231,33 @@ class VerifierRunner:
         self._owner = []
         self._kv = self.target.new_kv(0)
         self._tokens_in_use = 0
+
+    # ------------------------------------------------------------------ calibration (worker thread)
+
+    def calibrate(self, shapes: Sequence[tuple[int, int]] = CALIBRATION_SHAPES, context_tokens: int = CALIBRATION_CONTEXT_TOKENS,
+                  budget_s: float = 2.0) -> list[tuple[int, int, float]]:
+        """Time verification-shaped forwards on a scratch cache: (rows, width, seconds) per shape, the best of two runs.
+
+        Each shape's rows hold `context_tokens` tokens of context, then get `width` new tokens; the
+        sessions' cache is not touched. Shapes are run in order until `budget_s` is spent (the first
+        always runs), so a slow target calibrates on fewer points rather than delaying start-up.
+        """
+        points: list[tuple[int, int, float]] = []
+        started_s = time.perf_counter()
+        for rows, width in shapes:
+            if points and time.perf_counter() - started_s > budget_s:
+                break
+            best = math.inf
+            for _ in range(2):
+                kv = self.target.new_kv(rows)
+                self.target.forward(kv, [[0] * context_tokens] * rows, [0] * rows)
+                t0 = time.perf_counter()
+                logits = self.target.forward(kv, [[0] * width] * rows)
+                if logits.is_cuda:
+                    torch.cuda.synchronize(logits.device)
+                best = min(best, time.perf_counter() - t0)
+            points.append((rows, width, best))
+        return points
 
     # ------------------------------------------------------------------ verification (worker thread)
 
@@ -260,6 +294,7 @@ class VerifierRunner:
         try:
             if prefill:  # prompts (or resumed transcripts) first, in a forward of their own, no logits needed
                 self._forward_rows(prefill, {row: 0 for row in prefill})
+            verify_started_s = time.perf_counter()
             logits = self._forward_rows(feeds, last_n)  # [Σ (γ_i + 1), V], rows ascending
             if logits.is_cuda:  # kernels run asynchronously: end the timed window when they are done
                 torch.cuda.synchronize(logits.device)
@@ -269,6 +304,7 @@ class VerifierRunner:
             raise
         ended_s = time.perf_counter()
         self.forward_windows.append((started_s, ended_s))
+        self.last_verify = (*self._shape, ended_s - verify_started_s)
         forward_s = ended_s - started_s
         verdicts = self._verify(logits, live, last_n)
         with self._lock:

@@ -97,6 +97,8 @@ class Speculation:
     gamma_policy: str = "static"
     gamma: int = 4
     max_gamma: int = 8
+    load_aware: bool = False  # the policy behind the speculation gate ("adaptive" always is)
+    probe_every: int = 0  # the gate's probe period (0: no probes)
     confidence_threshold: float = 0.3
     confidence_noise: float = 0.5  # SLED: draft confidence = 1 − ((1−w)·u + w·v), u the acceptance draw, v fresh noise
     acceptance: tuple[float, ...] = (0.7,)  # a_i = P(position i accepted | positions < i accepted); the last repeats

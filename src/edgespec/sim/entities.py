@@ -17,6 +17,7 @@ import random
 from typing import Callable, Optional
 
 from edgespec.policy.gamma import GammaPolicy, RoundObservation
+from edgespec.policy.load import CALIBRATION_CONTEXT_TOKENS, CALIBRATION_SHAPES, ForwardCostFit, VerifierHints
 from edgespec.policy.routing import VerifierLoad
 from edgespec.server.scheduler import QueuedDraft, Scheduler, SchedulerConfig
 from edgespec.sim.batching import make_batching
@@ -38,7 +39,7 @@ class Session:
         "rng", "admitted", "new_at_verifier", "new_at_drafter", "gamma", "accept_n", "mark_s", "verify_cost_s",
         "first_token_s", "finish_s", "rounds", "drafted", "accepted", "draft_s", "upload_s", "queue_s", "verify_s",
         "downlink_s", "admission_s", "pending_tokens", "hint", "round_log", "user", "draft_cost_s", "upload_cost_s",
-        "observes", "log_alpha", "marks", "sent_s", "arrival_seq", "finishing", "opened",
+        "observes", "log_alpha", "marks", "sent_s", "arrival_seq", "finishing", "opened", "busy_mark_s", "busy_wait_cost_s",
     )
 
     def __init__(self, key: int, klass: int, node: "DrafterNode", arrival_s: float, prompt_tokens: int, output_tokens: int,
@@ -59,7 +60,8 @@ class Session:
         self.first_token_s = self.finish_s = -1.0
         self.rounds = self.drafted = self.accepted = 0
         self.draft_s = self.upload_s = self.queue_s = self.verify_s = self.downlink_s = self.admission_s = 0.0
-        self.hint = (0, 0)
+        self.hint = (0, 0, None)  # (queue depth, active sessions, VerifierHints or None) of the last verdict
+        self.busy_mark_s = self.busy_wait_cost_s = 0.0  # the verifier's busy seconds done when the block arrived; its wait behind them
         self.round_log: Optional[list] = None  # when tracing: (draft start, sent, at verifier, batch start, batch end, verdict, γ, accepted)
         self.marks = [0.0] * 5
         self.sent_s = 0.0
@@ -103,6 +105,9 @@ class World:
 
     def __init__(self, loop: EventLoop, config: SimConfig) -> None:
         self.loop, self.config = loop, config
+        spec = config.speculation
+        # verifiers send load hints with their forward-time model when a γ policy may read them
+        self.publish_hints = config.policy_factory is not None or spec.gamma_policy == "adaptive" or spec.load_aware
         self.drafters: list[DrafterNode] = []
         self.verifiers: list[VerifierNode] = []
         self.finished: list[Session] = []
@@ -360,7 +365,8 @@ class DrafterNode:
             s.downlink_s += now - s.mark_s
             if s.observes:
                 s.policy.observe(RoundObservation(s.gamma, s.accept_n, now, s.draft_cost_s if s.gamma else None,
-                                                  s.upload_cost_s, s.verify_cost_s, now - s.sent_s, hint[0]))
+                                                  s.upload_cost_s, s.verify_cost_s, now - s.sent_s, hint[0],
+                                                  s.verify_cost_s, s.busy_wait_cost_s, hint[2]))
             self._apply(s, now)
         if not ready:
             return
@@ -411,6 +417,12 @@ class VerifierNode:
         self.peak_reserved_tokens = 0
         self.mode = world.config.speculation.mode
         self.verdict_bytes = world.config.speculation.verdict_bytes
+        # load hints with the forward-time model, as the real node sends them (only when a policy reads them: it costs a fit per batch)
+        self.cost_fit: Optional[ForwardCostFit] = None
+        if world.publish_hints:
+            points = [(r, w, cost.step_s(r, w, CALIBRATION_CONTEXT_TOKENS)) for r, w in CALIBRATION_SHAPES]
+            self.cost_fit = ForwardCostFit(prior=ForwardCostFit().fit_points(points))
+        self.batch_rows = self.batch_width = 0.0  # moving averages over batches, as the real node keeps them
 
     def deliver(self, s: Session, arrival_s: float) -> None:
         """A block will arrive at `arrival_s`: an event, or — for an open session arriving while a batch runs — the inbox.
@@ -478,6 +490,7 @@ class VerifierNode:
 
     def _submit(self, s: Session, now: float) -> None:
         s.mark_s = now
+        s.busy_mark_s = self.busy_s - max(0.0, self.busy_until_s - now)
         cost = s.gamma + 1 + (s.prompt_tokens if s.new_at_verifier else 0)
         self.scheduler.submit(QueuedDraft(s, s.node.index, now, cost))
 
@@ -536,8 +549,10 @@ class VerifierNode:
         now = loop.now_s
         sessions = [q.item for q in batch]
         max_new, context, prefill = 1, 0, []
+        busy_s = self.busy_s
         for s in sessions:
             s.queue_s += now - s.mark_s
+            s.busy_wait_cost_s = busy_s - s.busy_mark_s
             s.mark_s = now
             if s.round_log is not None:
                 s.marks[3] = now
@@ -548,6 +563,8 @@ class VerifierNode:
                 prefill.append(s.prompt_tokens)
                 s.new_at_verifier = False
         cost = self.cost.step_s(len(sessions), max_new, context // len(sessions))
+        if self.cost_fit is not None:
+            self._observe_forward(len(sessions), max_new, cost)
         if prefill:
             cost += self.cost.prefill_s(len(prefill), max(prefill))
         self.busy = True
@@ -558,6 +575,18 @@ class VerifierNode:
         if self.later:
             self._sort_later()
 
+    def _observe_forward(self, rows: int, width: int, seconds: float) -> None:
+        """The real node's bookkeeping after a verification forward: the forward-time model and the batch-shape averages."""
+        self.cost_fit.observe(rows, width, seconds)
+        first = not self.batch_rows
+        self.batch_rows = rows if first else 0.8 * self.batch_rows + 0.2 * rows
+        self.batch_width = width if first else 0.8 * self.batch_width + 0.2 * width
+
+    def _hints(self) -> Optional[VerifierHints]:
+        if self.cost_fit is None:
+            return None
+        return VerifierHints(self.scheduler.depth, self.active, None, self.batch_rows, self.batch_width, self.cost_fit.cost())
+
     def _batch_done(self, sessions: list[Session]) -> None:
         loop = self.loop
         now = loop.now_s
@@ -567,12 +596,14 @@ class VerifierNode:
             if len(inbox) > 1:  # the order their arrival events would have run in: (time, sequence), which is unique
                 inbox.sort()
             submit = self.scheduler.submit
+            busy_s = self.busy_s - self.busy_until_s  # + arrival: the busy seconds done when it arrived (this batch ends now)
             for arrival_s, _, s in inbox:  # `_submit`, inlined (hot: about 2 % of a run)
                 if s.round_log is not None:
                     s.marks[2] = arrival_s
                 s.mark_s = arrival_s
+                s.busy_mark_s = busy_s + arrival_s
                 submit(QueuedDraft(s, s.node.index, arrival_s, s.gamma + 1 + (s.prompt_tokens if s.new_at_verifier else 0)))
-        hint = (self.scheduler.depth, self.active)
+        hint = (self.scheduler.depth, self.active, self._hints())
         if self.spans is not None:
             self.spans.append((sessions[0].mark_s, now, len(sessions)))
         groups: dict = {}  # sessions by drafter node, nodes in order of first appearance

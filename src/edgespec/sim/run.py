@@ -74,7 +74,8 @@ class _Arrivals:
             policy = cfg.policy_factory(klass, group)
         elif spec.mode == "sd":
             policy = make_gamma_policy(spec.gamma_policy, spec.gamma, spec.max_gamma, spec.confidence_threshold,
-                                       node_state=self.node_state.setdefault(node.index, {}), request_class=klass.name)
+                                       node_state=self.node_state.setdefault(node.index, {}), request_class=klass.name,
+                                       load_aware=spec.load_aware, probe_every=spec.probe_every)
         s = Session(key, k, node, self.world.loop.now_s, klass.input_tokens, klass.output_tokens, policy, curve,
                     stream(cfg.seed, "session", key), user)
         if cfg.record_rounds:

@@ -200,6 +200,8 @@ def sim_config_from_scenario(sc: Scenario, data: dict, ctx: _Ctx) -> SimConfig:
         gamma_policy=sim.string("gamma_policy", "static", choices=GAMMA_POLICIES),
         gamma=gamma,
         max_gamma=max_gamma,
+        load_aware=sim.boolean("load_aware", False),
+        probe_every=sim.number("probe_every", 0, **_NONNEG_INT),
         confidence_threshold=sim.number("confidence_threshold", 0.3, **_PROB),
         confidence_noise=sim.number("confidence_noise", 0.5, **_PROB),
         acceptance=curve,

@@ -1,0 +1,170 @@
+"""The speculation gate: a drafter node turns speculation off (γ = 0, autoregressive rounds) where its verifier's load makes drafting cost more than it saves, and back on where it pays.
+
+Why: a verification forward over γ + 1 positions per row costs about one decode step where the
+target is memory-bound (a GPU, few sessions) but about γ + 1 steps where it is compute-bound (a CPU,
+or a GPU with many sessions), so the same γ that doubles throughput at one session can halve it at
+twenty-four. vLLM turns speculation off above a batch size; here the node decides from what it
+measures, the same way in the real drafter node and in the simulator.
+
+How (per drafter node, shared by its sessions' policies — they share draft passes and, since the
+verifier pads a batch to its widest draft, one session speculating makes its batch-mates pay too):
+
+    τ_AD = O + k · t_f(n, max(1, w_o))                            seconds per token, AD rounds
+    τ_SD = (γ̄ · t_tok + O + k · t_f(n, max(γ̄ + 1, w_o))) / E(γ̄; α̂)  seconds per token, speculating
+
+- t_f(rows, width): the verifier's forward-time model from its load hints (`ForwardCost`), at its
+  recent batch size n (drafts per forward);
+- w_o: the width the node's batch-mates on other drafter nodes impose (observed while this node is
+  gated, when its own rows add width 1; 1 before that: they are assumed to gate alike);
+- O: the round's time outside target forwards (wire, both event loops, batching window), measured
+  per round as rtt − forward − waiting behind other batches' forwards; k = 1 + that wait / forward;
+- γ̄, t_tok, α̂: the node's recent γ, draft time per drafted token and acceptance (discounted
+  MLE accepted / (accepted + rejections)), all from its speculating rounds.
+
+The gate closes when τ_AD < (1 − h)·τ_SD and opens again when τ_SD < (1 − h)·τ_AD (hysteresis h).
+Before any load hint with a forward model, or before the first draft time, it stays open (the
+missing draft time counts as 0: the gate only closes when AD wins even against free drafting). While
+closed, `probe_every` > 0 lets a session speculate once every that many AD rounds to refresh α̂.
+No clock reads and no randomness: everything comes from the observations.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+from edgespec.policy.awc import expected_tokens
+from edgespec.policy.gamma import GammaPolicy, RoundObservation
+from edgespec.policy.load import VerifierHints
+
+__all__ = ["SpeculationGate", "LoadAwareGamma"]
+
+
+def _ok(value: Optional[float]) -> bool:
+    return value is not None and math.isfinite(value) and value >= 0.0
+
+
+class SpeculationGate:
+    """One drafter node's decision to speculate or not (see the module docstring); `of(node_state)` gives the node's."""
+
+    KEY = "speculation_gate"  # where it lives in a node's shared-state dict
+
+    def __init__(self, hysteresis: float = 0.05, smoothing: float = 0.2, alpha_prior: float = 0.6, alpha_memory: float = 0.98,
+                 gamma_prior: float = 4.0) -> None:
+        if not 0.0 <= hysteresis < 1.0:
+            raise ValueError(f"hysteresis must be in [0, 1), got {hysteresis}")
+        if not 0.0 < smoothing <= 1.0:
+            raise ValueError(f"smoothing must be in (0, 1], got {smoothing}")
+        if not 0.0 <= alpha_prior < 1.0 or not 0.0 < alpha_memory <= 1.0:
+            raise ValueError("need 0 <= alpha_prior < 1 and 0 < alpha_memory <= 1")
+        self.hysteresis, self.smoothing, self.alpha_memory = hysteresis, smoothing, alpha_memory
+        self._prior = (2.0 * alpha_prior / (1.0 - alpha_prior), 2.0)  # (accepted, rejections) worth two rounds
+        self._accepted = self._rejected = 0.0
+        self.gamma_sd = gamma_prior  # EWMA of γ over speculating rounds
+        self.draft_per_token_s = 0.0  # unknown counts as free drafting
+        self.other_s = 0.0  # EWMA of rtt − forward − busy wait
+        self.wait_ratio = 0.0  # EWMA of busy wait / forward
+        self.others_width: Optional[float] = None  # EWMA of the batch width seen while gated
+        self.load: Optional[VerifierHints] = None
+        self.gated = False
+        self.switches = 0  # times the gate opened or closed
+        self.last_taus: Optional[tuple[float, float]] = None  # (τ_SD, τ_AD) of the last decision
+
+    @staticmethod
+    def of(node_state: Optional[dict]) -> "SpeculationGate":
+        """The node's gate in its shared-state dict (created on first use); a private gate without a dict."""
+        if node_state is None:
+            return SpeculationGate()
+        gate = node_state.get(SpeculationGate.KEY)
+        if not isinstance(gate, SpeculationGate):
+            gate = node_state[SpeculationGate.KEY] = SpeculationGate()
+        return gate
+
+    @property
+    def alpha(self) -> float:
+        """The node's discounted acceptance estimate, accepted / (accepted + rejections), with a prior worth two rounds."""
+        a = self._accepted + self._prior[0]
+        return a / (a + self._rejected + self._prior[1])
+
+    def _ema(self, old: float, new: float) -> float:
+        return old + self.smoothing * (new - old)
+
+    def observe(self, obs: RoundObservation) -> None:
+        """Fold one round of any of the node's sessions in, then decide again."""
+        if obs.drafted > 0:
+            m = self.alpha_memory
+            self._accepted = m * self._accepted + obs.accepted
+            self._rejected = m * self._rejected + (1.0 if obs.accepted < obs.drafted else 0.0)
+            self.gamma_sd = self._ema(self.gamma_sd, float(obs.drafted))
+            if _ok(obs.draft_time_s):
+                t = obs.draft_time_s / obs.drafted
+                self.draft_per_token_s = t if self.draft_per_token_s == 0.0 else self._ema(self.draft_per_token_s, t)
+        if _ok(obs.rtt_s):
+            model_s = obs.forward_s if _ok(obs.forward_s) else obs.verify_time_s
+            if _ok(model_s):
+                busy = obs.busy_wait_s if _ok(obs.busy_wait_s) else 0.0
+                self.other_s = self._ema(self.other_s, max(obs.rtt_s - model_s - busy, 0.0))
+                if model_s > 0.0:
+                    self.wait_ratio = self._ema(self.wait_ratio, min(busy / model_s, 4.0))
+        load = obs.hints
+        if load is not None and load.forward_cost is not None:
+            self.load = load
+            if self.gated and obs.drafted == 0 and _ok(load.batch_width):
+                w = self.others_width
+                self.others_width = load.batch_width if w is None else self._ema(w, load.batch_width)
+        self._decide()
+
+    def predicted_taus(self) -> Optional[tuple[float, float]]:
+        """(τ_SD, τ_AD): predicted seconds per emitted token speculating at the node's γ̄ and not at all; None without a forward model."""
+        load = self.load
+        if load is None or load.forward_cost is None:
+            return None
+        cost = load.forward_cost
+        n = max(load.batch_rows or 1.0, 1.0)
+        g = max(self.gamma_sd, 1.0)
+        w_o = self.others_width if self.others_width is not None else 1.0
+        k = 1.0 + self.wait_ratio
+        tau_ad = self.other_s + k * cost.seconds(n, max(1.0, w_o))
+        round_sd = g * self.draft_per_token_s + self.other_s + k * cost.seconds(n, max(g + 1.0, w_o))
+        return round_sd / expected_tokens(min(self.alpha, 0.999), g), tau_ad
+
+    def _decide(self) -> None:
+        taus = self.predicted_taus()
+        self.last_taus = taus
+        if taus is None:
+            return
+        tau_sd, tau_ad = taus
+        keep = 1.0 - self.hysteresis
+        gated = not (tau_sd < keep * tau_ad) if self.gated else tau_ad < keep * tau_sd
+        if gated != self.gated:
+            self.gated = gated
+            self.switches += 1
+
+
+class LoadAwareGamma(GammaPolicy):
+    """A session's γ: its inner policy's, or 0 while the node's `SpeculationGate` is closed (with an optional probe round)."""
+
+    def __init__(self, inner: GammaPolicy, gate: Optional[SpeculationGate] = None, probe_every: int = 0) -> None:
+        if probe_every < 0:
+            raise ValueError(f"probe_every must be >= 0, got {probe_every}")
+        self.inner = inner
+        self.gate = gate if gate is not None else SpeculationGate()
+        self.probe_every = probe_every
+        self.max_gamma = inner.max_gamma
+        self._ad_rounds = 0  # AD rounds since this session last speculated
+
+    def gamma(self, now_s: float = 0.0) -> int:
+        g = self.inner.gamma(now_s)
+        if g == 0 or not self.gate.gated:
+            return g
+        if self.probe_every and self._ad_rounds >= self.probe_every:
+            return g  # a probe: one speculating round refreshes the acceptance estimate
+        return 0
+
+    def should_stop(self, draft_prob: float) -> bool:
+        return self.inner.should_stop(draft_prob)
+
+    def observe(self, obs: RoundObservation) -> None:
+        self._ad_rounds = self._ad_rounds + 1 if obs.drafted == 0 else 0
+        self.inner.observe(obs)
+        self.gate.observe(obs)
