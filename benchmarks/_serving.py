@@ -220,6 +220,7 @@ class Measured:
     drafter_cpu_s: float = 0.0
     draft_thread_cpu_s: Optional[float] = None
     draft_rejections: int = 0
+    ad_rounds: int = 0  # rounds without drafts
     per_request: list = field(default_factory=list)  # (drafted, accepted) of each request
 
     @property
@@ -281,6 +282,7 @@ async def run_workload(engine, prompts: list, w: Workload) -> Measured:
                  sum(o.stats.accepted_tokens for o in outs), sum(o.stats.rounds for o in outs),
                  sum(o.stats.pipeline_hits for o in outs), sum(o.stats.pipeline_misses for o in outs))
     m.draft_rejections = sum(o.stats.draft_rejections for o in outs)
+    m.ad_rounds = sum(o.stats.ad_rounds for o in outs)
     m.per_request = [(o.stats.drafted_tokens, o.stats.accepted_tokens) for o in outs]
     for o in outs:
         n = o.completion_tokens

@@ -36,7 +36,9 @@ from edgespec.protocol import (
     ServerLimits,
     Transport,
     TransportClosed,
+    batch_frames,
     connect,
+    unbatch,
 )
 from edgespec.protocol import edgespec_pb2 as pb
 from edgespec.protocol import messages as m
@@ -209,7 +211,8 @@ class VerifierLink:
             raise ConnectionError(f"TLS: {self.url} presented a certificate this node does not trust ({exc.verify_message}); pass its CA with --tls-ca-file") from None
         conn = DrafterConnection()
         try:
-            await transport.send(conn.send(m.hello(cfg.node_id, [cfg.draft_model_id] if cfg.draft_model_id else [], agent="edgespec-edge")))
+            hello = m.hello(cfg.node_id, [cfg.draft_model_id] if cfg.draft_model_id else [], agent="edgespec-edge", reads_batches=True)
+            await transport.send(conn.send(hello))
             event = conn.receive(await asyncio.wait_for(transport.recv(), cfg.connect_timeout_s))
             if event is None or event.kind != "hello_ack":
                 if event is not None and event.kind == "error":
@@ -235,13 +238,16 @@ class VerifierLink:
                 except ProtocolError as exc:  # a message we cannot decode: ignore it, keep the connection
                     log.warning("verifier %s: bad message: %s", self.address, exc)
                     continue
-                try:
-                    event = self.conn.receive(envelope)
-                except ProtocolError as exc:  # the verifier broke the rules: drop the connection, resume elsewhere
-                    log.warning("verifier %s: protocol violation, reconnecting: %s", self.address, exc)
-                    return
-                if event is not None:
-                    self.pool._on_event(self, event)
+                for item in unbatch(envelope):  # a Batch frame's messages, each as if it had come alone
+                    try:
+                        if isinstance(item, ProtocolError):
+                            raise item
+                        event = self.conn.receive(item)
+                    except ProtocolError as exc:  # the verifier broke the rules: drop the connection, resume elsewhere
+                        log.warning("verifier %s: protocol violation, reconnecting: %s", self.address, exc)
+                        return
+                    if event is not None:
+                        self.pool._on_event(self, event)
                 if writer.done():
                     return
         except TransportClosed:
@@ -250,14 +256,21 @@ class VerifierLink:
             writer.cancel()
 
     async def _write(self) -> None:
+        """Send the outbox in order; what queued up meanwhile (a draft pass's blocks) goes in Batch frames where the verifier reads them."""
+        outbox = self._outbox
+        batches = self.hello_ack is not None and self.hello_ack.reads_batches
         while True:
-            envelope = await self._outbox.get()
-            try:
-                await self.transport.send(envelope)
-            except TransportClosed:
-                return
-            except LocalProtocolError as exc:  # e.g. over the size limit: a bug or a misconfiguration
-                log.error("verifier %s: cannot send %s: %s", self.address, envelope.WhichOneof("msg"), exc)
+            queued = [await outbox.get()]
+            while batches and not outbox.empty():
+                queued.append(outbox.get_nowait())
+            frames = batch_frames(queued, max_message_bytes=self.transport.max_message_bytes) if len(queued) > 1 else queued
+            for frame in frames:
+                try:
+                    await self.transport.send(frame)
+                except TransportClosed:
+                    return
+                except LocalProtocolError as exc:  # e.g. over the size limit: a bug or a misconfiguration
+                    log.error("verifier %s: cannot send %s: %s", self.address, frame.WhichOneof("msg"), exc)
 
     async def _lost(self) -> None:
         self._ready = False

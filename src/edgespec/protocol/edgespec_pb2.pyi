@@ -15,7 +15,7 @@ PROTOCOL_VERSION_UNSPECIFIED: ProtocolVersion
 PROTOCOL_VERSION_CURRENT: ProtocolVersion
 
 class Envelope(_message.Message):
-    __slots__ = ("hello", "hello_ack", "open_session", "session_opened", "draft", "verdict", "close", "error", "resume")
+    __slots__ = ("hello", "hello_ack", "open_session", "session_opened", "draft", "verdict", "close", "error", "resume", "batch")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     HELLO_ACK_FIELD_NUMBER: _ClassVar[int]
     OPEN_SESSION_FIELD_NUMBER: _ClassVar[int]
@@ -25,6 +25,7 @@ class Envelope(_message.Message):
     CLOSE_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     RESUME_FIELD_NUMBER: _ClassVar[int]
+    BATCH_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     hello_ack: HelloAck
     open_session: OpenSession
@@ -34,19 +35,28 @@ class Envelope(_message.Message):
     close: Close
     error: Error
     resume: Resume
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., hello_ack: _Optional[_Union[HelloAck, _Mapping]] = ..., open_session: _Optional[_Union[OpenSession, _Mapping]] = ..., session_opened: _Optional[_Union[SessionOpened, _Mapping]] = ..., draft: _Optional[_Union[Draft, _Mapping]] = ..., verdict: _Optional[_Union[Verdict, _Mapping]] = ..., close: _Optional[_Union[Close, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., resume: _Optional[_Union[Resume, _Mapping]] = ...) -> None: ...
+    batch: Batch
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., hello_ack: _Optional[_Union[HelloAck, _Mapping]] = ..., open_session: _Optional[_Union[OpenSession, _Mapping]] = ..., session_opened: _Optional[_Union[SessionOpened, _Mapping]] = ..., draft: _Optional[_Union[Draft, _Mapping]] = ..., verdict: _Optional[_Union[Verdict, _Mapping]] = ..., close: _Optional[_Union[Close, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., resume: _Optional[_Union[Resume, _Mapping]] = ..., batch: _Optional[_Union[Batch, _Mapping]] = ...) -> None: ...
+
+class Batch(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[Envelope]
+    def __init__(self, items: _Optional[_Iterable[_Union[Envelope, _Mapping]]] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("protocol_version", "node_id", "draft_model_ids", "agent")
+    __slots__ = ("protocol_version", "node_id", "draft_model_ids", "agent", "reads_batches")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     DRAFT_MODEL_IDS_FIELD_NUMBER: _ClassVar[int]
     AGENT_FIELD_NUMBER: _ClassVar[int]
+    READS_BATCHES_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     node_id: str
     draft_model_ids: _containers.RepeatedScalarFieldContainer[str]
     agent: str
-    def __init__(self, protocol_version: _Optional[int] = ..., node_id: _Optional[str] = ..., draft_model_ids: _Optional[_Iterable[str]] = ..., agent: _Optional[str] = ...) -> None: ...
+    reads_batches: bool
+    def __init__(self, protocol_version: _Optional[int] = ..., node_id: _Optional[str] = ..., draft_model_ids: _Optional[_Iterable[str]] = ..., agent: _Optional[str] = ..., reads_batches: _Optional[bool] = ...) -> None: ...
 
 class Limits(_message.Message):
     __slots__ = ("max_gamma", "max_top_k", "max_message_bytes", "max_sessions")
@@ -61,18 +71,20 @@ class Limits(_message.Message):
     def __init__(self, max_gamma: _Optional[int] = ..., max_top_k: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_sessions: _Optional[int] = ...) -> None: ...
 
 class HelloAck(_message.Message):
-    __slots__ = ("protocol_version", "node_id", "target_model_id", "vocab_size", "limits")
+    __slots__ = ("protocol_version", "node_id", "target_model_id", "vocab_size", "limits", "reads_batches")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     TARGET_MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     VOCAB_SIZE_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
+    READS_BATCHES_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     node_id: str
     target_model_id: str
     vocab_size: int
     limits: Limits
-    def __init__(self, protocol_version: _Optional[int] = ..., node_id: _Optional[str] = ..., target_model_id: _Optional[str] = ..., vocab_size: _Optional[int] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ...) -> None: ...
+    reads_batches: bool
+    def __init__(self, protocol_version: _Optional[int] = ..., node_id: _Optional[str] = ..., target_model_id: _Optional[str] = ..., vocab_size: _Optional[int] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., reads_batches: _Optional[bool] = ...) -> None: ...
 
 class Sampling(_message.Message):
     __slots__ = ("temperature", "top_k", "top_p", "seed")

@@ -20,6 +20,7 @@ from edgespec.policy.load import ForwardCost, VerifierHints
 __all__ = [
     "Sampling",
     "ServerLimits",
+    "batch",
     "hello",
     "hello_ack",
     "open_session",
@@ -116,14 +117,21 @@ def _micros(seconds: float) -> int:
     return min(_MAX_UINT32, max(0, int(seconds * 1e6)))
 
 
-def hello(node_id: str, draft_model_ids: Iterable[str] = (), agent: str = "") -> pb.Envelope:
+def batch(items: Iterable[pb.Envelope]) -> pb.Envelope:
+    """Several messages in one frame (either direction, to a peer that reads batches; see `codec.batch_frames`)."""
+    return pb.Envelope(batch=pb.Batch(items=list(items)))
+
+
+def hello(node_id: str, draft_model_ids: Iterable[str] = (), agent: str = "", reads_batches: bool = False) -> pb.Envelope:
     """Drafter -> verifier, the first message on a connection."""
-    return pb.Envelope(hello=pb.Hello(protocol_version=PROTOCOL_VERSION, node_id=node_id, draft_model_ids=list(draft_model_ids), agent=agent))
+    return pb.Envelope(hello=pb.Hello(protocol_version=PROTOCOL_VERSION, node_id=node_id, draft_model_ids=list(draft_model_ids), agent=agent,
+                                      reads_batches=reads_batches))
 
 
-def hello_ack(node_id: str, target_model_id: str, vocab_size: int, limits: ServerLimits = ServerLimits()) -> pb.Envelope:
+def hello_ack(node_id: str, target_model_id: str, vocab_size: int, limits: ServerLimits = ServerLimits(), reads_batches: bool = False) -> pb.Envelope:
     """Verifier -> drafter, the answer to `hello`."""
-    ack = pb.HelloAck(protocol_version=PROTOCOL_VERSION, node_id=node_id, target_model_id=target_model_id, vocab_size=vocab_size, limits=limits.to_message())
+    ack = pb.HelloAck(protocol_version=PROTOCOL_VERSION, node_id=node_id, target_model_id=target_model_id, vocab_size=vocab_size, limits=limits.to_message(),
+                      reads_batches=reads_batches)
     return pb.Envelope(hello_ack=ack)
 
 

@@ -37,7 +37,9 @@ from edgespec.protocol import (
     TransportClosed,
     TransportServer,
     VerifierConnection,
+    batch_frames,
     serve,
+    unbatch,
 )
 from edgespec.protocol import edgespec_pb2 as pb
 from edgespec.protocol import messages as m
@@ -118,6 +120,7 @@ class _Peer:
     outbox: asyncio.Queue = field(default_factory=asyncio.Queue)
     token_limits: dict[int, int] = field(default_factory=dict)  # session id -> last position it may draft at + 1
     closed: bool = False
+    reads_batches: bool = False  # the drafter announced it reads Batch frames (Hello.reads_batches)
     bytes_counted: int = 0
     received_s: float = 0.0  # time.perf_counter() when the message being handled was received
 
@@ -253,16 +256,14 @@ class VerifierNode:
             while not peer.closed:
                 try:
                     envelope = await transport.recv()
-                    peer.received_s = time.perf_counter()
-                    self._count_bytes(peer)
-                    event = peer.conn.receive(envelope)
-                    if event is not None:
-                        self._on_event(peer, event)
-                except LocalProtocolError:  # this node tried to send something out of turn: a bug, not the peer's fault
-                    log.exception("verifier bug while serving %s", peer.node)
-                except ProtocolError as exc:  # bad input: answer on this connection, keep serving
+                except ProtocolError as exc:  # an undecodable frame: answer on this connection, keep serving
                     self._count_bytes(peer)
                     self._reply_error(peer, exc)
+                    continue
+                peer.received_s = time.perf_counter()
+                self._count_bytes(peer)
+                for item in unbatch(envelope):  # a Batch frame's messages, each as if it had come alone
+                    self._receive(peer, item)
         except TransportClosed:
             pass
         finally:
@@ -270,12 +271,33 @@ class VerifierNode:
             writer.cancel()
             await asyncio.gather(writer, return_exceptions=True)
 
+    def _receive(self, peer: _Peer, item) -> None:
+        """One received message (or the error that stands for a bad Batch item) through the state machine to its handler."""
+        try:
+            if isinstance(item, ProtocolError):
+                raise item
+            event = peer.conn.receive(item)
+            if event is not None:
+                self._on_event(peer, event)
+        except LocalProtocolError:  # this node tried to send something out of turn: a bug, not the peer's fault
+            log.exception("verifier bug while serving %s", peer.node)
+        except ProtocolError as exc:  # bad input: answer on this connection, keep serving
+            self._reply_error(peer, exc)
+
     async def _write(self, peer: _Peer) -> None:
-        """Send the peer's outbox in order; ends when the connection does."""
+        """Send the peer's outbox in order, what has queued up meanwhile in Batch frames where the peer reads them; ends with the connection."""
+        outbox, limit = peer.outbox, self.config.max_message_bytes
         try:
             while True:
-                envelope = await peer.outbox.get()
-                await peer.transport.send(envelope)
+                envelope = await outbox.get()
+                if not peer.reads_batches or outbox.empty():
+                    await peer.transport.send(envelope)
+                    continue
+                queued = [envelope]
+                while not outbox.empty():
+                    queued.append(outbox.get_nowait())
+                for frame in batch_frames(queued, max_message_bytes=limit):
+                    await peer.transport.send(frame)
         except TransportClosed:
             peer.closed = True
 
@@ -310,7 +332,8 @@ class VerifierNode:
         kind = event.kind
         if kind == "hello":
             peer.node = (event.message.node_id or peer.transport.peer)[:MAX_NODE_LABEL_CHARS]
-            self._post(peer, m.hello_ack(self.config.node_id, self.model_id, self.runner.vocab_size, self.limits))
+            peer.reads_batches = event.message.reads_batches
+            self._post(peer, m.hello_ack(self.config.node_id, self.model_id, self.runner.vocab_size, self.limits, reads_batches=True))
         elif kind in ("open_session", "resume"):
             self._open(peer, event)
         elif kind == "draft":
