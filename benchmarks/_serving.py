@@ -15,6 +15,7 @@ Nothing here changes edgespec modules; counting Draft bytes wraps `VerifierLink.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing as mp
 import os
 import resource
@@ -295,6 +296,26 @@ async def run_workload(engine, prompts: list, w: Workload) -> Measured:
     if thread0 is not None and thread1 is not None:
         m.draft_thread_cpu_s = thread1 - thread0
     return m
+
+
+@contextlib.asynccontextmanager
+async def edge_nodes(configs: dict, draft, prompts: list):
+    """Drafter nodes in this process by name (EdgeConfig each), connected and warmed up; stopped on exit."""
+    from edgespec.edge import EdgeNode
+
+    nodes = {}
+    try:
+        for name, config in configs.items():
+            node = EdgeNode(config, draft=draft)
+            await node.start()
+            nodes[name] = node
+            if not await node.wait_connected(30.0):
+                raise RuntimeError(f"drafter node {name!r} did not connect to its verifier")
+            await run_workload(node.engine, prompts, Workload(2, 0.0, 16))  # warm-up: threads, allocator, caches
+        yield nodes
+    finally:
+        for node in nodes.values():
+            await node.stop()
 
 
 def edge_config(address: str, **overrides):

@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from _serving import PROMPTS, VerifierProcess, Workload, edge_config, encode, load_draft, machine, pin, run_workload, split_cpus
+from _serving import PROMPTS, VerifierProcess, Workload, edge_config, edge_nodes, encode, load_draft, machine, pin, run_workload, split_cpus
 
 POLICIES = ("ad", "static", "adaptive")
 SESSIONS = (1, 2, 4, 8, 16, 24)
@@ -61,19 +61,10 @@ def _percentile_ms(values: list[float], q: float) -> Optional[float]:
 
 
 async def measure(args, draft, verifier: VerifierProcess) -> list[dict]:
-    from edgespec.edge import EdgeNode
-
     prompts = [encode(draft, p) for p in PROMPTS]
-    nodes = {}
+    configs = {policy: edge_config(verifier.address, node_id=f"edge-{policy}", **policy_settings(policy, args.gamma)) for policy in POLICIES}
     rows = []
-    try:
-        for policy in POLICIES:
-            node = EdgeNode(edge_config(verifier.address, node_id=f"edge-{policy}", **policy_settings(policy, args.gamma)), draft=draft)
-            await node.start()
-            nodes[policy] = node
-            if not await node.wait_connected(30.0):
-                raise RuntimeError(f"the {policy} drafter node did not connect to the verifier")
-            await run_workload(node.engine, prompts, Workload(2, 0.0, 16))  # warm-up: threads, allocator, caches
+    async with edge_nodes(configs, draft, prompts) as nodes:
         for s in args.sessions:
             for policy in POLICIES:
                 before = verifier.stats()
@@ -90,9 +81,6 @@ async def measure(args, draft, verifier: VerifierProcess) -> list[dict]:
                 rows.append(row)
                 print(f"  S={s:>2} {policy:>8}: {row['tokens_per_s']:7.1f} tok/s  mean γ {row['mean_gamma']:.2f}  "
                       f"p50 {row['p50_ms_per_token']:.1f} ms/token  batch {row['mean_batch_drafts']:.1f}", flush=True)
-    finally:
-        for node in nodes.values():
-            await node.stop()
     for row in rows:
         ad = next(r for r in rows if r["sessions"] == row["sessions"] and r["policy"] == "ad")
         row["ratio_to_ad"] = row["tokens_per_s"] / ad["tokens_per_s"] if ad["tokens_per_s"] else None
