@@ -44,6 +44,10 @@ def edge_command(
         False, "--load-aware/--no-load-aware", help="Put the chosen policy behind the speculation gate (γ = 0 where speculating loses); adaptive always is."
     ),
     pipeline: bool = typer.Option(False, "--pipeline/--no-pipeline", help="Pipelined drafting: draft the next block while this one is verified."),
+    pipeline_min_hit_rate: float = typer.Option(
+        0.5, "--pipeline-min-hit-rate", min=0.0, max=1.0,
+        help="With --pipeline, a session drafts speculatively while the draft model has other sessions' blocks to draft only at this hit rate (0: always).",
+    ),
     auth_token_file: Optional[Path] = typer.Option(None, "--auth-token-file", help="File holding the verifiers' bearer token."),
     tls_ca_file: Optional[Path] = typer.Option(
         None, "--tls-ca-file", exists=True, dir_okay=False, help="PEM CA certificate(s) to trust for wss:// verifiers (default: the system's trust store)."
@@ -60,6 +64,7 @@ def edge_command(
         config = EdgeConfig(
             verifiers=parse_verifiers(verifier), draft_dir=draft, http_host=http_host, http_port=http_port, q_mode=q_mode,
             top_k=top_k, gamma_policy=gamma_policy, gamma=gamma, max_gamma=max_gamma, load_aware=load_aware, pipeline=pipeline,
+            pipeline_min_hit_rate=pipeline_min_hit_rate,
             auth_token=_read_token(auth_token_file), tls_ca_file=tls_ca_file, node_id=node_id, seed=seed,
         )
         config.engine_config()

@@ -37,6 +37,7 @@ from edgespec.edge.policies import make_gamma_policy
 from edgespec.edge.text import TextAssembler
 from edgespec.models.runtime import CausalLM
 from edgespec.policy.gamma import RoundObservation
+from edgespec.policy.pipelining import PipelineGate
 from edgespec.protocol import Q_MODES, ErrorCode, Sampling
 from edgespec.protocol import edgespec_pb2 as pb
 from edgespec.protocol.messages import verifier_hints
@@ -74,6 +75,7 @@ class EngineConfig:
     max_gamma: int = 16
     confidence_threshold: float = 0.3  # SLED's c_th for the "confidence" policy
     pipeline: bool = False
+    pipeline_min_hit_rate: float = 0.5  # a session speculates while the draft pass has other work only at this hit rate (0: always)
     seed: int = 0  # the draft sampler's generator (drafts only; the verifier's randomness decides the output)
     max_draft_rejections: int = 2  # consecutive rejected drafts of a session before it falls back to γ = 0
 
@@ -86,6 +88,8 @@ class EngineConfig:
             raise ValueError(f"max_gamma must be in [0, {MAX_GAMMA}], got {self.max_gamma}")
         if self.probe_every < 0:
             raise ValueError(f"probe_every must be >= 0, got {self.probe_every}")
+        if not 0.0 <= self.pipeline_min_hit_rate <= 1.0:
+            raise ValueError(f"pipeline_min_hit_rate must be in [0, 1], got {self.pipeline_min_hit_rate}")
         make_gamma_policy(self.gamma_policy, self.gamma, self.max_gamma, self.confidence_threshold)  # validates
 
 
@@ -207,6 +211,7 @@ class _Session:
     drafting: bool = False
     done: bool = False
     rejections_in_row: int = 0
+    pipeline_gate: PipelineGate = field(default_factory=PipelineGate)
 
     @property
     def transcript(self) -> list[int]:
@@ -348,7 +353,8 @@ class DraftEngine:
         cfg = self.config
         policy = make_gamma_policy(cfg.gamma_policy, cfg.gamma, cfg.max_gamma, cfg.confidence_threshold, node_state=self._policy_state,
                                    load_aware=cfg.load_aware, probe_every=cfg.probe_every)
-        session = _Session(key, request, remote, policy, TextAssembler(self.draft.detokenize, request.stop), asyncio.Queue(), time.perf_counter())
+        session = _Session(key, request, remote, policy, TextAssembler(self.draft.detokenize, request.stop), asyncio.Queue(), time.perf_counter(),
+                           pipeline_gate=PipelineGate(min_hit_rate=cfg.pipeline_min_hit_rate))
         self._sessions[key] = session
         self.pool.open(remote)
         self._wake.set()
@@ -378,6 +384,7 @@ class DraftEngine:
         loop = asyncio.get_running_loop()
         while True:
             await self._wake.wait()
+            await asyncio.sleep(0)  # first send what the last pass drafted and read the verdicts that came meanwhile
             self._wake.clear()
             jobs = self._plan()
             releases, self._releases = self._releases, []
@@ -420,7 +427,8 @@ class DraftEngine:
         return min(k, limits.max_top_k) if limits is not None and limits.max_top_k else k
 
     def _plan(self) -> list[_Job]:
-        jobs = []
+        """Jobs for this pass: a fresh block for every session that needs one, then (pipelining) speculative blocks its gate allows."""
+        jobs, waiting = [], []
         for s in self._sessions.values():
             if s.done or s.drafting:
                 continue
@@ -432,12 +440,17 @@ class DraftEngine:
                 gamma = self._gamma(s, len(transcript))
                 jobs.append(_Job(s, list(transcript), len(transcript), (), gamma, self._top_k(s)))
             elif self.config.pipeline and s.prepared is None and s.spec_for is not s.inflight:
-                block = s.inflight
-                s.spec_for = block
-                gamma = self._gamma(s, len(transcript) + block.gamma + 1)
-                if gamma >= 1:
-                    tokens = block.drafted.tokens
-                    jobs.append(_Job(s, list(transcript) + list(tokens), len(transcript), tuple(tokens), gamma, self._top_k(s), speculative=True))
+                waiting.append(s)
+        busy = any(job.gamma > 0 for job in jobs)  # the pass drafts for other sessions anyway: speculation takes their compute
+        for s in waiting:
+            block = s.inflight
+            s.spec_for = block
+            if not s.pipeline_gate.allow(busy):
+                continue
+            gamma = self._gamma(s, len(s.transcript) + block.gamma + 1)
+            if gamma >= 1:
+                tokens = block.drafted.tokens
+                jobs.append(_Job(s, list(s.transcript) + list(tokens), len(s.transcript), tuple(tokens), gamma, self._top_k(s), speculative=True))
         return jobs
 
     def _draft(self, jobs: list[_Job], releases: list[int]) -> list[tuple[DraftedBlock, Optional[int]]]:
@@ -506,6 +519,7 @@ class DraftEngine:
         if not block.valid_for(s.transcript):
             if block.assumed:
                 s.stats.pipeline_misses += 1
+                s.pipeline_gate.observe(False)
             s.prepared = None
             self._wake.set()
             return False
@@ -522,6 +536,7 @@ class DraftEngine:
             return False
         if block.assumed:
             s.stats.pipeline_hits += 1
+            s.pipeline_gate.observe(True)
             self.stats.pipeline_hits += 1
         s.prepared, s.inflight = None, block
         return True

@@ -52,6 +52,7 @@ class EdgeConfig:
     load_aware: bool = False  # put a policy other than "adaptive" behind the speculation gate too
     probe_every: int = 0
     pipeline: bool = False
+    pipeline_min_hit_rate: float = 0.5
     auth_token: Optional[str] = None
     tls_ca_file: Optional[Path] = None  # CA trusted for wss:// verifiers (None: the system's trust store)
     node_id: str = "edge"
@@ -72,6 +73,7 @@ class EdgeConfig:
     def engine_config(self) -> EngineConfig:
         return EngineConfig(q_mode=self.q_mode, top_k=self.top_k, gamma_policy=self.gamma_policy, gamma=self.gamma,
                             max_gamma=self.max_gamma, load_aware=self.load_aware, probe_every=self.probe_every, pipeline=self.pipeline,
+                            pipeline_min_hit_rate=self.pipeline_min_hit_rate,
                             seed=self.seed)
 
     def client_config(self, draft_model_id: str) -> ClientConfig:

@@ -476,6 +476,7 @@ class VerifierNode:
             batch, wake_at = self.scheduler.next_batch(now, self.active_sessions)
             if batch:
                 await self._run_batch(batch)
+                await asyncio.sleep(0)  # let the writers send these verdicts before the next forward takes the core
                 continue
             if self.runner.needs_reclaim:
                 await asyncio.to_thread(self.runner.reclaim)
