@@ -105,16 +105,28 @@ def demo(
     gamma: int = typer.Option(4, "--gamma", min=1, max=32, help="Draft length per round (--in-process)."),
     max_tokens: int = typer.Option(0, "--max-tokens", min=0, help="New tokens per request (default 32 distributed, 64 in-process)."),
     prompts: int = typer.Option(4, "--prompts", min=1, max=8, help="Prompts per drafter node (distributed; each sent greedy and sampled)."),
+    loads: str = typer.Option("1,8,24", "--loads", help="Concurrent sessions at each load of the sweep (distributed), e.g. 1,8,24."),
+    duration_s: float = typer.Option(4.0, "--duration-s", min=0.0, help="Closed-loop time per load and node in the sweep (distributed)."),
     json_out: bool = typer.Option(False, "--json", help="End with one JSON summary line (distributed)."),
 ) -> None:
-    """Serve the bundled pair over loopback: a verifier node, heterogeneous drafter nodes, live figures, and AD for comparison."""
+    """Serve the bundled pair over loopback: a verifier node and drafter nodes, losslessness, then SD vs AD as the load grows."""
     if in_process:
         _demo_in_process(gamma, max_tokens or 64)
     else:
-        _demo_distributed(max_tokens or 32, prompts, json_out)
+        _demo_distributed(max_tokens or 32, prompts, _positive_ints(loads, "--loads"), duration_s, json_out)
 
 
-def _demo_distributed(max_tokens: int, prompts: int, json_out: bool) -> None:
+def _positive_ints(text: str, option: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        values = ()
+    if not values or min(values) < 1:
+        raise typer.BadParameter(f"expected comma-separated whole numbers >= 1, got {text!r}", param_hint=option)
+    return values
+
+
+def _demo_distributed(max_tokens: int, prompts: int, loads: tuple[int, ...], duration_s: float, json_out: bool) -> None:
     import json
 
     from edgespec.bench.sd_vs_ad import PROMPTS
@@ -122,7 +134,7 @@ def _demo_distributed(max_tokens: int, prompts: int, json_out: bool) -> None:
     from edgespec.demo.run import DemoConfig, run_demo
 
     console = _console()
-    cfg = DemoConfig(prompts=PROMPTS[:prompts], max_tokens=max_tokens)
+    cfg = DemoConfig(prompts=PROMPTS[:prompts], max_tokens=max_tokens, loads=loads, duration_s=duration_s)
     try:
         report = run_demo(cfg, console, lambda msg: console.print(f"[dim]· {msg}[/dim]"))
     except NodeStartError as exc:
