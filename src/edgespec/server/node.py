@@ -532,7 +532,7 @@ class VerifierNode:
     def _timing(self, peer: _Peer, q: QueuedDraft, forward_s: float, busy_wait: float) -> pb.RoundTiming:
         """The verdict's RoundTiming; observes the verifier-side overhead (server − forward − busy wait) of the round."""
         server_s = time.perf_counter() - q.received_s
-        self.metrics.round_overhead_seconds.labels(peer.node).observe(max(0.0, server_s - forward_s - busy_wait))
+        self.metrics.observe_round_overhead(peer.node, max(0.0, server_s - forward_s - busy_wait))
         return m.round_timing(server_s, forward_s, busy_wait)
 
 
