@@ -314,6 +314,7 @@ class DraftEngine:
         self._gen = torch.Generator().manual_seed(config.seed)
         self._sessions: dict[int, _Session] = {}
         self._policy_state: dict = {}  # what this node's sessions' γ policies pool (AWC: acceptance, wire floor, shared γ)
+        self._observed: list[tuple[object, RoundObservation]] = []  # verdicts' observations, fed to the policies at the next plan
         self._keys = itertools.count(1)
         self._releases: list[int] = []
         self._wake: Optional[asyncio.Event] = None
@@ -428,6 +429,9 @@ class DraftEngine:
 
     def _plan(self) -> list[_Job]:
         """Jobs for this pass: a fresh block for every session that needs one, then (pipelining) speculative blocks its gate allows."""
+        observed, self._observed = self._observed, []
+        for policy, obs in observed:  # the verdicts' lessons, before any γ is chosen (one node-wide γ update for all of them)
+            policy.observe(obs)
         jobs, waiting = [], []
         for s in self._sessions.values():
             if s.done or s.drafting:
@@ -613,7 +617,7 @@ class DraftEngine:
             stats.accepted_tokens += n
         s.rejections_in_row = 0
         load = verifier_hints(verdict.load) if verdict.HasField("load") else None
-        s.policy.observe(RoundObservation(
+        self._observed.append((s.policy, RoundObservation(  # the policy learns at the next plan, off the verdict path
             drafted=block.gamma,
             accepted=n,
             now_s=time.monotonic(),
@@ -625,7 +629,7 @@ class DraftEngine:
             forward_s=timing.forward_us / 1e6 if timing is not None else None,
             busy_wait_s=timing.busy_wait_us / 1e6 if timing is not None else None,
             hints=load,
-        ))
+        )))
         self._emit(s, list(block.drafted.tokens[:n]) + [int(verdict.next_token_id)])
         if timing is not None:
             self._record_overhead(time.perf_counter() - block.sent_at, timing)
