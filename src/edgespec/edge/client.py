@@ -27,6 +27,7 @@ from typing import Optional, Protocol, Union
 from edgespec.edge.drafting import DraftedBlock
 from edgespec.edge.routing import VerifierLoad, choose_shortest_queue
 from edgespec.protocol import (
+    FEATURE_COUPLED_SAMPLING,
     DrafterConnection,
     ErrorCode,
     ErrorEffect,
@@ -153,6 +154,10 @@ class VerifierLink:
     @property
     def limits(self) -> Optional[ServerLimits]:
         return self.conn.limits if self.conn is not None else None
+
+    def can_serve(self, session: RemoteSession) -> bool:
+        """False for a seeded (coupled) session when this verifier's HelloAck does not announce coupled sampling."""
+        return not session.sampling.coupled or (self.hello_ack is not None and FEATURE_COUPLED_SAMPLING in self.hello_ack.features)
 
     def send(self, envelope: pb.Envelope) -> None:
         """Apply `envelope` to the state machine and queue it (raises `LocalProtocolError` on a caller bug)."""
@@ -410,7 +415,11 @@ class VerifierPool:
             if now - p.pending_since > self.config.unavailable_timeout_s:
                 self._fail(p, VerifierUnavailable(f"no verifier took the session within {self.config.unavailable_timeout_s:g} s (verifiers: {', '.join(self.config.verifiers)})"))
                 continue
-            candidates = [link for link in links if link.busy_until <= now]
+            able = [link for link in links if link.can_serve(p.session)]
+            if not able and len(links) == len(self.links):
+                self._fail(p, VerifierUnavailable(f"seeded sampling ('seed') needs a verifier that announces {FEATURE_COUPLED_SAMPLING!r}; none of {', '.join(self.config.verifiers)} does (upgrade them)"))
+                continue
+            candidates = [link for link in able if link.busy_until <= now]
             if p.not_before > now or not candidates:
                 continue
             link = candidates[choose_shortest_queue([c.load for c in candidates])]

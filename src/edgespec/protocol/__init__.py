@@ -15,7 +15,7 @@ from edgespec.protocol import messages
 from edgespec.protocol.codec import DEFAULT_MAX_MESSAGE_BYTES, PROTOCOL_VERSION, decode, encode, message_kind, session_id_of
 from edgespec.protocol.drafts import Q_MODES, DraftBlock, pack_draft, pack_full_q, pack_q, pack_topk_q, quantize_fp16, unpack_draft
 from edgespec.protocol.errors import ErrorCode, ErrorEffect, LocalProtocolError, ProtocolError
-from edgespec.protocol.messages import Sampling, ServerLimits
+from edgespec.protocol.messages import FEATURE_COUPLED_SAMPLING, Sampling, ServerLimits
 from edgespec.protocol.session import (
     MAX_OUTSTANDING_DRAFTS,
     DrafterConnection,
@@ -48,6 +48,7 @@ __all__ = [
     "ErrorEffect",
     "ProtocolError",
     "LocalProtocolError",
+    "FEATURE_COUPLED_SAMPLING",
     "Sampling",
     "ServerLimits",
     "MAX_OUTSTANDING_DRAFTS",

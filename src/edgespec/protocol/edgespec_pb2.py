@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n edgespec/protocol/edgespec.proto\x12\x0b\x65\x64gespec.v1\"\x89\x03\n\x08\x45nvelope\x12#\n\x05hello\x18\x01 \x01(\x0b\x32\x12.edgespec.v1.HelloH\x00\x12*\n\thello_ack\x18\x02 \x01(\x0b\x32\x15.edgespec.v1.HelloAckH\x00\x12\x30\n\x0copen_session\x18\x03 \x01(\x0b\x32\x18.edgespec.v1.OpenSessionH\x00\x12\x34\n\x0esession_opened\x18\x04 \x01(\x0b\x32\x1a.edgespec.v1.SessionOpenedH\x00\x12#\n\x05\x64raft\x18\x05 \x01(\x0b\x32\x12.edgespec.v1.DraftH\x00\x12\'\n\x07verdict\x18\x06 \x01(\x0b\x32\x14.edgespec.v1.VerdictH\x00\x12#\n\x05\x63lose\x18\x07 \x01(\x0b\x32\x12.edgespec.v1.CloseH\x00\x12#\n\x05\x65rror\x18\x08 \x01(\x0b\x32\x12.edgespec.v1.ErrorH\x00\x12%\n\x06resume\x18\t \x01(\x0b\x32\x13.edgespec.v1.ResumeH\x00\x42\x05\n\x03msg\"Z\n\x05Hello\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x17\n\x0f\x64raft_model_ids\x18\x03 \x03(\t\x12\r\n\x05\x61gent\x18\x04 \x01(\t\"_\n\x06Limits\x12\x11\n\tmax_gamma\x18\x01 \x01(\r\x12\x11\n\tmax_top_k\x18\x02 \x01(\r\x12\x19\n\x11max_message_bytes\x18\x03 \x01(\x04\x12\x14\n\x0cmax_sessions\x18\x04 \x01(\r\"\x87\x01\n\x08HelloAck\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x17\n\x0ftarget_model_id\x18\x03 \x01(\t\x12\x12\n\nvocab_size\x18\x04 \x01(\r\x12#\n\x06limits\x18\x05 \x01(\x0b\x32\x13.edgespec.v1.Limits\"Y\n\x08Sampling\x12\x13\n\x0btemperature\x18\x01 \x01(\x02\x12\r\n\x05top_k\x18\x02 \x01(\r\x12\r\n\x05top_p\x18\x03 \x01(\x02\x12\x11\n\x04seed\x18\x04 \x01(\x04H\x00\x88\x01\x01\x42\x07\n\x05_seed\"\xae\x01\n\x0bOpenSession\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x12\n\nsession_id\x18\x02 \x01(\x04\x12\x18\n\x10prompt_token_ids\x18\x03 \x03(\r\x12\'\n\x08sampling\x18\x04 \x01(\x0b\x32\x15.edgespec.v1.Sampling\x12\x16\n\x0e\x64raft_model_id\x18\x05 \x01(\t\x12\x16\n\x0emax_new_tokens\x18\x06 \x01(\r\"\xc8\x01\n\x06Resume\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x12\n\nsession_id\x18\x02 \x01(\x04\x12\x1c\n\x14transcript_token_ids\x18\x03 \x03(\r\x12\x19\n\x11num_prompt_tokens\x18\x04 \x01(\r\x12\'\n\x08sampling\x18\x05 \x01(\x0b\x32\x15.edgespec.v1.Sampling\x12\x16\n\x0e\x64raft_model_id\x18\x06 \x01(\t\x12\x16\n\x0emax_new_tokens\x18\x07 \x01(\r\"L\n\tLoadHints\x12\x13\n\x0bqueue_depth\x18\x01 \x01(\r\x12\x17\n\x0f\x61\x63tive_sessions\x18\x02 \x01(\r\x12\x11\n\tverify_ms\x18\x03 \x01(\x02\"[\n\rSessionOpened\x12\x12\n\nsession_id\x18\x01 \x01(\x04\x12\x10\n\x08position\x18\x02 \x01(\r\x12$\n\x04load\x18\x03 \x01(\x0b\x32\x16.edgespec.v1.LoadHints\"/\n\x05\x46ullQ\x12\x12\n\nvocab_size\x18\x01 \x01(\r\x12\x12\n\nprobs_fp16\x18\x02 \x01(\x0c\"3\n\x05TopKQ\x12\t\n\x01k\x18\x01 \x01(\r\x12\x0b\n\x03ids\x18\x02 \x03(\r\x12\x12\n\nprobs_fp16\x18\x03 \x01(\x0c\"\r\n\x0bTokensOnlyQ\"\xbf\x01\n\x05\x44raft\x12\x12\n\nsession_id\x18\x01 \x01(\x04\x12\x10\n\x08position\x18\x02 \x01(\r\x12\x11\n\ttoken_ids\x18\x03 \x03(\r\x12\"\n\x04\x66ull\x18\x04 \x01(\x0b\x32\x12.edgespec.v1.FullQH\x00\x12#\n\x05top_k\x18\x05 \x01(\x0b\x32\x12.edgespec.v1.TopKQH\x00\x12/\n\x0btokens_only\x18\x06 \x01(\x0b\x32\x18.edgespec.v1.TokensOnlyQH\x00\x42\x03\n\x01q\"\xba\x01\n\x07Verdict\x12\x12\n\nsession_id\x18\x01 \x01(\x04\x12\x10\n\x08position\x18\x02 \x01(\r\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x03 \x01(\r\x12\x15\n\rnext_token_id\x18\x04 \x01(\r\x12\x10\n\x08is_bonus\x18\x05 \x01(\x08\x12$\n\x04load\x18\x06 \x01(\x0b\x32\x16.edgespec.v1.LoadHints\x12(\n\x06timing\x18\x07 \x01(\x0b\x32\x18.edgespec.v1.RoundTiming\"J\n\x0bRoundTiming\x12\x11\n\tserver_us\x18\x01 \x01(\r\x12\x12\n\nforward_us\x18\x02 \x01(\r\x12\x14\n\x0c\x62usy_wait_us\x18\x03 \x01(\r\"\x1b\n\x05\x43lose\x12\x12\n\nsession_id\x18\x01 \x01(\x04\"\x91\x03\n\x05\x45rror\x12%\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x17.edgespec.v1.Error.Code\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x17\n\nsession_id\x18\x03 \x01(\x04H\x00\x88\x01\x01\x12)\n\x06\x65\x66\x66\x65\x63t\x18\x04 \x01(\x0e\x32\x19.edgespec.v1.Error.Effect\x12\x16\n\x0eretry_after_ms\x18\x05 \x01(\r\x12\r\n\x05\x66ield\x18\x06 \x01(\t\"\x99\x01\n\x04\x43ode\x12\x0f\n\x0bUNSPECIFIED\x10\x00\x12\x0f\n\x0b\x42\x41\x44_MESSAGE\x10\x01\x12\x0b\n\x07VERSION\x10\x02\x12\x13\n\x0fUNKNOWN_SESSION\x10\x03\x12\x10\n\x0c\x42\x41\x44_POSITION\x10\x04\x12\r\n\tBAD_DRAFT\x10\x05\x12\n\n\x06LIMITS\x10\x06\x12\x08\n\x04\x42USY\x10\x07\x12\x08\n\x04\x41UTH\x10\x08\x12\x0c\n\x08INTERNAL\x10\t\":\n\x06\x45\x66\x66\x65\x63t\x12\x08\n\x04NONE\x10\x00\x12\x12\n\x0e\x44RAFT_REJECTED\x10\x01\x12\x12\n\x0eSESSION_CLOSED\x10\x02\x42\r\n\x0b_session_id*Q\n\x0fProtocolVersion\x12 \n\x1cPROTOCOL_VERSION_UNSPECIFIED\x10\x00\x12\x1c\n\x18PROTOCOL_VERSION_CURRENT\x10\x01\x42\x1c\n\x18\x64\x65v.edgespec.protocol.v1P\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n edgespec/protocol/edgespec.proto\x12\x0b\x65\x64gespec.v1\"\x89\x03\n\x08\x45nvelope\x12#\n\x05hello\x18\x01 \x01(\x0b\x32\x12.edgespec.v1.HelloH\x00\x12*\n\thello_ack\x18\x02 \x01(\x0b\x32\x15.edgespec.v1.HelloAckH\x00\x12\x30\n\x0copen_session\x18\x03 \x01(\x0b\x32\x18.edgespec.v1.OpenSessionH\x00\x12\x34\n\x0esession_opened\x18\x04 \x01(\x0b\x32\x1a.edgespec.v1.SessionOpenedH\x00\x12#\n\x05\x64raft\x18\x05 \x01(\x0b\x32\x12.edgespec.v1.DraftH\x00\x12\'\n\x07verdict\x18\x06 \x01(\x0b\x32\x14.edgespec.v1.VerdictH\x00\x12#\n\x05\x63lose\x18\x07 \x01(\x0b\x32\x12.edgespec.v1.CloseH\x00\x12#\n\x05\x65rror\x18\x08 \x01(\x0b\x32\x12.edgespec.v1.ErrorH\x00\x12%\n\x06resume\x18\t \x01(\x0b\x32\x13.edgespec.v1.ResumeH\x00\x42\x05\n\x03msg\"Z\n\x05Hello\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x17\n\x0f\x64raft_model_ids\x18\x03 \x03(\t\x12\r\n\x05\x61gent\x18\x04 \x01(\t\"_\n\x06Limits\x12\x11\n\tmax_gamma\x18\x01 \x01(\r\x12\x11\n\tmax_top_k\x18\x02 \x01(\r\x12\x19\n\x11max_message_bytes\x18\x03 \x01(\x04\x12\x14\n\x0cmax_sessions\x18\x04 \x01(\r\"\x99\x01\n\x08HelloAck\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x17\n\x0ftarget_model_id\x18\x03 \x01(\t\x12\x12\n\nvocab_size\x18\x04 \x01(\r\x12#\n\x06limits\x18\x05 \x01(\x0b\x32\x13.edgespec.v1.Limits\x12\x10\n\x08\x66\x65\x61tures\x18\x06 \x03(\t\"j\n\x08Sampling\x12\x13\n\x0btemperature\x18\x01 \x01(\x02\x12\r\n\x05top_k\x18\x02 \x01(\r\x12\r\n\x05top_p\x18\x03 \x01(\x02\x12\x11\n\x04seed\x18\x04 \x01(\x04H\x00\x88\x01\x01\x12\x0f\n\x07\x63oupled\x18\x05 \x01(\x08\x42\x07\n\x05_seed\"\xae\x01\n\x0bOpenSession\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x12\n\nsession_id\x18\x02 \x01(\x04\x12\x18\n\x10prompt_token_ids\x18\x03 \x03(\r\x12\'\n\x08sampling\x18\x04 \x01(\x0b\x32\x15.edgespec.v1.Sampling\x12\x16\n\x0e\x64raft_model_id\x18\x05 \x01(\t\x12\x16\n\x0emax_new_tokens\x18\x06 \x01(\r\"\xc8\x01\n\x06Resume\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x12\n\nsession_id\x18\x02 \x01(\x04\x12\x1c\n\x14transcript_token_ids\x18\x03 \x03(\r\x12\x19\n\x11num_prompt_tokens\x18\x04 \x01(\r\x12\'\n\x08sampling\x18\x05 \x01(\x0b\x32\x15.edgespec.v1.Sampling\x12\x16\n\x0e\x64raft_model_id\x18\x06 \x01(\t\x12\x16\n\x0emax_new_tokens\x18\x07 \x01(\r\"L\n\tLoadHints\x12\x13\n\x0bqueue_depth\x18\x01 \x01(\r\x12\x17\n\x0f\x61\x63tive_sessions\x18\x02 \x01(\r\x12\x11\n\tverify_ms\x18\x03 \x01(\x02\"[\n\rSessionOpened\x12\x12\n\nsession_id\x18\x01 \x01(\x04\x12\x10\n\x08position\x18\x02 \x01(\r\x12$\n\x04load\x18\x03 \x01(\x0b\x32\x16.edgespec.v1.LoadHints\"/\n\x05\x46ullQ\x12\x12\n\nvocab_size\x18\x01 \x01(\r\x12\x12\n\nprobs_fp16\x18\x02 \x01(\x0c\"3\n\x05TopKQ\x12\t\n\x01k\x18\x01 \x01(\r\x12\x0b\n\x03ids\x18\x02 \x03(\r\x12\x12\n\nprobs_fp16\x18\x03 \x01(\x0c\"\r\n\x0bTokensOnlyQ\"\xbf\x01\n\x05\x44raft\x12\x12\n\nsession_id\x18\x01 \x01(\x04\x12\x10\n\x08position\x18\x02 \x01(\r\x12\x11\n\ttoken_ids\x18\x03 \x03(\r\x12\"\n\x04\x66ull\x18\x04 \x01(\x0b\x32\x12.edgespec.v1.FullQH\x00\x12#\n\x05top_k\x18\x05 \x01(\x0b\x32\x12.edgespec.v1.TopKQH\x00\x12/\n\x0btokens_only\x18\x06 \x01(\x0b\x32\x18.edgespec.v1.TokensOnlyQH\x00\x42\x03\n\x01q\"\xba\x01\n\x07Verdict\x12\x12\n\nsession_id\x18\x01 \x01(\x04\x12\x10\n\x08position\x18\x02 \x01(\r\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x03 \x01(\r\x12\x15\n\rnext_token_id\x18\x04 \x01(\r\x12\x10\n\x08is_bonus\x18\x05 \x01(\x08\x12$\n\x04load\x18\x06 \x01(\x0b\x32\x16.edgespec.v1.LoadHints\x12(\n\x06timing\x18\x07 \x01(\x0b\x32\x18.edgespec.v1.RoundTiming\"J\n\x0bRoundTiming\x12\x11\n\tserver_us\x18\x01 \x01(\r\x12\x12\n\nforward_us\x18\x02 \x01(\r\x12\x14\n\x0c\x62usy_wait_us\x18\x03 \x01(\r\"\x1b\n\x05\x43lose\x12\x12\n\nsession_id\x18\x01 \x01(\x04\"\x91\x03\n\x05\x45rror\x12%\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x17.edgespec.v1.Error.Code\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x17\n\nsession_id\x18\x03 \x01(\x04H\x00\x88\x01\x01\x12)\n\x06\x65\x66\x66\x65\x63t\x18\x04 \x01(\x0e\x32\x19.edgespec.v1.Error.Effect\x12\x16\n\x0eretry_after_ms\x18\x05 \x01(\r\x12\r\n\x05\x66ield\x18\x06 \x01(\t\"\x99\x01\n\x04\x43ode\x12\x0f\n\x0bUNSPECIFIED\x10\x00\x12\x0f\n\x0b\x42\x41\x44_MESSAGE\x10\x01\x12\x0b\n\x07VERSION\x10\x02\x12\x13\n\x0fUNKNOWN_SESSION\x10\x03\x12\x10\n\x0c\x42\x41\x44_POSITION\x10\x04\x12\r\n\tBAD_DRAFT\x10\x05\x12\n\n\x06LIMITS\x10\x06\x12\x08\n\x04\x42USY\x10\x07\x12\x08\n\x04\x41UTH\x10\x08\x12\x0c\n\x08INTERNAL\x10\t\":\n\x06\x45\x66\x66\x65\x63t\x12\x08\n\x04NONE\x10\x00\x12\x12\n\x0e\x44RAFT_REJECTED\x10\x01\x12\x12\n\x0eSESSION_CLOSED\x10\x02\x42\r\n\x0b_session_id*Q\n\x0fProtocolVersion\x12 \n\x1cPROTOCOL_VERSION_UNSPECIFIED\x10\x00\x12\x1c\n\x18PROTOCOL_VERSION_CURRENT\x10\x01\x42\x1c\n\x18\x64\x65v.edgespec.protocol.v1P\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,8 +32,8 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'edgespec.protocol.edgespec_
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\030dev.edgespec.protocol.v1P\001'
-  _globals['_PROTOCOLVERSION']._serialized_start=2423
-  _globals['_PROTOCOLVERSION']._serialized_end=2504
+  _globals['_PROTOCOLVERSION']._serialized_start=2458
+  _globals['_PROTOCOLVERSION']._serialized_end=2539
   _globals['_ENVELOPE']._serialized_start=50
   _globals['_ENVELOPE']._serialized_end=443
   _globals['_HELLO']._serialized_start=445
@@ -41,35 +41,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LIMITS']._serialized_start=537
   _globals['_LIMITS']._serialized_end=632
   _globals['_HELLOACK']._serialized_start=635
-  _globals['_HELLOACK']._serialized_end=770
-  _globals['_SAMPLING']._serialized_start=772
-  _globals['_SAMPLING']._serialized_end=861
-  _globals['_OPENSESSION']._serialized_start=864
-  _globals['_OPENSESSION']._serialized_end=1038
-  _globals['_RESUME']._serialized_start=1041
-  _globals['_RESUME']._serialized_end=1241
-  _globals['_LOADHINTS']._serialized_start=1243
-  _globals['_LOADHINTS']._serialized_end=1319
-  _globals['_SESSIONOPENED']._serialized_start=1321
-  _globals['_SESSIONOPENED']._serialized_end=1412
-  _globals['_FULLQ']._serialized_start=1414
-  _globals['_FULLQ']._serialized_end=1461
-  _globals['_TOPKQ']._serialized_start=1463
-  _globals['_TOPKQ']._serialized_end=1514
-  _globals['_TOKENSONLYQ']._serialized_start=1516
-  _globals['_TOKENSONLYQ']._serialized_end=1529
-  _globals['_DRAFT']._serialized_start=1532
-  _globals['_DRAFT']._serialized_end=1723
-  _globals['_VERDICT']._serialized_start=1726
-  _globals['_VERDICT']._serialized_end=1912
-  _globals['_ROUNDTIMING']._serialized_start=1914
-  _globals['_ROUNDTIMING']._serialized_end=1988
-  _globals['_CLOSE']._serialized_start=1990
-  _globals['_CLOSE']._serialized_end=2017
-  _globals['_ERROR']._serialized_start=2020
-  _globals['_ERROR']._serialized_end=2421
-  _globals['_ERROR_CODE']._serialized_start=2193
-  _globals['_ERROR_CODE']._serialized_end=2346
-  _globals['_ERROR_EFFECT']._serialized_start=2348
-  _globals['_ERROR_EFFECT']._serialized_end=2406
+  _globals['_HELLOACK']._serialized_end=788
+  _globals['_SAMPLING']._serialized_start=790
+  _globals['_SAMPLING']._serialized_end=896
+  _globals['_OPENSESSION']._serialized_start=899
+  _globals['_OPENSESSION']._serialized_end=1073
+  _globals['_RESUME']._serialized_start=1076
+  _globals['_RESUME']._serialized_end=1276
+  _globals['_LOADHINTS']._serialized_start=1278
+  _globals['_LOADHINTS']._serialized_end=1354
+  _globals['_SESSIONOPENED']._serialized_start=1356
+  _globals['_SESSIONOPENED']._serialized_end=1447
+  _globals['_FULLQ']._serialized_start=1449
+  _globals['_FULLQ']._serialized_end=1496
+  _globals['_TOPKQ']._serialized_start=1498
+  _globals['_TOPKQ']._serialized_end=1549
+  _globals['_TOKENSONLYQ']._serialized_start=1551
+  _globals['_TOKENSONLYQ']._serialized_end=1564
+  _globals['_DRAFT']._serialized_start=1567
+  _globals['_DRAFT']._serialized_end=1758
+  _globals['_VERDICT']._serialized_start=1761
+  _globals['_VERDICT']._serialized_end=1947
+  _globals['_ROUNDTIMING']._serialized_start=1949
+  _globals['_ROUNDTIMING']._serialized_end=2023
+  _globals['_CLOSE']._serialized_start=2025
+  _globals['_CLOSE']._serialized_end=2052
+  _globals['_ERROR']._serialized_start=2055
+  _globals['_ERROR']._serialized_end=2456
+  _globals['_ERROR_CODE']._serialized_start=2228
+  _globals['_ERROR_CODE']._serialized_end=2381
+  _globals['_ERROR_EFFECT']._serialized_start=2383
+  _globals['_ERROR_EFFECT']._serialized_end=2441
 # @@protoc_insertion_point(module_scope)

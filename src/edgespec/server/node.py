@@ -25,6 +25,7 @@ from typing import Iterable, Optional
 
 from edgespec.protocol import (
     DEFAULT_MAX_MESSAGE_BYTES,
+    FEATURE_COUPLED_SAMPLING,
     ErrorCode,
     ErrorEffect,
     Event,
@@ -298,7 +299,7 @@ class VerifierNode:
         kind = event.kind
         if kind == "hello":
             peer.node = (event.message.node_id or peer.transport.peer)[:MAX_NODE_LABEL_CHARS]
-            self._post(peer, m.hello_ack(self.config.node_id, self.model_id, self.runner.vocab_size, self.limits))
+            self._post(peer, m.hello_ack(self.config.node_id, self.model_id, self.runner.vocab_size, self.limits, features=[FEATURE_COUPLED_SAMPLING]))
         elif kind in ("open_session", "resume"):
             self._open(peer, event)
         elif kind == "draft":
@@ -347,7 +348,7 @@ class VerifierNode:
                 session_id=sid, effect=closed, retry_after_ms=self.config.busy_retry_after_ms,
             )
         seed = sampling.seed if sampling.seed is not None else self._rng.getrandbits(63)
-        position = self.runner.open(key, tokens, params, seed, num_prompt)
+        position = self.runner.open(key, tokens, params, seed, num_prompt, coupled=sampling.coupled)
         peer.token_limits[sid] = limit_tokens
         self.quotas.add_session(peer.node)
         self.metrics.active_sessions.labels(peer.node).inc()
