@@ -26,7 +26,7 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
-from typing import AsyncIterator, Optional, Union
+from typing import AsyncIterator, Callable, NamedTuple, Optional, Union
 
 import torch
 
@@ -51,6 +51,7 @@ __all__ = [
     "Failed",
     "GenerationFailed",
     "RequestHandle",
+    "RunningRequest",
     "DraftEngine",
 ]
 
@@ -300,6 +301,14 @@ def _percentile_ms(ordered: list[float], q: float) -> Optional[float]:
     return 1000.0 * ordered[max(0, math.ceil(q * len(ordered)) - 1)]
 
 
+class RunningRequest(NamedTuple):
+    """A request being generated, as `DraftEngine.running()` reports it."""
+
+    key: int
+    stats: RequestStats
+    completion_tokens: int
+
+
 class DraftEngine:
     """Drafts for every active session of a drafter node and talks to the verifiers through a `VerifierPool`."""
 
@@ -317,6 +326,7 @@ class DraftEngine:
         self._wake: Optional[asyncio.Event] = None
         self._task: Optional[asyncio.Task] = None
         self.stats = EngineStats()
+        self.on_round: Optional[Callable[[int, int, float], None]] = None  # (γ, accepted, round trip s) per verdict, e.g. EdgeMetrics.observe_round
 
     # ------------------------------------------------------------ life cycle
 
@@ -340,6 +350,10 @@ class DraftEngine:
     @property
     def active_sessions(self) -> int:
         return len(self._sessions)
+
+    def running(self) -> list[RunningRequest]:
+        """The requests being generated, oldest first."""
+        return [RunningRequest(s.key, s.stats, s.completion_tokens) for s in self._sessions.values()]
 
     # ------------------------------------------------------------ requests
 
@@ -612,6 +626,8 @@ class DraftEngine:
             rtt_s=rtt_s,
             queue_depth=int(verdict.load.queue_depth) if verdict.HasField("load") else None,
         ))
+        if self.on_round is not None:
+            self.on_round(block.gamma, n, rtt_s)
         self._emit(s, list(block.drafted.tokens[:n]) + [int(verdict.next_token_id)])
         if timing is not None:
             self._record_overhead(time.perf_counter() - block.sent_at, timing)
