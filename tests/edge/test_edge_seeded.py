@@ -98,9 +98,10 @@ def test_seeded_request_fails_clearly_on_a_verifier_without_the_feature(toy_pair
             with pytest.raises(GenerationFailed, match="coupled-sampling"):
                 await handle.result()
             unseeded = node.engine.submit(GenerationRequest(tuple(encode(target, PROMPTS[0])), 4, PARAMS, seed=1))
-            return await unseeded.result()
+            greedy = node.engine.submit(GenerationRequest(tuple(encode(target, PROMPTS[0])), 4, SamplingParams(0.0), seed=1, coupled=True))
+            return await unseeded.result(), await greedy.result()  # temperature 0 is greedy, seed or not: no feature needed
 
-    assert len(run(main()).token_ids) == 4
+    assert [len(out.token_ids) for out in run(main())] == [4, 4]
 
 
 def test_coupled_request_needs_a_seed():

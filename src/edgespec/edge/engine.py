@@ -360,7 +360,8 @@ class DraftEngine:
     def submit(self, request: GenerationRequest) -> RequestHandle:
         """Start generating for `request`; events arrive on the returned handle."""
         key = next(self._keys)
-        sampling = Sampling(request.sampling.temperature, request.sampling.top_k, request.sampling.top_p, request.seed, request.coupled)
+        coupled = request.coupled and not request.sampling.greedy  # temperature 0 is greedy whatever the seed
+        sampling = Sampling(request.sampling.temperature, request.sampling.top_k, request.sampling.top_p, request.seed, coupled)
         remote = RemoteSession(key, list(request.prompt_ids), len(request.prompt_ids), sampling, request.max_tokens)
         cfg = self.config
         policy = make_gamma_policy(cfg.gamma_policy, cfg.gamma, cfg.max_gamma, cfg.confidence_threshold, node_state=self._policy_state)
