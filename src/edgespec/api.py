@@ -77,10 +77,16 @@ class SpeculativeDecoder:
         top_p: float = 1.0,
         q_mode: str = "full",
         q_top_k: int = 8,
-        seed: int = 0,
+        seed: Optional[int] = None,
         stop_at_eos: bool = True,
     ) -> Union[GenerationResult, list[GenerationResult]]:
-        """Generate for one prompt (returns a result) or a list of prompts (returns a list, batched)."""
+        """Generate for one prompt (returns a result) or a list of prompts (returns a list, batched).
+
+        Sampled output with a `seed` is a deterministic function of (seed, prompt, sampling settings): the same for
+        AD and SD, any γ and q mode, and the same as a served request with that seed (Gumbel-max coupling,
+        `edgespec.spec.coupling`). Without one, SD verifies by standard rejection sampling (its highest
+        acceptance) from a generator seeded with 0.
+        """
         single = isinstance(prompt, str) or (len(prompt) > 0 and isinstance(prompt[0], int))
         prompts = [self.encode(p) for p in ([prompt] if single else prompt)]
         cfg = GenerationConfig(
@@ -89,8 +95,9 @@ class SpeculativeDecoder:
             gamma=gamma,
             q_mode=q_mode,
             q_top_k=q_top_k,
-            seed=seed,
+            seed=0 if seed is None else seed,
             stop_at_eos=stop_at_eos,
+            coupled=seed is not None,
         )
         if mode == "ad":
             results = generate_ad(self.target, prompts, cfg)

@@ -57,7 +57,10 @@ def generate(
     top_k: int = typer.Option(0, "--top-k", min=0, help="Top-k filter of p (0 = off)."),
     top_p: float = typer.Option(1.0, "--top-p", min=0.0, max=1.0, help="Nucleus filter of p (1 = off)."),
     max_tokens: int = typer.Option(64, "--max-tokens", min=1, help="New tokens to generate."),
-    seed: int = typer.Option(0, "--seed", help="Seed of every random draw."),
+    seed: Optional[int] = typer.Option(
+        None, "--seed", min=0, max=2**64 - 1,
+        help="Seeded sampling: the same text for sd and ad, any --gamma/--q-mode, and a served request with this seed (default: unseeded rejection sampling).",
+    ),
     q_mode: str = typer.Option("full", "--q-mode", help="How q reaches the verifier: full, topk or tokens."),
     q_top_k: int = typer.Option(8, "--q-top-k", min=1, help="K for --q-mode topk."),
     draft: Optional[Path] = typer.Option(None, "--draft", help="Draft model directory (default: bundled)."),

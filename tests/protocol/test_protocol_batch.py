@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edgespec.protocol import ErrorCode, ProtocolError, batch_frames, decode, encode, message_kind, pack_q, unbatch
+from edgespec.protocol import FEATURE_BATCH_FRAMES, ErrorCode, ProtocolError, batch_frames, decode, encode, message_kind, pack_q, unbatch
 from edgespec.protocol import edgespec_pb2 as pb
 from edgespec.protocol import messages as m
 
@@ -63,9 +63,9 @@ def test_one_envelope_is_never_wrapped():
 
 
 def test_hello_and_hello_ack_announce_batch_reading():
-    assert m.hello("edge", reads_batches=True).hello.reads_batches
-    assert not m.hello("edge").hello.reads_batches
-    assert m.hello_ack("v", "t", 16, reads_batches=True).hello_ack.reads_batches
+    assert list(m.hello("edge", features=[FEATURE_BATCH_FRAMES]).hello.features) == ["batch-frames"]
+    assert not m.hello("edge").hello.features
+    assert FEATURE_BATCH_FRAMES in m.hello_ack("v", "t", 16, features=[FEATURE_BATCH_FRAMES]).hello_ack.features
 
 
 @pytest.mark.parametrize("kind", ["hello", "hello_ack", "batch"])

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from websockets.asyncio.client import connect as raw_connect
 
-from edgespec.protocol import ErrorCode, ErrorEffect, ProtocolError, connect, decode, encode, pack_q
+from edgespec.protocol import FEATURE_BATCH_FRAMES, ErrorCode, ErrorEffect, ProtocolError, connect, decode, encode, pack_q
 from edgespec.protocol import edgespec_pb2 as pb
 from edgespec.protocol import messages as m
 
@@ -173,9 +173,9 @@ def test_a_batch_frame_is_read_item_by_item_and_verdicts_come_back_batched(toy_p
         async with running_node(target) as node:
             async with raw_connect(f"ws://127.0.0.1:{node.port}", compression=None) as ws:
                 p = RawPeer(ws)
-                await p.send(m.hello("batching-edge", reads_batches=True))
+                await p.send(m.hello("batching-edge", features=[FEATURE_BATCH_FRAMES]))
                 ack = await p.recv()
-                assert ack.hello_ack.reads_batches
+                assert FEATURE_BATCH_FRAMES in ack.hello_ack.features
                 prompts = PROMPTS[:3]
                 await p.send(m.batch([m.open_session(i + 1, prompt, m.Sampling(0.0)) for i, prompt in enumerate(prompts)]))
                 opened = []

@@ -27,6 +27,8 @@ from typing import Optional, Protocol, Union
 from edgespec.edge.drafting import DraftedBlock
 from edgespec.edge.routing import VerifierLoad, choose_shortest_queue
 from edgespec.protocol import (
+    FEATURE_BATCH_FRAMES,
+    FEATURE_COUPLED_SAMPLING,
     DrafterConnection,
     ErrorCode,
     ErrorEffect,
@@ -156,6 +158,10 @@ class VerifierLink:
     def limits(self) -> Optional[ServerLimits]:
         return self.conn.limits if self.conn is not None else None
 
+    def can_serve(self, session: RemoteSession) -> bool:
+        """False for a seeded (coupled) session when this verifier's HelloAck does not announce coupled sampling."""
+        return not session.sampling.coupled or (self.hello_ack is not None and FEATURE_COUPLED_SAMPLING in self.hello_ack.features)
+
     def send(self, envelope: pb.Envelope) -> None:
         """Apply `envelope` to the state machine and queue it (raises `LocalProtocolError` on a caller bug)."""
         if not self._ready or self.conn is None:
@@ -211,7 +217,7 @@ class VerifierLink:
             raise ConnectionError(f"TLS: {self.url} presented a certificate this node does not trust ({exc.verify_message}); pass its CA with --tls-ca-file") from None
         conn = DrafterConnection()
         try:
-            hello = m.hello(cfg.node_id, [cfg.draft_model_id] if cfg.draft_model_id else [], agent="edgespec-edge", reads_batches=True)
+            hello = m.hello(cfg.node_id, [cfg.draft_model_id] if cfg.draft_model_id else [], agent="edgespec-edge", features=[FEATURE_BATCH_FRAMES])
             await transport.send(conn.send(hello))
             event = conn.receive(await asyncio.wait_for(transport.recv(), cfg.connect_timeout_s))
             if event is None or event.kind != "hello_ack":
@@ -258,7 +264,7 @@ class VerifierLink:
     async def _write(self) -> None:
         """Send the outbox in order; what queued up meanwhile (a draft pass's blocks) goes in Batch frames where the verifier reads them."""
         outbox = self._outbox
-        batches = self.hello_ack is not None and self.hello_ack.reads_batches
+        batches = self.hello_ack is not None and FEATURE_BATCH_FRAMES in self.hello_ack.features
         while True:
             queued = [await outbox.get()]
             while batches and not outbox.empty():
@@ -423,7 +429,11 @@ class VerifierPool:
             if now - p.pending_since > self.config.unavailable_timeout_s:
                 self._fail(p, VerifierUnavailable(f"no verifier took the session within {self.config.unavailable_timeout_s:g} s (verifiers: {', '.join(self.config.verifiers)})"))
                 continue
-            candidates = [link for link in links if link.busy_until <= now]
+            able = [link for link in links if link.can_serve(p.session)]
+            if not able and len(links) == len(self.links):
+                self._fail(p, VerifierUnavailable(f"seeded sampling ('seed') needs a verifier that announces {FEATURE_COUPLED_SAMPLING!r}; none of {', '.join(self.config.verifiers)} does (upgrade them)"))
+                continue
+            candidates = [link for link in able if link.busy_until <= now]
             if p.not_before > now or not candidates:
                 continue
             link = candidates[choose_shortest_queue([c.load for c in candidates])]

@@ -26,12 +26,12 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
-from typing import AsyncIterator, Optional, Union
+from typing import AsyncIterator, Callable, NamedTuple, Optional, Union
 
 import torch
 
 from edgespec.edge.client import ClientConfig, RemoteSession, VerifierPool
-from edgespec.edge.drafting import DraftedBlock, draft_rows
+from edgespec.edge.drafting import DraftedBlock, draft_rows, draft_rows_coupled
 from edgespec.edge.kvrows import KVRows
 from edgespec.edge.policies import make_gamma_policy
 from edgespec.edge.text import TextAssembler
@@ -53,6 +53,7 @@ __all__ = [
     "Failed",
     "GenerationFailed",
     "RequestHandle",
+    "RunningRequest",
     "DraftEngine",
 ]
 
@@ -103,10 +104,13 @@ class GenerationRequest:
     seed: Optional[int] = None  # passed to the verifier (its randomness decides the output)
     stop: tuple[str, ...] = ()
     stop_at_eos: bool = True
+    coupled: bool = False  # seeded sampling: the output is a function of (seed, prompt), equal to AD with that seed (needs a seed)
 
     def __post_init__(self) -> None:
         if not self.prompt_ids:
             raise ValueError("the prompt has no tokens")
+        if self.coupled and self.seed is None:
+            raise ValueError("coupled (seeded) sampling needs a seed")
         if self.max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
 
@@ -295,11 +299,25 @@ class EngineStats:
         return out
 
 
+def _draws_deterministically(request: GenerationRequest) -> bool:
+    """Greedy and seeded (coupled) sessions draft the verifier's own choice when they agree, so a pipelined block's
+    bonus guess is simply their next drafted token."""
+    return request.sampling.greedy or request.coupled
+
+
 def _percentile_ms(ordered: list[float], q: float) -> Optional[float]:
     """The q-quantile (nearest rank) of ascending seconds, in milliseconds; None without samples."""
     if not ordered:
         return None
     return 1000.0 * ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+class RunningRequest(NamedTuple):
+    """A request being generated, as `DraftEngine.running()` reports it."""
+
+    key: int
+    stats: RequestStats
+    completion_tokens: int
 
 
 class DraftEngine:
@@ -320,6 +338,7 @@ class DraftEngine:
         self._wake: Optional[asyncio.Event] = None
         self._task: Optional[asyncio.Task] = None
         self.stats = EngineStats()
+        self.on_round: Optional[Callable[[int, int, float], None]] = None  # (γ, accepted, round trip s) per verdict, e.g. EdgeMetrics.observe_round
 
     # ------------------------------------------------------------ life cycle
 
@@ -344,12 +363,17 @@ class DraftEngine:
     def active_sessions(self) -> int:
         return len(self._sessions)
 
+    def running(self) -> list[RunningRequest]:
+        """The requests being generated, oldest first."""
+        return [RunningRequest(s.key, s.stats, s.completion_tokens) for s in self._sessions.values()]
+
     # ------------------------------------------------------------ requests
 
     def submit(self, request: GenerationRequest) -> RequestHandle:
         """Start generating for `request`; events arrive on the returned handle."""
         key = next(self._keys)
-        sampling = Sampling(request.sampling.temperature, request.sampling.top_k, request.sampling.top_p, request.seed)
+        coupled = request.coupled and not request.sampling.greedy  # temperature 0 is greedy whatever the seed
+        sampling = Sampling(request.sampling.temperature, request.sampling.top_k, request.sampling.top_p, request.seed, coupled)
         remote = RemoteSession(key, list(request.prompt_ids), len(request.prompt_ids), sampling, request.max_tokens)
         cfg = self.config
         policy = make_gamma_policy(cfg.gamma_policy, cfg.gamma, cfg.max_gamma, cfg.confidence_threshold, node_state=self._policy_state,
@@ -470,8 +494,8 @@ class DraftEngine:
         transcripts = {i: jobs[i].transcript for i in work}
         guesses: dict[int, int] = {}
         # 1. pipelined jobs guess the bonus token: the draft's most likely next token (sampled sessions only;
-        #    greedy sessions draft it as the first token of their own pass below)
-        sampled_spec = [i for i in work if jobs[i].speculative and not jobs[i].session.request.sampling.greedy]
+        #    greedy and seeded sessions draft it, deterministically, as the first token of their own pass below)
+        sampled_spec = [i for i in work if jobs[i].speculative and not _draws_deterministically(jobs[i].session.request)]
         if sampled_spec:
             ts, gs = [None] * size, [0] * size
             for i in sampled_spec:
@@ -483,18 +507,22 @@ class DraftEngine:
         # 2. one pass per sampling setting
         groups: dict[tuple, list[int]] = {}
         for i in work:
-            params = jobs[i].session.request.sampling
-            q_mode = "tokens" if params.greedy else self.config.q_mode
-            groups.setdefault((params, q_mode, jobs[i].top_k if q_mode == "topk" else 0), []).append(i)
-        for (params, q_mode, top_k), members in groups.items():
-            ts, gs = [None] * size, [0] * size
+            request = jobs[i].session.request
+            coupled = request.coupled and not request.sampling.greedy
+            q_mode = "tokens" if request.sampling.greedy or coupled else self.config.q_mode
+            groups.setdefault((request.sampling, q_mode, jobs[i].top_k if q_mode == "topk" else 0, coupled), []).append(i)
+        for (params, q_mode, top_k, coupled), members in groups.items():
+            ts, gs, seeds = [None] * size, [0] * size, [0] * size
             lead = {i: 1 if jobs[i].speculative and i not in guesses else 0 for i in members}
             for i in members:
-                ts[rows[i]], gs[rows[i]] = transcripts[i], jobs[i].gamma + lead[i]
-            drafted = draft_rows(self.draft, self._rows.kv, ts, gs, params, q_mode, max(top_k, 1), self._gen)
+                ts[rows[i]], gs[rows[i]], seeds[rows[i]] = transcripts[i], jobs[i].gamma + lead[i], jobs[i].session.request.seed or 0
+            if coupled:
+                drafted = draft_rows_coupled(self.draft, self._rows.kv, ts, gs, params, seeds)
+            else:
+                drafted = draft_rows(self.draft, self._rows.kv, ts, gs, params, q_mode, max(top_k, 1), self._gen)
             for i in members:
                 block = drafted[rows[i]]
-                if lead[i]:  # greedy: the first drafted token is the bonus guess
+                if lead[i]:  # greedy or seeded: the first drafted token is the bonus guess
                     guesses[i] = block.tokens[0]
                     block = DraftedBlock(block.tokens[1:], "tokens", None, None, block.confidence[1:])
                 out[i] = (block, guesses.get(i))
@@ -630,6 +658,8 @@ class DraftEngine:
             busy_wait_s=timing.busy_wait_us / 1e6 if timing is not None else None,
             hints=load,
         )))
+        if self.on_round is not None:
+            self.on_round(block.gamma, n, rtt_s)
         self._emit(s, list(block.drafted.tokens[:n]) + [int(verdict.next_token_id)])
         if timing is not None:
             self._record_overhead(time.perf_counter() - block.sent_at, timing)

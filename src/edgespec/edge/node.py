@@ -15,6 +15,7 @@ import uvicorn
 from edgespec.edge.client import ClientConfig
 from edgespec.edge.engine import DraftEngine, EngineConfig
 from edgespec.edge.http import create_app
+from edgespec.edge.metrics import EdgeMetrics
 from edgespec.models.runtime import CausalLM
 
 __all__ = ["EdgeConfig", "EdgeNode", "parse_verifiers"]
@@ -97,6 +98,7 @@ class EdgeNode:
         self.config = config
         self.draft = draft
         self.engine: Optional[DraftEngine] = None
+        self.metrics: Optional[EdgeMetrics] = None  # Prometheus, served at /metrics on the HTTP port
         self._server: Optional[_Server] = None
         self._serve_task: Optional[asyncio.Task] = None
 
@@ -144,6 +146,9 @@ class EdgeNode:
         await self.engine.start()
         context = int(getattr(self.draft.config, "max_position_embeddings", 0) or 2048)
         app = create_app(self.engine, self.model_id, context, self.health, self.stats)
+        self.metrics = EdgeMetrics(self.engine)
+        self.engine.on_round = self.metrics.observe_round
+        app.router.routes.append(self.metrics.route())
         uv_config = uvicorn.Config(app, host=self.config.http_host, port=self.config.http_port, log_level="warning",
                                    lifespan="off", access_log=False, timeout_graceful_shutdown=2)
         try:  # bind here, so a taken port is an OSError for the caller (uvicorn would sys.exit)

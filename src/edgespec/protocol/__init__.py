@@ -15,7 +15,7 @@ from edgespec.protocol import messages
 from edgespec.protocol.codec import DEFAULT_MAX_MESSAGE_BYTES, PROTOCOL_VERSION, batch_frames, decode, encode, message_kind, session_id_of, unbatch
 from edgespec.protocol.drafts import Q_MODES, DraftBlock, pack_draft, pack_full_q, pack_q, pack_topk_q, quantize_fp16, unpack_draft
 from edgespec.protocol.errors import ErrorCode, ErrorEffect, LocalProtocolError, ProtocolError
-from edgespec.protocol.messages import Sampling, ServerLimits
+from edgespec.protocol.messages import FEATURE_BATCH_FRAMES, FEATURE_COUPLED_SAMPLING, Sampling, ServerLimits
 from edgespec.protocol.session import (
     MAX_OUTSTANDING_DRAFTS,
     DrafterConnection,
@@ -50,6 +50,8 @@ __all__ = [
     "ErrorEffect",
     "ProtocolError",
     "LocalProtocolError",
+    "FEATURE_COUPLED_SAMPLING",
+    "FEATURE_BATCH_FRAMES",
     "Sampling",
     "ServerLimits",
     "MAX_OUTSTANDING_DRAFTS",

@@ -18,6 +18,8 @@ from edgespec.protocol.errors import ErrorCode, ErrorEffect, ProtocolError
 from edgespec.policy.load import ForwardCost, VerifierHints
 
 __all__ = [
+    "FEATURE_COUPLED_SAMPLING",
+    "FEATURE_BATCH_FRAMES",
     "Sampling",
     "ServerLimits",
     "batch",
@@ -35,19 +37,23 @@ __all__ = [
 ]
 
 _MAX_UINT32 = (1 << 32) - 1
+FEATURE_COUPLED_SAMPLING = "coupled-sampling"  # HelloAck.features: the verifier implements Sampling.coupled
+FEATURE_BATCH_FRAMES = "batch-frames"  # Hello.features / HelloAck.features: this side reads Batch frames
 
 
 @dataclass(frozen=True)
 class Sampling:
-    """Sampling settings of a session (temperature 0 = greedy; top_k 0 = off; top_p 1 = off; seed None = verifier's choice)."""
+    """Sampling settings of a session (temperature 0 = greedy; top_k 0 = off; top_p 1 = off; seed None = verifier's choice;
+    coupled: seeded sampling by Gumbel-max coupling, needs a seed)."""
 
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
     seed: Optional[int] = None
+    coupled: bool = False
 
     def to_message(self) -> pb.Sampling:
-        msg = pb.Sampling(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
+        msg = pb.Sampling(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, coupled=self.coupled)
         if self.seed is not None:
             msg.seed = self.seed
         return msg
@@ -61,7 +67,9 @@ class Sampling:
         if not 0.0 < top_p <= 1.0:  # also false for NaN
             raise ProtocolError(ErrorCode.BAD_MESSAGE, f"must be in (0, 1], got {msg.top_p}", session_id=session_id, field=f"{field}.top_p")
         seed = msg.seed if msg.HasField("seed") else None
-        return cls(temperature=msg.temperature, top_k=msg.top_k, top_p=top_p, seed=seed)
+        if msg.coupled and seed is None:
+            raise ProtocolError(ErrorCode.BAD_MESSAGE, "coupled sampling needs a seed", session_id=session_id, field=f"{field}.seed")
+        return cls(temperature=msg.temperature, top_k=msg.top_k, top_p=top_p, seed=seed, coupled=msg.coupled)
 
 
 @dataclass(frozen=True)
@@ -122,16 +130,16 @@ def batch(items: Iterable[pb.Envelope]) -> pb.Envelope:
     return pb.Envelope(batch=pb.Batch(items=list(items)))
 
 
-def hello(node_id: str, draft_model_ids: Iterable[str] = (), agent: str = "", reads_batches: bool = False) -> pb.Envelope:
-    """Drafter -> verifier, the first message on a connection."""
+def hello(node_id: str, draft_model_ids: Iterable[str] = (), agent: str = "", features: Iterable[str] = ()) -> pb.Envelope:
+    """Drafter -> verifier, the first message on a connection (`features`: e.g. `FEATURE_BATCH_FRAMES`)."""
     return pb.Envelope(hello=pb.Hello(protocol_version=PROTOCOL_VERSION, node_id=node_id, draft_model_ids=list(draft_model_ids), agent=agent,
-                                      reads_batches=reads_batches))
+                                      features=list(features)))
 
 
-def hello_ack(node_id: str, target_model_id: str, vocab_size: int, limits: ServerLimits = ServerLimits(), reads_batches: bool = False) -> pb.Envelope:
-    """Verifier -> drafter, the answer to `hello`."""
+def hello_ack(node_id: str, target_model_id: str, vocab_size: int, limits: ServerLimits = ServerLimits(), features: Iterable[str] = ()) -> pb.Envelope:
+    """Verifier -> drafter, the answer to `hello` (`features`: e.g. `FEATURE_COUPLED_SAMPLING`, `FEATURE_BATCH_FRAMES`)."""
     ack = pb.HelloAck(protocol_version=PROTOCOL_VERSION, node_id=node_id, target_model_id=target_model_id, vocab_size=vocab_size, limits=limits.to_message(),
-                      reads_batches=reads_batches)
+                      features=list(features))
     return pb.Envelope(hello_ack=ack)
 
 

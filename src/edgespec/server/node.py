@@ -21,10 +21,12 @@ import ssl as ssl_lib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Iterable, Mapping, Optional
 
 from edgespec.protocol import (
     DEFAULT_MAX_MESSAGE_BYTES,
+    FEATURE_BATCH_FRAMES,
+    FEATURE_COUPLED_SAMPLING,
     ErrorCode,
     ErrorEffect,
     Event,
@@ -68,6 +70,7 @@ class VerifierConfig:
     host: str = "127.0.0.1"
     port: int = 7700
     metrics_port: Optional[int] = None
+    metrics_host: str = "127.0.0.1"  # /metrics has no authentication: loopback unless asked otherwise, whatever `host` is
     max_batch_tokens: int = 2048  # target positions per batch (Σ pending + γ)
     max_batch_size: int = 0  # drafts per batch; 0 = no limit, 1 = batching off
     batch_window_ms: float = 2.0
@@ -81,6 +84,7 @@ class VerifierConfig:
     default_max_new_tokens: int = 512  # budget of a session that leaves max_new_tokens at 0
     busy_retry_after_ms: int = 1000
     auth_token: Optional[str] = None
+    node_tokens: Optional[Mapping[str, str]] = None  # drafter node id -> its own token (instead of auth_token): the token decides the node
     allow_no_auth: bool = False  # insecure: listen beyond loopback without an auth token
     tls_cert: Optional[Path] = None
     tls_key: Optional[Path] = None
@@ -99,14 +103,18 @@ class VerifierConfig:
             raise ValueError("need max_gamma >= 0, max_top_k >= 1 and default_max_new_tokens >= 1")
         if self.max_sessions_per_node < 0 or self.max_tokens_in_flight_per_node < 0:
             raise ValueError("need max_sessions_per_node >= 0 and max_tokens_in_flight_per_node >= 0 (0 = no limit)")
-        refusal = missing_auth_error(self.host, self.auth_token, self.allow_no_auth)
+        if self.auth_token is not None and self.node_tokens is not None:
+            raise ValueError("give auth_token (one token for every drafter node) or node_tokens (a token per node), not both")
+        if self.node_tokens is not None and not self.node_tokens:
+            raise ValueError("node_tokens is empty: no drafter node could connect")
+        refusal = missing_auth_error(self.host, self.auth_token or self.node_tokens, self.allow_no_auth)
         if refusal is not None:
             raise ValueError(refusal)
 
     @property
     def exposed_without_auth(self) -> bool:
         """Listening beyond loopback with no auth token (only with `allow_no_auth`)."""
-        return not self.auth_token and not is_loopback_host(self.host)
+        return not (self.auth_token or self.node_tokens) and not is_loopback_host(self.host)
 
 
 @dataclass
@@ -116,11 +124,11 @@ class _Peer:
     peer_id: int
     transport: Transport
     conn: VerifierConnection
-    node: str  # the drafter's node id (from Hello), the metrics label and fairness key
+    node: str  # the drafter's node id (its token's with per-node tokens, else from Hello), the metrics label, fairness and limits key
     outbox: asyncio.Queue = field(default_factory=asyncio.Queue)
     token_limits: dict[int, int] = field(default_factory=dict)  # session id -> last position it may draft at + 1
     closed: bool = False
-    reads_batches: bool = False  # the drafter announced it reads Batch frames (Hello.reads_batches)
+    reads_batches: bool = False  # the drafter lists the feature "batch-frames" in its Hello: it reads Batch frames
     bytes_counted: int = 0
     received_s: float = 0.0  # time.perf_counter() when the message being handled was received
 
@@ -160,6 +168,8 @@ class VerifierNode:
         """Load the target if needed, listen, serve metrics, start the batch loop."""
         if self.config.exposed_without_auth:
             log.warning("verifier listening on %s with no auth token (--allow-no-auth): anyone who can reach it can use it", self.config.host)
+        if self.config.metrics_port is not None and not is_loopback_host(self.config.metrics_host):
+            log.warning("/metrics listening on %s: it has no authentication, anyone who can reach it reads this node's metrics", self.config.metrics_host)
         if self._target is None:
             self._target = await asyncio.to_thread(_load_target, self.config)
         target = self._target
@@ -181,9 +191,10 @@ class VerifierNode:
             auth_token=self.config.auth_token,
             ssl=self._ssl_context(),
             max_message_bytes=self.config.max_message_bytes,
+            node_tokens=self.config.node_tokens,
         )
         if self.config.metrics_port is not None:
-            self._metrics_server = self.metrics.serve(self.config.host, self.config.metrics_port)
+            self._metrics_server = self.metrics.serve(self.config.metrics_host, self.config.metrics_port)
         self._batch_task = asyncio.create_task(self._batch_loop(), name="verifier-batch-loop")
         log.info("verifier node %s listening on %s", self.config.node_id, self.url)
 
@@ -233,7 +244,10 @@ class VerifierNode:
 
     @property
     def metrics_url(self) -> Optional[str]:
-        return f"http://{self.config.host}:{self.metrics_port}/metrics" if self._metrics_server is not None else None
+        if self._metrics_server is None:
+            return None
+        host = self.config.metrics_host
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.metrics_port}/metrics"
 
     @property
     def active_sessions(self) -> int:
@@ -249,7 +263,7 @@ class VerifierNode:
     # ------------------------------------------------------------------ one connection
 
     async def _handle(self, transport: Transport) -> None:
-        peer = _Peer(next(self._ids), transport, VerifierConnection(self.runner.vocab_size, self.limits), node=transport.peer)
+        peer = _Peer(next(self._ids), transport, VerifierConnection(self.runner.vocab_size, self.limits), node=transport.authenticated_node or transport.peer)
         self._peers[peer.peer_id] = peer
         writer = asyncio.create_task(self._write(peer), name=f"verifier-writer-{peer.peer_id}")
         try:
@@ -262,8 +276,10 @@ class VerifierNode:
                     continue
                 peer.received_s = time.perf_counter()
                 self._count_bytes(peer)
-                for item in unbatch(envelope):  # a Batch frame's messages, each as if it had come alone
-                    self._receive(peer, item)
+                if not all(self._receive(peer, item) for item in unbatch(envelope)):  # a Batch frame's messages, each as if alone
+                    peer.outbox.put_nowait(None)  # an identity its token does not allow: the writer ends the connection after the error
+                    await asyncio.wait([writer], timeout=5.0)
+                    break
         except TransportClosed:
             pass
         finally:
@@ -271,8 +287,8 @@ class VerifierNode:
             writer.cancel()
             await asyncio.gather(writer, return_exceptions=True)
 
-    def _receive(self, peer: _Peer, item) -> None:
-        """One received message (or the error that stands for a bad Batch item) through the state machine to its handler."""
+    def _receive(self, peer: _Peer, item) -> bool:
+        """One received message (or the error that stands for a bad Batch item) through the state machine to its handler; False: end the connection."""
         try:
             if isinstance(item, ProtocolError):
                 raise item
@@ -281,23 +297,27 @@ class VerifierNode:
                 self._on_event(peer, event)
         except LocalProtocolError:  # this node tried to send something out of turn: a bug, not the peer's fault
             log.exception("verifier bug while serving %s", peer.node)
-        except ProtocolError as exc:  # bad input: answer on this connection, keep serving
+        except ProtocolError as exc:  # bad input: answer on this connection, keep serving (an AUTH error ends it)
             self._reply_error(peer, exc)
+            return exc.code is not ErrorCode.AUTH
+        return True
 
     async def _write(self, peer: _Peer) -> None:
         """Send the peer's outbox in order, what has queued up meanwhile in Batch frames where the peer reads them; ends with the connection."""
         outbox, limit = peer.outbox, self.config.max_message_bytes
         try:
             while True:
-                envelope = await outbox.get()
-                if not peer.reads_batches or outbox.empty():
-                    await peer.transport.send(envelope)
-                    continue
-                queued = [envelope]
-                while not outbox.empty():
+                queued = [await outbox.get()]
+                while peer.reads_batches and not outbox.empty() and queued[-1] is not None:
                     queued.append(outbox.get_nowait())
-                for frame in batch_frames(queued, max_message_bytes=limit):
+                ending = queued[-1] is None  # end the connection after what was queued before
+                queued = [e for e in queued if e is not None]
+                frames = batch_frames(queued, max_message_bytes=limit) if len(queued) > 1 else queued
+                for frame in frames:
                     await peer.transport.send(frame)
+                if ending:
+                    await peer.transport.close()
+                    return
         except TransportClosed:
             peer.closed = True
 
@@ -331,9 +351,10 @@ class VerifierNode:
     def _on_event(self, peer: _Peer, event: Event) -> None:
         kind = event.kind
         if kind == "hello":
-            peer.node = (event.message.node_id or peer.transport.peer)[:MAX_NODE_LABEL_CHARS]
-            peer.reads_batches = event.message.reads_batches
-            self._post(peer, m.hello_ack(self.config.node_id, self.model_id, self.runner.vocab_size, self.limits, reads_batches=True))
+            peer.node = _hello_node(peer.transport, event.message.node_id)
+            peer.reads_batches = FEATURE_BATCH_FRAMES in event.message.features
+            self._post(peer, m.hello_ack(self.config.node_id, self.model_id, self.runner.vocab_size, self.limits,
+                                         features=[FEATURE_COUPLED_SAMPLING, FEATURE_BATCH_FRAMES]))
         elif kind in ("open_session", "resume"):
             self._open(peer, event)
         elif kind == "draft":
@@ -402,7 +423,7 @@ class VerifierNode:
                 session_id=sid, effect=closed, retry_after_ms=self.config.busy_retry_after_ms,
             )
         seed = sampling.seed if sampling.seed is not None else self._rng.getrandbits(63)
-        position = self.runner.open(key, tokens, params, seed, num_prompt)
+        position = self.runner.open(key, tokens, params, seed, num_prompt, coupled=sampling.coupled)
         peer.token_limits[sid] = limit_tokens
         self.quotas.add_session(peer.node)
         self.metrics.active_sessions.labels(peer.node).inc()
@@ -534,6 +555,18 @@ class VerifierNode:
         server_s = time.perf_counter() - q.received_s
         self.metrics.observe_round_overhead(peer.node, max(0.0, server_s - forward_s - busy_wait))
         return m.round_timing(server_s, forward_s, busy_wait)
+
+
+def _hello_node(transport: Transport, claimed: str) -> str:
+    """The node a Hello makes its connection: the token's node with per-node tokens (a Hello claiming another one is
+    refused with AUTH), else its claimed node id, or the peer address when it claims none."""
+    node = transport.authenticated_node
+    if node is None:
+        return (claimed or transport.peer)[:MAX_NODE_LABEL_CHARS]
+    if claimed and claimed != node:
+        raise ProtocolError(ErrorCode.AUTH, f"this connection's token belongs to drafter node {node!r}, not {claimed!r}; start that drafter with --node-id {node}",
+                            field="hello.node_id")
+    return node
 
 
 def busy_wait_s(received_s: float, batch_start_s: float, forward_windows: Iterable[tuple[float, float]]) -> float:

@@ -29,6 +29,7 @@ import torch
 from edgespec.models.runtime import CausalLM, RaggedKV
 from edgespec.policy.load import CALIBRATION_CONTEXT_TOKENS, CALIBRATION_SHAPES
 from edgespec.models.runtime import put_rows, resize_rows, take_rows
+from edgespec.spec.coupling import block_noise, verify_coupled
 from edgespec.spec.sampling import SamplingParams, probs_from_logits
 from edgespec.spec.verify import DraftBatch, verify_greedy, verify_probs
 
@@ -87,6 +88,7 @@ class _Session:
     row: Optional[int] = None
     cached_tokens: int = 0  # transcript[:cached_tokens] is in the row's KV
     closed: bool = False
+    coupled: bool = False  # seeded sampling: Gumbel-max coupling keyed by (seed, position), edgespec.spec.coupling
 
 
 class VerifierRunner:
@@ -107,20 +109,23 @@ class VerifierRunner:
 
     # ------------------------------------------------------------------ session table (event loop)
 
-    def open(self, key: SessionKey, token_ids: Sequence[int], params: SamplingParams, seed: int, num_prompt_tokens: Optional[int] = None) -> int:
-        """Register a session on its prompt (or a resumed transcript); its KV is filled in its first batch. Returns its position."""
+    def open(self, key: SessionKey, token_ids: Sequence[int], params: SamplingParams, seed: int, num_prompt_tokens: Optional[int] = None,
+             coupled: bool = False) -> int:
+        """Register a session on its prompt (or a resumed transcript); its KV is filled in its first batch. Returns its position.
+
+        `coupled`: verify by position-keyed Gumbel-max coupling under `seed` instead of rejection sampling."""
         if not token_ids:
             raise ValueError("a session needs at least one token")
         with self._lock:
             if key in self._sessions:
                 raise KeyError(f"session {key!r} is already open")
             tokens = [int(t) for t in token_ids]
-            self._sessions[key] = _Session(params, seed, tokens, num_prompt_tokens or len(tokens))
+            self._sessions[key] = _Session(params, seed, tokens, num_prompt_tokens or len(tokens), coupled=coupled)
             return len(tokens)
 
-    def resume(self, key: SessionKey, transcript: Sequence[int], num_prompt_tokens: int, params: SamplingParams, seed: int) -> int:
+    def resume(self, key: SessionKey, transcript: Sequence[int], num_prompt_tokens: int, params: SamplingParams, seed: int, coupled: bool = False) -> int:
         """Re-open a session from the drafter's transcript (prompt + emitted tokens); its KV is re-prefilled lazily."""
-        return self.open(key, transcript, params, seed, num_prompt_tokens)
+        return self.open(key, transcript, params, seed, num_prompt_tokens, coupled)
 
     def close(self, key: SessionKey) -> bool:
         """Forget a session; its KV row is freed by the next `reclaim` (or batch). False if it was not open."""
@@ -322,7 +327,8 @@ class VerifierRunner:
         return results
 
     def _verify(self, logits: torch.Tensor, live: list[tuple[int, DraftItem, _Session]], last_n: dict[int, int]) -> list[tuple[int, int, bool]]:
-        """(accepted, next token, is_bonus) per live item: greedy sessions in one call, sampled ones each with its own generator."""
+        """(accepted, next token, is_bonus) per live item: greedy sessions in one call, sampled ones each with its own generator
+        (or, coupled, its own position-keyed noise)."""
         starts, offset = {}, 0
         for row in sorted(last_n):
             starts[row], offset = offset, offset + last_n[row]
@@ -342,7 +348,10 @@ class VerifierRunner:
                 continue
             start = starts[sess.row]
             probs = probs_from_logits(logits[start : start + item.gamma + 1], sess.params)  # [γ + 1, V]
-            gen = torch.Generator().manual_seed(round_seed(sess.seed, item.position))
-            res = verify_probs(probs, item.draft, gen)
+            if sess.coupled:
+                res = verify_coupled(probs, item.draft, block_noise(item.draft, [sess.seed], [item.position], probs.shape[-1], probs.device))
+            else:
+                gen = torch.Generator().manual_seed(round_seed(sess.seed, item.position))
+                res = verify_probs(probs, item.draft, gen)
             out[j] = (int(res.num_accepted[0]), int(res.next_tokens[0]), bool(res.is_bonus[0]))
         return out  # type: ignore[return-value]

@@ -209,8 +209,7 @@ class Testbed:
         """GET (or POST `body`) a node's HTTP endpoint from inside its namespace; drafters: the OpenAI API, verifiers: metrics."""
         node = self._node(name)
         port = node.port if node.role == "edge" else METRICS_PORT
-        host = "127.0.0.1" if node.role == "edge" else node.host
-        url = f"http://{host}:{port}{path}"
+        url = f"http://127.0.0.1:{port}{path}"  # both listen on loopback in their namespace (a verifier's /metrics: --metrics-host)
         data = json.dumps(body).encode() if body is not None else None
         request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
         with in_netns(self.net.netns_of(name)), urllib.request.urlopen(request, timeout=timeout_s) as reply:
