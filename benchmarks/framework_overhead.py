@@ -180,7 +180,7 @@ def main(argv=None) -> int:
     parser.add_argument("--duration-s", type=float, default=10.0, help="closed-loop time per session count")
     parser.add_argument("--max-tokens", type=int, default=48, help="new tokens per request")
     parser.add_argument("--gamma", type=int, default=4)
-    parser.add_argument("--batch-window-ms", type=float, default=2.0, help="the verifier's batching window (its default)")
+    parser.add_argument("--batch-window-ms", type=float, default=0.0, help="the verifier's batching window (its default)")
     parser.add_argument("--verifier-threads", type=int, default=1)
     parser.add_argument("--drafter-threads", type=int, default=1)
     parser.add_argument("--no-pin", dest="pin", action="store_false",

@@ -164,7 +164,7 @@ def main(argv=None) -> int:
     parser.add_argument("--duration-s", type=float, default=8.0, help="closed-loop time per (load, policy)")
     parser.add_argument("--max-tokens", type=int, default=48, help="new tokens per request")
     parser.add_argument("--gamma", type=int, default=4, help="γ of the static policy (and the adaptive one's start)")
-    parser.add_argument("--batch-window-ms", type=float, default=2.0, help="the verifier's batching window (its default)")
+    parser.add_argument("--batch-window-ms", type=float, default=0.0, help="the verifier's batching window (its default)")
     parser.add_argument("--profile", type=Path, default=None, help="pair profile for the prediction (default: measure a quick one)")
     parser.add_argument("--no-predict", dest="predict", action="store_false", help="skip the simulator's prediction")
     parser.add_argument("--sim-seeds", type=int, default=5, help="simulator runs per prediction (mean)")

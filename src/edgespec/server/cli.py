@@ -80,7 +80,10 @@ def serve_command(
     ),
     max_batch_tokens: int = typer.Option(2048, "--max-batch-tokens", help="target positions per verification batch"),
     max_batch_size: int = typer.Option(0, "--max-batch-size", help="drafts per batch (0 = no limit, 1 = batching off)"),
-    batch_window_ms: float = typer.Option(2.0, "--batch-window-ms", help="how long the oldest queued draft may wait for a batch to fill"),
+    batch_window_ms: float = typer.Option(
+        0.0, "--batch-window-ms", min=0.0,
+        help="how long the oldest queued draft may wait for others to join its batch (0: none; drafts that arrive together in a Batch frame, or during a forward, batch anyway)",
+    ),
     kv_budget_tokens: int = typer.Option(262_144, "--kv-budget-tokens", help="KV tokens all sessions may reserve (prompt + max_new_tokens + max γ each)"),
     max_sessions_per_node: int = typer.Option(0, "--max-sessions-per-node", min=0, help="open sessions per drafter node id; more are refused BUSY (0 = no limit)"),
     max_tokens_in_flight_per_node: int = typer.Option(

@@ -73,7 +73,7 @@ class VerifierConfig:
     metrics_host: str = "127.0.0.1"  # /metrics has no authentication: loopback unless asked otherwise, whatever `host` is
     max_batch_tokens: int = 2048  # target positions per batch (Σ pending + γ)
     max_batch_size: int = 0  # drafts per batch; 0 = no limit, 1 = batching off
-    batch_window_ms: float = 2.0
+    batch_window_ms: float = 0.0  # 0: run what is queued at once (a drafter's Batch frame, or what arrived during a forward, is batched anyway)
     kv_budget_tokens: int = 262_144  # reserved per session: prompt + max_new_tokens + max_gamma
     max_sessions: int = 0  # open sessions on the node; 0 = no limit
     max_sessions_per_node: int = 0  # open sessions per drafter node id; 0 = no limit
