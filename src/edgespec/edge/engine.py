@@ -333,6 +333,7 @@ class DraftEngine:
         self._sessions: dict[int, _Session] = {}
         self._policy_state: dict = {}  # what this node's sessions' γ policies pool (AWC: acceptance, wire floor, shared γ)
         self._observed: list[tuple[object, RoundObservation]] = []  # verdicts' observations, fed to the policies at the next plan
+        self._last_hints: tuple = (b"", None)  # (serialized LoadHints, parsed): a batch's verdicts share theirs
         self._keys = itertools.count(1)
         self._releases: list[int] = []
         self._wake: Optional[asyncio.Event] = None
@@ -644,7 +645,7 @@ class DraftEngine:
             stats.drafted_tokens += block.gamma
             stats.accepted_tokens += n
         s.rejections_in_row = 0
-        load = verifier_hints(verdict.load) if verdict.HasField("load") else None
+        load = self._hints(verdict.load) if verdict.HasField("load") else None
         self._observed.append((s.policy, RoundObservation(  # the policy learns at the next plan, off the verdict path
             drafted=block.gamma,
             accepted=n,
@@ -665,6 +666,13 @@ class DraftEngine:
             self._record_overhead(time.perf_counter() - block.sent_at, timing)
         if not s.done and not self._try_send(s):
             self._wake.set()
+
+    def _hints(self, hints: pb.LoadHints):
+        """The verdict's load hints as `VerifierHints`; the verdicts of one batch carry the same, parsed once."""
+        raw = hints.SerializeToString()
+        if raw != self._last_hints[0]:
+            self._last_hints = (raw, verifier_hints(hints))
+        return self._last_hints[1]
 
     def _record_overhead(self, round_s: float, timing: pb.RoundTiming) -> None:
         """One round's time outside model forwards (sent → applied, less forwards and waiting behind them) and the verifier's share."""
