@@ -115,6 +115,20 @@ def test_row_surgery_on_an_arena_cache(toy_pair):
     torch.testing.assert_close(lm.forward(kv, probe), target.forward(ref, probe), atol=1e-5, rtol=1e-5)
 
 
+def test_rows_put_back_after_the_arena_grew_inside_a_forward(toy_pair):
+    """The runner puts rows back outside inference mode, into buffers a forward (inference mode) allocated."""
+    _, target = toy_pair
+    lm = _arena_lm(target.path)
+    kv, ref = lm.new_kv(4), target.new_kv(4)
+    for m, cache in ((lm, kv), (target, ref)):
+        m.prefill(cache, [[3, 4, 5], [6, 7], [8], [9, 10]])
+        sub = take_rows(m, cache, [1])
+        m.forward(sub, [[11, 12, 13]])
+        put_rows(m, cache, sub, [1])
+    probe = [[5]] * 4
+    torch.testing.assert_close(lm.forward(kv, probe), target.forward(ref, probe), atol=1e-5, rtol=1e-5)
+
+
 def test_batches_above_the_buckets_run_the_eager_forward(toy_pair):
     _, target = toy_pair
     lm = _arena_lm(target.path, GraphConfig(capture=False, batch_buckets=(1, 2)))
@@ -141,28 +155,10 @@ def test_graph_settings_are_checked(toy_pair, tmp_path):
 
 
 def test_the_verifier_runner_in_graph_mode_gives_ad_output(toy_pair, arena_pair):
-    from edgespec.server.runner import DraftItem, VerifierRunner
-    from edgespec.spec.verify import DraftBatch
+    from runner_helpers import greedy_through_runner
 
     _, plain_target = toy_pair
     _, target = arena_pair
     prompts = _prompts(21, (5, 2, 8))
-    cfg = GenerationConfig(max_new_tokens=12, stop_at_eos=False)
-    expected = [r.token_ids for r in generate_ad(plain_target, prompts, cfg)]
-    runner = VerifierRunner(target)
-    for i, p in enumerate(prompts):
-        runner.open(i, p, SamplingParams(temperature=0.0), seed=0)
-    outputs = {i: [] for i in range(len(prompts))}
-    while any(len(o) < 12 for o in outputs.values()):
-        items = []
-        for i, p in enumerate(prompts):
-            if len(outputs[i]) < 12:
-                # a draft of the expected continuation with one wrong token at the end: some accepted, one rejected
-                pos = runner.position(i)
-                done = pos - len(p)
-                guess = expected[i][done : done + 3] + [1]
-                items.append(DraftItem(i, pos, DraftBatch.from_blocks([guess])))
-        for res in runner.verify_batch(items):
-            emitted = runner.transcript(res.key)[len(prompts[res.key]):]
-            outputs[res.key] = emitted
-    assert [outputs[i][:12] for i in range(len(prompts))] == expected
+    expected = [r.token_ids for r in generate_ad(plain_target, prompts, GenerationConfig(max_new_tokens=12, stop_at_eos=False))]
+    assert greedy_through_runner(target, prompts, expected, 12) == expected

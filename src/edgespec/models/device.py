@@ -103,7 +103,7 @@ def upload(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     """
     if device.type != "cuda":
         return t
-    return t.pin_memory().to(device, non_blocking=True)
+    return t.contiguous().pin_memory().to(device, non_blocking=True)
 
 
 def synchronize(device: torch.device) -> None:
@@ -123,10 +123,11 @@ def timed_s(fn: Callable[[], object], device: torch.device) -> float:
         fn()
         return time.perf_counter() - start
     torch.cuda.synchronize(device)
+    stream = torch.cuda.current_stream(device)
     begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    begin.record()
+    begin.record(stream)
     fn()
-    end.record()
+    end.record(stream)
     end.synchronize()
     return begin.elapsed_time(end) / 1e3
 
@@ -142,14 +143,15 @@ class StepClock:
         self._cuda = device.type == "cuda"
         self._end_s: Optional[float] = None
         if self._cuda:
+            self._stream = torch.cuda.current_stream(device)
             self._begin, self._end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            self._begin.record()
+            self._begin.record(self._stream)
         else:
             self._start_s = time.perf_counter()
 
     def stop(self) -> None:
         if self._cuda:
-            self._end.record()
+            self._end.record(self._stream)
         else:
             self._end_s = time.perf_counter()
 

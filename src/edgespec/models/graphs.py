@@ -104,9 +104,10 @@ class _Step:
             static.copy_(upload(host, static.device), non_blocking=True)
         if not self.capture:
             return self.body()
-        if self.graph is None:
-            self._capture()
-        self.graph.replay()
+        with torch.cuda.device(self.arena.device):  # a worker thread's current device may be another one
+            if self.graph is None:
+                self._capture()
+            self.graph.replay()
         return self.out
 
     def _capture(self) -> None:
@@ -174,6 +175,7 @@ class Arena:
         return cache
 
     # ------------------------------------------------------------------ storage
+    @torch.inference_mode()
     def reserve(self, rows: int, cols: int) -> None:
         """Make room for `rows` × `cols`; growing copies what is stored and drops every captured step (their addresses change)."""
         if rows <= self.rows_cap and cols <= self.cols_cap and self.keys:
@@ -241,6 +243,7 @@ class _StaticLayer:
     def values(self, tensor: torch.Tensor) -> None:
         self._assign("values", tensor)
 
+    @torch.inference_mode()
     def _assign(self, name: str, tensor: torch.Tensor) -> None:
         rows, cols = tensor.shape[0], tensor.shape[2]
         buf = getattr(self.arena, name)[self.index]
@@ -249,6 +252,7 @@ class _StaticLayer:
             getattr(self.arena, name)[self.index][:rows, :, :cols] = tensor
         self.rows, self.cols = rows, cols
 
+    @torch.inference_mode()
     def append(self, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write n new columns [rows, kv_heads, n, d] after the current ones; the views including them."""
         start, n = self.cols, keys.shape[2]

@@ -139,9 +139,13 @@ class CausalLM:
         except (OSError, ValueError, KeyError) as exc:
             raise ModelLoadError(f"cannot load a causal LM from {path}: {exc}") from exc
         lm = cls(model.to(device), tokenizer, path)
-        if (device.type == "cuda" if cuda_graphs is None else cuda_graphs) and lm.fast_path:
-            lm.use_graphs(GraphConfig())
+        lm.default_graphs(cuda_graphs)
         return lm
+
+    def default_graphs(self, cuda_graphs: Optional[bool] = None) -> None:
+        """Graphs as `load` sets them: CUDA graphs on a CUDA device unless `cuda_graphs` is False (only on the lean forward)."""
+        if (self.device.type == "cuda" if cuda_graphs is None else cuda_graphs) and self.fast_path:
+            self.use_graphs(GraphConfig())
 
     @property
     def eos_token_id(self) -> Optional[int]:
@@ -350,9 +354,11 @@ def _asked(counts: list[int], last_n: list[int], device: torch.device) -> tuple[
 # ---------------------------------------------------------------------- row surgery
 # A `RaggedKV` with one row per session slot: grow or shrink the rows, take a subset out and put it
 # back. Keys and values are gathered, never recomputed, so a row's cache stays exactly that of its
-# prefix; columns a row does not use are masked by `valid`, whatever they hold.
+# prefix; columns a row does not use are masked by `valid`, whatever they hold. Like the forwards, they
+# run in inference mode: an arena's buffers are written in place, and are inference tensors.
 
 
+@torch.inference_mode()
 def drop_unused_columns(kv: RaggedKV) -> RaggedKV:
     """Drop trailing columns that no row uses."""
     used = kv.valid.any(dim=0).nonzero()
@@ -369,6 +375,7 @@ def _from_tensors(lm: CausalLM, keys: list[torch.Tensor], values: list[torch.Ten
     return RaggedKV(cache=cache, valid=valid, lengths=lengths)
 
 
+@torch.inference_mode()
 def resize_rows(lm: CausalLM, kv: RaggedKV, rows: int) -> RaggedKV:
     """`kv` with `rows` rows: new rows are empty; dropped rows (trailing) must hold no tokens."""
     old = kv.batch_size
@@ -396,6 +403,7 @@ def resize_rows(lm: CausalLM, kv: RaggedKV, rows: int) -> RaggedKV:
     return kv
 
 
+@torch.inference_mode()
 def take_rows(lm: CausalLM, kv: RaggedKV, rows: Sequence[int]) -> RaggedKV:
     """A new cache holding copies of `rows` (in that order); `kv` is unchanged."""
     idx = torch.tensor(list(rows), dtype=torch.long)
@@ -406,6 +414,7 @@ def take_rows(lm: CausalLM, kv: RaggedKV, rows: Sequence[int]) -> RaggedKV:
     return _from_tensors(lm, keys, values, kv.valid.index_select(0, idx), kv.lengths.index_select(0, idx))
 
 
+@torch.inference_mode()
 def put_rows(lm: CausalLM, kv: RaggedKV, sub: RaggedKV, rows: Sequence[int]) -> RaggedKV:
     """`kv` with `rows` replaced by the rows of `sub` (as `take_rows` took them, then extended); columns are padded to fit both."""
     idx = torch.tensor(list(rows), dtype=torch.long)
