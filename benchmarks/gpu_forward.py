@@ -116,21 +116,24 @@ def _measure_model(name: str, args, device, console: Console, contexts, grid_kw:
                  "files": [], "ms": {}, "verify5_over_decode": {}, "errors": []}
     console.print(f"[bold]{name}[/bold]: {lm.num_parameters / 1e9:.3f} B parameters, {out['dtype']}, built in {build_s:.1f} s")
     twin = _eager_twin(lm)
-    for ctx in contexts:
-        spec = GridSpec(context_tokens=ctx, **grid_kw)
-        by_mode: dict[str, dict] = {}
-        for model in (lm, twin):
-            mode = graphs_label(model)
+    tables: dict[int, dict[str, dict]] = {}
+    for model in (lm, twin):  # CUDA graphs first, then eager on the same weights
+        mode = graphs_label(model)
+        times, specs = {}, {}
+        for ctx in contexts:
+            specs[ctx] = GridSpec(context_tokens=ctx, **grid_kw)
             t0 = time.perf_counter()
             try:
-                medians = measure_grid(model, spec)
+                times[ctx] = measure_grid(model, specs[ctx])
             except Exception as exc:  # a mode that fails is reported, the others still run
                 out["errors"].append(f"{name} ctx={ctx} {mode}: {type(exc).__name__}: {exc}")
                 console.print(f"[red]{out['errors'][-1]}[/red]")
                 continue
-            by_mode[mode] = medians
-            meta_run = {**meta, "command": command, "measure_s": round(time.perf_counter() - t0, 2)}
-            profile = grid_profile(model, medians, spec, name, meta_run)
+            out.setdefault("measure_s", {})[f"{mode} ctx={ctx}"] = round(time.perf_counter() - t0, 2)
+        prefill = {(b, ctx): t.prefill_s[b] for ctx, t in times.items() for b in t.prefill_s}
+        for ctx, t in times.items():
+            spec, medians = specs[ctx], t.step_s
+            profile = grid_profile(model, medians, spec, name, {**meta, "command": command}, prefill)
             path = args.out / profile_file_name(device_name(device), name, lm.dtype, mode, ctx, contexts[0])
             write_profile(profile, path)
             out["files"].append(str(path))
@@ -139,12 +142,16 @@ def _measure_model(name: str, args, device, console: Console, contexts, grid_kw:
             n5 = 5 if 5 in spec.new_tokens else spec.new_tokens[-1]
             out["verify5_over_decode"].setdefault(str(ctx), {})[mode] = {
                 str(b): round(medians[(b, n5)] / medians[(b, 1)], 4) for b in spec.batch_sizes}
-            if model is lm and lm.graphs is not None:
-                out["graph_captures"] = sum(a.captures for a in lm._arenas)
-                lm.use_graphs(lm.graphs)  # free the arenas before the eager run
-            _free(device)
-        if by_mode:
-            console.print(_ms_table(f"{name} ({out['dtype']}, context {ctx}): ms per forward", spec, by_mode))
+            out.setdefault("prefill_ms", {}).setdefault(str(ctx), {})[mode] = {str(b): round(s * 1e3, 3) for b, s in t.prefill_s.items()}
+            tables.setdefault(ctx, {})[mode] = medians
+        if model is lm and lm.graphs is not None:
+            out["graph_captures"] = sum(a.captures for a in lm._arenas)
+            lm.use_graphs(lm.graphs)  # free the arenas before the eager run
+        _free(device)
+    for ctx in contexts:
+        if ctx in tables:
+            spec = GridSpec(context_tokens=ctx, **grid_kw)
+            console.print(_ms_table(f"{name} ({out['dtype']}, context {ctx}): ms per forward", spec, tables[ctx]))
     del lm, twin
     _free(device)
     return out

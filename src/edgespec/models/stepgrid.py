@@ -4,10 +4,11 @@ One cell times `CausalLM.forward` of B rows each appending n tokens on top of C 
 row, returning the logits of all n positions (a verification pass of γ = n − 1; n = 1 is a decode
 step), from an idle device to the end of its last kernel (`edgespec.models.device.timed_s`: CUDA
 events after a sync, so host launch gaps count, as they do in serving). The rows are then cropped back
-to C, which is host bookkeeping only. For each batch size the context is prefilled once; warm-up
-sweeps over the widths come first (they capture the CUDA graphs when graphs are on), then `repeats`
-timed sweeps; each cell keeps its median. The table is made monotone as `edgespec profile` does
-(`edgespec.models.profiling`), the raw medians stay in `meta`.
+to C, which is host bookkeeping only. For each batch size the context is prefilled twice (the second
+prefill, on warm buffers, is the prefill time: B prompts of C tokens); warm-up sweeps over the widths
+come first (they capture the CUDA graphs when graphs are on), then `repeats` timed sweeps; each cell
+keeps its median. The table is made monotone as `edgespec profile` does (`edgespec.models.profiling`),
+the raw medians stay in `meta`; the prefill times of several contexts form the profile's prefill table.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from edgespec.models.profiling import _table
 from edgespec.models.runtime import CausalLM
 from edgespec.plan.profile import Profile
 
-__all__ = ["GridSpec", "measure_grid", "graphs_label", "grid_profile", "verify_ratios", "profile_file_name", "RANDOM_WEIGHTS_NOTE"]
+__all__ = ["GridSpec", "GridTimes", "measure_grid", "graphs_label", "grid_profile", "verify_ratios", "profile_file_name", "RANDOM_WEIGHTS_NOTE"]
 
 RANDOM_WEIGHTS_NOTE = ("random weights: a forward's time depends on the shapes, the dtype and the device, not on the weights' values; "
                        "these step times stand for the real model's, its outputs are meaningless")
@@ -54,18 +55,28 @@ class GridSpec:
             raise ValueError("context_tokens and repeats must be >= 1, warmup >= 0")
 
 
-def measure_grid(lm: CausalLM, spec: GridSpec, progress: Optional[Progress] = None, phase: str = "grid") -> dict[tuple[int, int], float]:
-    """Median seconds of every (batch, new tokens) cell (see the module docstring)."""
+@dataclass(frozen=True)
+class GridTimes:
+    """Median seconds per (batch, new tokens) cell, and the prefill seconds of B prompts of the context length per batch B."""
+
+    step_s: dict[tuple[int, int], float]
+    prefill_s: dict[int, float]
+
+
+def measure_grid(lm: CausalLM, spec: GridSpec, progress: Optional[Progress] = None, phase: str = "grid") -> GridTimes:
+    """Every cell's median and every batch's prefill (see the module docstring)."""
     report = progress or (lambda _p, _d, _t: None)
     gen = torch.Generator().manual_seed(spec.seed)
     vocab = lm.vocab_size
     context = torch.randint(2, vocab, (spec.context_tokens,), generator=gen).tolist()
     feed = torch.randint(2, vocab, (max(spec.new_tokens),), generator=gen).tolist()
     total = len(spec.batch_sizes) * (spec.warmup + spec.repeats) * len(spec.new_tokens)
-    done, medians = 0, {}
+    done, medians, prefills = 0, {}, {}
     for b in spec.batch_sizes:
         kv = lm.new_kv(b)
         lm.prefill(kv, [context] * b)
+        lm.crop_rows(kv, {row: 0 for row in range(b)})
+        prefills[b] = timed_s(lambda: lm.prefill(kv, [context] * b), lm.device)
         back = {row: spec.context_tokens for row in range(b)}
         samples: dict[int, list[float]] = {n: [] for n in spec.new_tokens}
         for sweep in range(spec.warmup + spec.repeats):
@@ -78,7 +89,7 @@ def measure_grid(lm: CausalLM, spec: GridSpec, progress: Optional[Progress] = No
                 report(phase, done, total)
         medians.update({(b, n): statistics.median(v) for n, v in samples.items()})
         del kv
-    return medians
+    return GridTimes(medians, prefills)
 
 
 def graphs_label(lm: CausalLM) -> str:
@@ -88,16 +99,22 @@ def graphs_label(lm: CausalLM) -> str:
     return "cuda-graphs" if lm.graphs.capture else "arena-eager"
 
 
-def grid_profile(lm: CausalLM, medians: dict[tuple[int, int], float], spec: GridSpec, model: str, meta: dict) -> Profile:
-    """The grid as a profile (monotone table; raw medians, ratios and `meta` in its meta)."""
+def grid_profile(lm: CausalLM, medians: dict[tuple[int, int], float], spec: GridSpec, model: str, meta: dict,
+                 prefill_s: Optional[dict[tuple[int, int], float]] = None) -> Profile:
+    """The grid as a profile (monotone tables; raw medians, ratios and `meta` in its meta); `prefill_s` by (batch, prompt tokens)."""
     table, cut = _table(spec.batch_sizes, spec.new_tokens, medians)
+    prefill = None
+    if prefill_s:
+        batches, prompts = sorted({b for b, _ in prefill_s}), sorted({p for _, p in prefill_s})
+        prefill, prefill_cut = _table(batches, prompts, prefill_s)
+        cut = max(cut, prefill_cut)
     raw = [[medians[(b, n)] for n in spec.new_tokens] for b in spec.batch_sizes]
     full = {
         "graphs": graphs_label(lm), "parameters": lm.num_parameters, "warmup": spec.warmup, "repeats": spec.repeats,
         "seed": spec.seed, "monotone_cut_max": round(cut, 4), "raw_step_time_s": raw,
         "verify_over_decode": verify_ratios(medians, spec), **_versions(lm), **meta,
     }
-    return Profile(table, None, device_name(lm.device), model, dtype_name(lm.dtype), spec.context_tokens, full)
+    return Profile(table, prefill, device_name(lm.device), model, dtype_name(lm.dtype), spec.context_tokens, full)
 
 
 def verify_ratios(medians: dict[tuple[int, int], float], spec: GridSpec) -> dict[str, dict[str, float]]:
