@@ -4,6 +4,7 @@
   gpu_check.py install-wheels WHEEL_DIR TARGET   # stdlib only: runs before any dependency is there
   gpu_check.py preflight OUT [--smoke]
   gpu_check.py summary OUT [--smoke]
+  gpu_check.py last-line LOG                     # the log's last line of text (not a table, not JSON), for progress
 """
 
 from __future__ import annotations
@@ -170,7 +171,16 @@ def _detail(stage: str, tests: dict, figures: dict) -> str:
     return ""
 
 
+def last_line(log: Path) -> int:
+    text = log.read_text(encoding="utf-8", errors="replace").splitlines()
+    plain = [line.strip() for line in text if line.strip() and not line.startswith("{") and line.strip()[0] not in "│┃┏┡└┗╭╰━┌├"]
+    print(plain[-1][:160] if plain else "")
+    return 0
+
+
 def main(argv: list[str]) -> int:
+    if len(argv) == 2 and argv[0] == "last-line":
+        return last_line(Path(argv[1]))
     if len(argv) >= 3 and argv[0] == "install-wheels":
         return install_wheels(Path(argv[1]), Path(argv[2]))
     if len(argv) >= 2 and argv[0] in ("preflight", "summary"):

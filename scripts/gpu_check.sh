@@ -45,7 +45,7 @@ stage() {  # stage NAME LIMIT_S CMD...: run within the budget, log to $OUT/logs/
   timeout --signal=INT --kill-after=15 "$limit" "$@" > "$OUT/logs/$name.log" 2>&1
   local rc=$?
   echo "{\"stage\": \"$name\", \"rc\": $rc, \"wall_s\": $(( $(date +%s) - t0 ))}" >> "$OUT/stages.jsonl"
-  echo "    rc $rc in $(( $(date +%s) - t0 )) s; $(grep -v '^{' "$OUT/logs/$name.log" | tail -n 1 | cut -c1-160)"
+  echo "    rc $rc in $(( $(date +%s) - t0 )) s; $("$PY" scripts/gpu_check.py last-line "$OUT/logs/$name.log")"
 }
 
 if (( SMOKE )); then
