@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Optional, Sequence, Union
 
 from edgespec.models.bundle import bundled_path
+from edgespec.models.device import device_options
 from edgespec.models.decoder import GenerationConfig, GenerationResult, generate_ad, generate_sd
 from edgespec.models.runtime import CausalLM, check_same_tokenizer
 from edgespec.spec.sampling import SamplingParams, probs_from_logits
@@ -48,15 +49,24 @@ class SpeculativeDecoder:
         self.target, self.draft = target, draft
 
     @classmethod
-    def load(cls, target_dir: str | Path, draft_dir: str | Path | None = None, device: str = "cpu") -> "SpeculativeDecoder":
-        """Load Hugging Face checkpoints from local directories."""
-        draft = CausalLM.load(draft_dir, device) if draft_dir is not None else None
-        return cls(CausalLM.load(target_dir, device), draft)
+    def load(
+        cls, target_dir: str | Path, draft_dir: str | Path | None = None, device: str = "cpu", dtype: str = "float32",
+        cuda_graphs: Optional[bool] = None,
+    ) -> "SpeculativeDecoder":
+        """Load Hugging Face checkpoints from local directories onto `device` ("cpu", "cuda", "cuda:N") in `dtype`.
+
+        `cuda_graphs` (default: on for CUDA) replays decode and verify steps as CUDA graphs. An unusable
+        device or dtype raises `edgespec.models.device.DeviceError` (a ValueError) before anything loads.
+        """
+        opts = device_options(device, dtype, cuda_graphs)
+        where = {"device": opts.device, "dtype": opts.dtype, "cuda_graphs": opts.cuda_graphs}
+        draft = CausalLM.load(draft_dir, **where) if draft_dir is not None else None
+        return cls(CausalLM.load(target_dir, **where), draft)
 
     @classmethod
-    def bundled(cls, device: str = "cpu") -> "SpeculativeDecoder":
+    def bundled(cls, device: str = "cpu", dtype: str = "float32", cuda_graphs: Optional[bool] = None) -> "SpeculativeDecoder":
         """The draft/target code-completion pair shipped with edgespec."""
-        return cls.load(bundled_path("target"), bundled_path("draft"), device)
+        return cls.load(bundled_path("target"), bundled_path("draft"), device, dtype, cuda_graphs)
 
     def encode(self, prompt: Prompt) -> list[int]:
         """Text is tokenized and prefixed with the BOS token when the tokenizer has one; id lists pass through."""

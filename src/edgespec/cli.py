@@ -32,14 +32,33 @@ def _console():
     return console
 
 
-def _load_pair(draft: Optional[Path], target: Optional[Path], need_draft: bool = True):
-    """Load target (and draft) from directories, defaulting to the bundled pair; clear errors on failure."""
+# --device / --dtype / --cuda-graphs of the commands that run models (checked before anything loads)
+DEVICE_HELP = "torch device of the models: cpu, cuda or cuda:N."
+DTYPE_HELP = "model dtype: float32, bfloat16 or float16."
+GRAPHS_HELP = "capture decode/verify steps as CUDA graphs (the default with --device cuda)."
+NO_GRAPHS_HELP = "run every step eagerly on CUDA."
+
+
+def _device_options(device: str, dtype: str, cuda_graphs: bool, no_cuda_graphs: bool):
+    """The checked device options, or exit 2 with one line naming the option."""
+    from edgespec.models.device import DeviceError, device_options
+
+    try:
+        return device_options(device, dtype, cuda_graphs or None, no_cuda_graphs)
+    except DeviceError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2)
+
+
+def _load_pair(draft: Optional[Path], target: Optional[Path], need_draft: bool = True, opts=None):
+    """Load target (and draft) from directories, defaulting to the bundled pair, on `opts` (default: CPU float32); clear errors on failure."""
     from edgespec.models.bundle import bundled_path
     from edgespec.models.runtime import CausalLM, ModelLoadError, check_same_tokenizer
 
+    where = {} if opts is None else {"device": opts.device, "dtype": opts.dtype, "cuda_graphs": opts.cuda_graphs}
     try:
-        t = CausalLM.load(target or bundled_path("target"))
-        d = CausalLM.load(draft or bundled_path("draft")) if need_draft else None
+        t = CausalLM.load(target or bundled_path("target"), **where)
+        d = CausalLM.load(draft or bundled_path("draft"), **where) if need_draft else None
         if d is not None:
             check_same_tokenizer(d, t)
     except (ModelLoadError, FileNotFoundError, ValueError) as exc:
@@ -65,6 +84,10 @@ def generate(
     q_top_k: int = typer.Option(8, "--q-top-k", min=1, help="K for --q-mode topk."),
     draft: Optional[Path] = typer.Option(None, "--draft", help="Draft model directory (default: bundled)."),
     target: Optional[Path] = typer.Option(None, "--target", help="Target model directory (default: bundled)."),
+    device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
+    dtype: str = typer.Option("float32", "--dtype", help=DTYPE_HELP),
+    cuda_graphs: bool = typer.Option(False, "--cuda-graphs", help=GRAPHS_HELP),
+    no_cuda_graphs: bool = typer.Option(False, "--no-cuda-graphs", help=NO_GRAPHS_HELP),
     json_out: bool = typer.Option(False, "--json", help="End with one JSON object on the last line."),
 ) -> None:
     """Generate in-process with speculative (sd) or autoregressive (ad) decoding."""
@@ -76,11 +99,12 @@ def generate(
         raise typer.BadParameter("must be full, topk or tokens", param_hint="--q-mode")
     if top_p <= 0:
         raise typer.BadParameter("must be in (0, 1]", param_hint="--top-p")
+    opts = _device_options(device, dtype, cuda_graphs, no_cuda_graphs)
     console = _console()
     with console.status("loading models…"):
         from edgespec.api import SpeculativeDecoder
 
-        d, t = _load_pair(draft, target, need_draft=mode == "sd")
+        d, t = _load_pair(draft, target, need_draft=mode == "sd", opts=opts)
         decoder = SpeculativeDecoder(t, d)
     with console.status(f"generating ({mode})…"):
         out = decoder.generate(prompt, mode=mode, max_new_tokens=max_tokens, gamma=gamma, temperature=temperature,
@@ -197,6 +221,10 @@ def bench_sd_vs_ad(
     repeats: int = typer.Option(24, "--repeats", min=3, help="Repeats per step timing (median over all passes)."),
     draft: Optional[Path] = typer.Option(None, "--draft", help="Draft model directory (default: bundled)."),
     target: Optional[Path] = typer.Option(None, "--target", help="Target model directory (default: bundled)."),
+    device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
+    dtype: str = typer.Option("float32", "--dtype", help=DTYPE_HELP),
+    cuda_graphs: bool = typer.Option(False, "--cuda-graphs", help=GRAPHS_HELP),
+    no_cuda_graphs: bool = typer.Option(False, "--no-cuda-graphs", help=NO_GRAPHS_HELP),
     json_out: bool = typer.Option(False, "--json", help="End with one JSON object on the last line."),
 ) -> None:
     """SD vs AD tokens/s of a pair over γ, with α, step times, and Leviathan's and the zero-overhead bounds."""
@@ -212,12 +240,13 @@ def bench_sd_vs_ad(
         raise typer.BadParameter("must be comma-separated integers", param_hint="--gammas")
     if not gamma_list or any(not 1 <= g <= 32 for g in gamma_list):
         raise typer.BadParameter("each γ must be in [1, 32]", param_hint="--gammas")
+    opts = _device_options(device, dtype, cuda_graphs, no_cuda_graphs)
     console = _console()
     with console.status("loading models…"):
-        d, t = _load_pair(draft, target)
+        d, t = _load_pair(draft, target, opts=opts)
     with console.status("measuring…") as status:
         rows = sd_vs_ad.run(d, t, gamma_list, max_tokens, repeats, progress=lambda m: status.update(f"measuring: {m}"))
-    table = Table(title="SD vs AD (batch 1, greedy, float32)")
+    table = Table(title=f"SD vs AD (batch 1, greedy, {opts.describe()})")
     for col in ("γ", "α", "α_token", "tok/round", "c", "t_draft ms", "t_target ms", "t_verify ms", "AD tok/s", "SD tok/s",
                 "speedup", "Leviathan", "0-overhead", "of bound"):
         table.add_column(col, justify="right")
@@ -228,6 +257,7 @@ def bench_sd_vs_ad(
                       f"{r.speedup_bound:.2f}×", f"{r.share_of_bound:.0%}")
     console.print(table)
     result = sd_vs_ad.rows_to_json(rows)
+    result.update(device=str(opts.device), dtype=str(opts.dtype).removeprefix("torch."), cuda_graphs=opts.cuda_graphs)
     if json_out:
         print(json.dumps(result))
     else:
@@ -273,6 +303,10 @@ def profile_command(
     max_gamma: Optional[int] = typer.Option(None, "--max-gamma", min=1, max=32,
                                             help="γ of the acceptance runs (default 8, 4 with --quick); γ+1 joins the verify grid."),
     seed: int = typer.Option(0, "--seed", min=0, help="Seed of every random draw of the acceptance runs."),
+    device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
+    dtype: str = typer.Option("float32", "--dtype", help=DTYPE_HELP),
+    cuda_graphs: bool = typer.Option(False, "--cuda-graphs", help=GRAPHS_HELP),
+    no_cuda_graphs: bool = typer.Option(False, "--no-cuda-graphs", help=NO_GRAPHS_HELP),
     json_out: bool = typer.Option(False, "--json", help="End with one JSON summary on the last line."),
 ) -> None:
     """Measure a draft/target pair on this machine (step and verify times, per-position acceptance) into a pair profile for the simulator."""
@@ -281,6 +315,7 @@ def profile_command(
     from dataclasses import replace
 
     _check_writable(out, "--out")
+    opts = _device_options(device, dtype, cuda_graphs, no_cuda_graphs)
     console = _console()
     with console.status("loading models…"):
         import torch
@@ -289,12 +324,14 @@ def profile_command(
         from edgespec.plan.pairprofile import write_pair_profile
 
         torch.set_num_threads(threads)
-        d, t = _load_pair(draft, target)
+        d, t = _load_pair(draft, target, opts=opts)
     grid = replace(QUICK_GRID if quick else FULL_GRID, seed=seed)
     grid = grid.with_max_gamma(max_gamma) if max_gamma else grid
-    flags = [("--draft", draft), ("--target", target), ("--max-gamma", max_gamma)]
+    flags = [("--draft", draft), ("--target", target), ("--max-gamma", max_gamma),
+             ("--device", device if opts.device.type != "cpu" else None), ("--dtype", dtype if opts.dtype != torch.float32 else None)]
+    graphs_flag = ["--cuda-graphs"] * cuda_graphs + ["--no-cuda-graphs"] * no_cuda_graphs
     command = ["edgespec", "profile", "--out", str(out), *(["--quick"] if quick else []), "--threads", str(threads),
-               "--seed", str(seed), *[str(v) for f, v in flags if v is not None for v in (f, v)]]
+               "--seed", str(seed), *[str(v) for f, v in flags if v is not None for v in (f, v)], *graphs_flag]
     with _progress_bars(console) as report:
         pp = measure_pair(d, t, grid, progress=report, command=shlex.join(command))
     write_pair_profile(pp, out)

@@ -8,6 +8,10 @@ SD round for every unfinished sequence (ragged: each has its own γ, 0 allowed):
 The transcript is the truth; both caches are rebuilt lazily from it, so they only ever get cropped.
 With `GenerationConfig.coupled` (seeded sampling, `edgespec.spec.coupling`) AD draws by Gumbel-max with each
 sequence's position-keyed noise, SD drafts and verifies with the same noise, and both emit the same tokens.
+
+On a GPU the host waits for the device once per draft step (the drafted tokens feed the next step)
+and once per round (the verdict); everything else is queued without waiting: the draft is validated
+before the target forward is launched, and verification runs on the device.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from edgespec.models.coupled import CoupledDraw
 from edgespec.models.runtime import CausalLM, RaggedKV, check_same_tokenizer
 from edgespec.spec.coupling import block_noise, coupled_tokens, noise_rows, verify_coupled
 from edgespec.spec.sampling import SamplingParams, greedy_tokens, probs_from_logits, sample, sparsify_topk
-from edgespec.spec.verify import DraftBatch, DraftLimits, validate_draft, verify
+from edgespec.spec.verify import DraftBatch, DraftLimits, validate_draft, verify_validated
 
 __all__ = ["GenerationConfig", "GenerationResult", "generate_ad", "generate_sd", "draft_blocks", "draft_blocks_coupled", "DraftOutput", "RoundHook"]
 
@@ -154,11 +158,12 @@ def draft_loop(draft: CausalLM, kv: RaggedKV, transcripts: Sequence, gammas: Seq
         live = [b for b in range(rows) if gammas[b] > step]
         logits = draft.forward(kv, feeds, [1 if gammas[b] > step else 0 for b in range(rows)])  # [len(live), V]
         tokens, q, qi, top = draw(logits)
+        host_tokens, host_top = torch.stack([tokens.double(), top.double()]).tolist()  # one transfer per step
         feeds = [[] for _ in range(rows)]
         for j, b in enumerate(live):
-            tok = int(tokens[j])
+            tok = int(host_tokens[j])
             out.tokens[b].append(tok)
-            out.confidence[b].append(float(top[j]))
+            out.confidence[b].append(host_top[j])
             if q is not None:
                 out.q_rows[b].append(q[j])
             if qi is not None:
@@ -232,12 +237,13 @@ def generate_ad(target: CausalLM, prompts: Sequence[Sequence[int]], cfg: Generat
             tokens = coupled_tokens(probs_from_logits(logits, cfg.sampling), noise)
         else:
             tokens = sample(probs_from_logits(logits, cfg.sampling), gen)
+        tokens = tokens.tolist()  # the one wait per step
         still = []
         for j, b in enumerate(live):
             results[b].num_rounds += 1
             if results[b].num_rounds == 1:
                 results[b].ttft_s = time.perf_counter() - start
-            if not _finish(results[b], [int(tokens[j])], cfg, target.eos_token_id):
+            if not _finish(results[b], [tokens[j]], cfg, target.eos_token_id):
                 still.append(b)
         live = still
         if live:
@@ -290,20 +296,23 @@ def generate_sd(
             drafted = draft_blocks_coupled(draft, kv_d, transcripts, round_gamma, cfg.sampling, seeds)
         else:
             drafted = draft_blocks(draft, kv_d, transcripts, round_gamma, cfg.sampling, cfg.q_mode, cfg.q_top_k, gen)
-        # 3. verify every live block in one target forward
+        # 3. verify every live block in one target forward (the draft checked before the forward is queued)
+        batch = drafted.batch(live)
+        validate_draft(batch, target.vocab_size)
         feeds = [[] for _ in range(bsz)]
         for b in live:
             feeds[b] = sync_row(target, kv_t, b, transcripts[b]) + drafted.blocks[b]
         logits = target.forward(kv_t, feeds, [round_gamma[b] + 1 if b in live else 0 for b in range(bsz)])
         if cfg.is_coupled:
-            verdict = _verify_coupled(logits, drafted.batch(live), cfg.sampling, [seeds[b] for b in live], [len(transcripts[b]) for b in live])
+            verdict = _verify_coupled(logits, batch, cfg.sampling, [seeds[b] for b in live], [len(transcripts[b]) for b in live])
         else:
-            verdict = verify(logits, drafted.batch(live), cfg.sampling, gen)
+            verdict = verify_validated(logits, batch, cfg.sampling, gen)
+        accepted, next_tokens = torch.stack([verdict.num_accepted, verdict.next_tokens]).tolist()  # the one wait per round
         # 4. apply
         still = []
         for j, b in enumerate(live):
-            n = int(verdict.num_accepted[j])
-            emitted = drafted.blocks[b][:n] + [int(verdict.next_tokens[j])]
+            n = accepted[j]
+            emitted = drafted.blocks[b][:n] + [next_tokens[j]]
             _count_round(results[b], round_gamma[b], n)
             if on_round is not None:
                 on_round(b, round_gamma[b], n)

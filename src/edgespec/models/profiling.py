@@ -31,6 +31,7 @@ import torch
 
 from edgespec.bench.sd_vs_ad import prompt_ids
 from edgespec.models.decoder import GenerationConfig, generate_sd
+from edgespec.models.device import timed_s
 from edgespec.models.runtime import CausalLM, check_same_tokenizer
 from edgespec.plan.pairprofile import AcceptanceCurve, PairProfile, curve_from_rounds, setting_label
 from edgespec.plan.profile import Profile, StepTable
@@ -113,10 +114,8 @@ def _text_ids(lm: CausalLM, length: int) -> list[int]:
     return (stream * (length // len(stream) + 1))[:length]
 
 
-def _timed(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+def _timed(fn: Callable[[], object], device: torch.device) -> float:
+    return timed_s(fn, device)  # on a GPU: from an idle device to the end of the last kernel
 
 
 def _sweeps(cells: list, run_cell: Callable, grid: ProfileGrid, phase: str, progress: Progress) -> dict:
@@ -160,7 +159,7 @@ def _step_medians(lm: CausalLM, text: list[int], grid: ProfileGrid, tokens: Sequ
 
     def run_cell(b: int, n: int) -> float:
         kv = caches[b]
-        seconds = _timed(lambda: lm.forward(kv, [feed[:n]] * b))
+        seconds = _timed(lambda: lm.forward(kv, [feed[:n]] * b), lm.device)
         for row in range(b):
             lm.crop(kv, row, grid.context_tokens)
         return seconds
@@ -171,7 +170,7 @@ def _step_medians(lm: CausalLM, text: list[int], grid: ProfileGrid, tokens: Sequ
 def _prefill_medians(lm: CausalLM, text: list[int], grid: ProfileGrid, phase: str, progress: Progress) -> dict:
     def run_cell(b: int, p: int) -> float:
         kv = lm.new_kv(b)
-        return _timed(lambda: lm.prefill(kv, [text[:p]] * b))
+        return _timed(lambda: lm.prefill(kv, [text[:p]] * b), lm.device)
 
     return _sweeps(list(product(grid.prefill_batch_sizes, grid.prefill_tokens)), run_cell, grid, phase, progress)
 

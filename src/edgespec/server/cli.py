@@ -100,7 +100,10 @@ def serve_command(
     ),
     tls_cert: Optional[Path] = typer.Option(None, "--tls-cert", help="TLS certificate (PEM) for wss://"),
     tls_key: Optional[Path] = typer.Option(None, "--tls-key", help="TLS private key (PEM) for wss://"),
-    device: str = typer.Option("cpu", "--device", help="torch device for the target model"),
+    device: str = typer.Option("cpu", "--device", help="torch device of the target model: cpu, cuda or cuda:N"),
+    dtype: str = typer.Option("float32", "--dtype", help="target dtype: float32, bfloat16 or float16"),
+    cuda_graphs: bool = typer.Option(False, "--cuda-graphs", help="capture decode/verify steps as CUDA graphs (the default with --device cuda)"),
+    no_cuda_graphs: bool = typer.Option(False, "--no-cuda-graphs", help="run every step eagerly on CUDA"),
 ) -> None:
     """Run a verifier node: host the target model and verify drafts from drafter nodes in batches."""
     if (tls_cert is None) != (tls_key is None):
@@ -115,6 +118,13 @@ def serve_command(
             raise typer.BadParameter(f"{auth_token_file} is empty")
     node_tokens = _read_node_tokens(node_tokens_file, auth_token_file)
     _refuse_missing_auth(host, auth_token or node_tokens, allow_no_auth)
+    from edgespec.models.device import DeviceError, device_options
+
+    try:  # a missing GPU or an unknown dtype fails here, before the model loads
+        opts = device_options(device, dtype, cuda_graphs or None, no_cuda_graphs)
+    except DeviceError as exc:
+        typer.echo(f"edgespec serve: {exc}", err=True)
+        raise typer.Exit(2) from None
     from edgespec.server.node import VerifierConfig
 
     try:  # bad settings fail here, before the model loads
@@ -122,7 +132,8 @@ def serve_command(
             target_dir=target, host=host, port=port, metrics_port=metrics_port, metrics_host=metrics_host, max_batch_tokens=max_batch_tokens,
             max_batch_size=max_batch_size, batch_window_ms=batch_window_ms, kv_budget_tokens=kv_budget_tokens,
             max_sessions_per_node=max_sessions_per_node, max_tokens_in_flight_per_node=max_tokens_in_flight_per_node,
-            auth_token=auth_token, node_tokens=node_tokens, allow_no_auth=allow_no_auth, tls_cert=tls_cert, tls_key=tls_key, device=device,
+            auth_token=auth_token, node_tokens=node_tokens, allow_no_auth=allow_no_auth, tls_cert=tls_cert, tls_key=tls_key, device=str(opts.device),
+            dtype=str(opts.dtype).removeprefix("torch."), cuda_graphs=opts.cuda_graphs,
         )
     except ValueError as exc:
         typer.echo(f"edgespec serve: {exc}", err=True)

@@ -91,6 +91,8 @@ class VerifierConfig:
     node_id: str = "verifier"
     model_id: Optional[str] = None  # announced in HelloAck; default: the target's directory
     device: str = "cpu"
+    dtype: str = "float32"  # of the target: float32 | bfloat16 | float16
+    cuda_graphs: Optional[bool] = None  # CUDA graphs of the decode/verify steps; None: on with a CUDA device
     seed: int = 0  # picks the seeds of sessions that leave theirs unset
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     calibrate: bool = True  # time a few forwards at start-up: the prior of the forward-time model sent in load hints
@@ -580,4 +582,4 @@ def _load_target(config: VerifierConfig):
     from edgespec.models.runtime import CausalLM
 
     path = config.target_dir if config.target_dir is not None else bundled_path("target")
-    return CausalLM.load(path, device=config.device)
+    return CausalLM.load(path, device=config.device, dtype=config.dtype, cuda_graphs=config.cuda_graphs)

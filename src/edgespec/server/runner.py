@@ -9,6 +9,8 @@ whole batch. The runner keeps each session's transcript (prompt + every token it
 them), so it knows which tokens its cache lacks; a draft at position P must have P == len(transcript).
 The cache is only a cache: after a failed forward it is dropped and rebuilt from the transcripts.
 Each batch's target forwards are timed: `RoundResult.forward_s`, and `forward_windows` (recent batches).
+On a GPU the batch is queued whole (forwards, then verification) and the host waits once, for the
+verdicts; the forwards are timed by CUDA events read after that wait (`edgespec.models.device.StepClock`).
 
 Threading: `verify_batch` and `reclaim` run in one worker thread (they alone touch the KV tensors);
 `open`, `close` and the queries are called from the event loop and only touch the session table,
@@ -26,6 +28,7 @@ from typing import Hashable, Optional, Sequence
 
 import torch
 
+from edgespec.models.device import StepClock, upload
 from edgespec.models.runtime import CausalLM, RaggedKV
 from edgespec.policy.load import CALIBRATION_CONTEXT_TOKENS, CALIBRATION_SHAPES
 from edgespec.models.runtime import put_rows, resize_rows, take_rows
@@ -296,22 +299,22 @@ class VerifierRunner:
         if not live:
             return results
         started_s = time.perf_counter()
+        clock = StepClock(self.target.device)
         try:
             if prefill:  # prompts (or resumed transcripts) first, in a forward of their own, no logits needed
                 self._forward_rows(prefill, {row: 0 for row in prefill})
-            verify_started_s = time.perf_counter()
+            verify_clock = StepClock(self.target.device)  # the verification forward alone: the forward-time model's data
             logits = self._forward_rows(feeds, last_n)  # [Σ (γ_i + 1), V], rows ascending
-            if logits.is_cuda:  # kernels run asynchronously: end the timed window when they are done
-                torch.cuda.synchronize(logits.device)
+            clock.stop()
+            verify_clock.stop()
+            verdicts = self._verify(logits, live, last_n)  # on a GPU: the batch's one wait (asynchronous errors surface here too)
         except Exception:
             with self._lock:
                 self._reset_kv()
             raise
-        ended_s = time.perf_counter()
-        self.forward_windows.append((started_s, ended_s))
-        self.last_verify = (*self._shape, ended_s - verify_started_s)
-        forward_s = ended_s - started_s
-        verdicts = self._verify(logits, live, last_n)
+        forward_s = clock.seconds()
+        self.forward_windows.append((started_s, started_s + forward_s))
+        self.last_verify = (*self._shape, verify_clock.seconds())
         with self._lock:
             keep: dict[int, int] = {}
             for (i, item, sess), (accepted, token, bonus) in zip(live, verdicts):
@@ -328,21 +331,25 @@ class VerifierRunner:
 
     def _verify(self, logits: torch.Tensor, live: list[tuple[int, DraftItem, _Session]], last_n: dict[int, int]) -> list[tuple[int, int, bool]]:
         """(accepted, next token, is_bonus) per live item: greedy sessions in one call, sampled ones each with its own generator
-        (or, coupled, its own position-keyed noise)."""
+        (or, coupled, its own position-keyed noise).
+
+        Every verdict stays on the device until one transfer at the end (a single wait per batch on a GPU).
+        """
         starts, offset = {}, 0
         for row in sorted(last_n):
             starts[row], offset = offset, offset + last_n[row]
-        out: list[Optional[tuple[int, int, bool]]] = [None] * len(live)
+        order: list[int] = []  # live index of each verdict column
+        parts: list[torch.Tensor] = []  # [3, k] (accepted, next token, is_bonus) per call
         greedy = sorted((j for j, (_, _, sess) in enumerate(live) if sess.params.greedy), key=lambda j: live[j][2].row)  # logits' row order
         if greedy:
             batch = DraftBatch.from_blocks([live[j][1].draft.token_ids.tolist() for j in greedy])
             greedy_logits = logits  # when every session is greedy the logits already have the batch's layout
             if len(greedy) < len(live):
                 rows = [r for j in greedy for r in range(starts[live[j][2].row], starts[live[j][2].row] + live[j][1].gamma + 1)]
-                greedy_logits = logits[torch.tensor(rows, device=logits.device)]
+                greedy_logits = logits[upload(torch.tensor(rows), logits.device)]
             res = verify_greedy(greedy_logits, batch)
-            for j, verdict in zip(greedy, zip(res.num_accepted.tolist(), res.next_tokens.tolist(), res.is_bonus.tolist())):
-                out[j] = verdict
+            order += greedy
+            parts.append(torch.stack([res.num_accepted, res.next_tokens, res.is_bonus.long()]))
         for j, (_, item, sess) in enumerate(live):
             if sess.params.greedy:
                 continue
@@ -353,5 +360,10 @@ class VerifierRunner:
             else:
                 gen = torch.Generator().manual_seed(round_seed(sess.seed, item.position))
                 res = verify_probs(probs, item.draft, gen)
-            out[j] = (int(res.num_accepted[0]), int(res.next_tokens[0]), bool(res.is_bonus[0]))
+            order.append(j)
+            parts.append(torch.stack([res.num_accepted, res.next_tokens, res.is_bonus.long()]))
+        accepted, tokens, bonus = torch.cat(parts, dim=1).tolist()  # the one wait
+        out: list[Optional[tuple[int, int, bool]]] = [None] * len(live)
+        for k, j in enumerate(order):
+            out[j] = (accepted[k], tokens[k], bool(bonus[k]))
         return out  # type: ignore[return-value]
