@@ -28,13 +28,12 @@ from typing import Hashable, Optional, Sequence
 
 import torch
 
-from edgespec.models.device import StepClock, upload
-from edgespec.models.runtime import CausalLM, RaggedKV
+from edgespec.models.device import StepClock
+from edgespec.models.runtime import CausalLM, RaggedKV, put_rows, resize_rows, take_rows
 from edgespec.policy.load import CALIBRATION_CONTEXT_TOKENS, CALIBRATION_SHAPES
-from edgespec.models.runtime import put_rows, resize_rows, take_rows
 from edgespec.spec.coupling import block_noise, verify_coupled
-from edgespec.spec.sampling import SamplingParams, probs_from_logits
-from edgespec.spec.verify import DraftBatch, verify_greedy, verify_probs
+from edgespec.spec.sampling import SamplingParams, greedy_tokens, probs_from_logits
+from edgespec.spec.verify import DraftBatch, verify_probs
 
 __all__ = ["SessionKey", "DraftItem", "RoundResult", "VerifierRunner", "round_seed"]
 
@@ -338,18 +337,10 @@ class VerifierRunner:
         starts, offset = {}, 0
         for row in sorted(last_n):
             starts[row], offset = offset, offset + last_n[row]
-        order: list[int] = []  # live index of each verdict column
-        parts: list[torch.Tensor] = []  # [3, k] (accepted, next token, is_bonus) per call
-        greedy = sorted((j for j, (_, _, sess) in enumerate(live) if sess.params.greedy), key=lambda j: live[j][2].row)  # logits' row order
-        if greedy:
-            batch = DraftBatch.from_blocks([live[j][1].draft.token_ids.tolist() for j in greedy])
-            greedy_logits = logits  # when every session is greedy the logits already have the batch's layout
-            if len(greedy) < len(live):
-                rows = [r for j in greedy for r in range(starts[live[j][2].row], starts[live[j][2].row] + live[j][1].gamma + 1)]
-                greedy_logits = logits[upload(torch.tensor(rows), logits.device)]
-            res = verify_greedy(greedy_logits, batch)
-            order += greedy
-            parts.append(torch.stack([res.num_accepted, res.next_tokens, res.is_bonus.long()]))
+        order: list[int] = []  # live index of each sampled verdict column
+        parts: list[torch.Tensor] = []  # [3, k] (accepted, next token, is_bonus) per sampled call
+        greedy = [j for j, (_, _, sess) in enumerate(live) if sess.params.greedy]
+        best = greedy_tokens(logits) if greedy else logits.new_zeros(0, dtype=torch.long)  # [Σ (γ_i + 1)] argmax per row
         for j, (_, item, sess) in enumerate(live):
             if sess.params.greedy:
                 continue
@@ -362,8 +353,18 @@ class VerifierRunner:
                 res = verify_probs(probs, item.draft, gen)
             order.append(j)
             parts.append(torch.stack([res.num_accepted, res.next_tokens, res.is_bonus.long()]))
-        accepted, tokens, bonus = torch.cat(parts, dim=1).tolist()  # the one wait
+        sampled = torch.cat(parts, dim=1).flatten() if parts else best.new_zeros(0)
+        flat = torch.cat([best, sampled.to(best.device)]).tolist()  # the one wait
+        argmax, k = flat[: best.numel()], len(order)
         out: list[Optional[tuple[int, int, bool]]] = [None] * len(live)
-        for k, j in enumerate(order):
-            out[j] = (accepted[k], tokens[k], bool(bonus[k]))
+        for j in greedy:  # greedy rule on the host, from the batch's one argmax: accept while x == argmax p, emit argmax p at the stop
+            _, item, sess = live[j]
+            start, drafted = starts[sess.row], item.draft.token_ids.tolist()
+            n = 0
+            while n < len(drafted) and drafted[n] == argmax[start + n]:
+                n += 1
+            out[j] = (n, argmax[start + n], n == len(drafted))
+        rest = flat[best.numel():]
+        for c, j in enumerate(order):
+            out[j] = (rest[c], rest[k + c], bool(rest[2 * k + c]))
         return out  # type: ignore[return-value]
