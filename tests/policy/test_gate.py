@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgespec.policy.gamma import RoundObservation, StaticGamma, make_gamma_policy
-from edgespec.policy.gate import LoadAwareGamma, SpeculationGate
+from edgespec.policy.gate import LoadAwareGamma, ModelGamma, SpeculationGate
 from edgespec.policy.load import ForwardCost, ForwardCostFit, VerifierHints
 
 # a CPU-like verifier: every position of every row costs (compute-bound); a GPU-like one: a big fixed part (memory-bound)
@@ -116,17 +116,6 @@ def _closes_at(cost: ForwardCost, rows: int) -> bool:
     return policy.gate.gated
 
 
-def test_gate_speculates_when_batch_mates_pad_the_batch_anyway():
-    """A node that gated sees its batch still padded to 5 positions by other nodes' drafts: speculating is then free."""
-    policy = LoadAwareGamma(StaticGamma(4))
-    _drive(policy, COMPUTE_BOUND, rows=24)
-    assert policy.gate.gated
-    for _ in range(20):  # AD rounds in batches another node widens to γ = 4
-        g = policy.gamma()
-        policy.observe(_round(g, int(0.8 * g), COMPUTE_BOUND, 24, 5))
-    assert not policy.gate.gated
-
-
 def test_gate_stays_open_without_a_forward_model_and_probes_when_asked():
     policy = LoadAwareGamma(StaticGamma(3))
     for _ in range(5):  # a verifier that sends no forward-time model: the inner policy decides
@@ -142,16 +131,30 @@ def test_gate_stays_open_without_a_forward_model_and_probes_when_asked():
         LoadAwareGamma(StaticGamma(4), probe_every=-1)
 
 
-def test_gate_is_shared_by_a_nodes_sessions_and_adaptive_is_awc_behind_it():
+def test_gate_is_shared_by_a_nodes_sessions_and_adaptive_is_the_gates_model_behind_it():
     state: dict = {}
     a = make_gamma_policy("adaptive", 4, 8, node_state=state)
     b = make_gamma_policy("static", 4, 8, node_state=state, load_aware=True)
+    c = make_gamma_policy("awc", 4, 8, node_state=state, load_aware=True)
     assert isinstance(a, LoadAwareGamma) and isinstance(b, LoadAwareGamma)
-    assert a.gate is b.gate is SpeculationGate.of(state)
-    assert type(a.inner).__name__ == "AwcGamma"
+    assert a.gate is b.gate is c.gate is SpeculationGate.of(state)
+    assert isinstance(a.inner, ModelGamma) and a.inner.gate is a.gate and type(c.inner).__name__ == "AwcGamma"
     _drive(b, COMPUTE_BOUND, rows=24)
     assert a.gamma() == 0  # the node's gate closed for every session of the node
     assert not isinstance(make_gamma_policy("static", 4, 8), LoadAwareGamma)
+
+
+def test_the_models_gamma_shortens_as_a_compute_bound_verifier_fills_and_stays_long_where_it_is_memory_bound():
+    def settled(cost: ForwardCost, rows: float) -> int:
+        policy = make_gamma_policy("adaptive", 4, 8)
+        _drive(policy, cost, rows=rows, rounds=40, accept_rate=0.8)
+        return policy.gamma()
+
+    cpu = ForwardCost(base_s=0.012, per_position_s=0.0012, per_row_s=0.0)
+    light, heavier = settled(cpu, 1), settled(cpu, 6)
+    assert 1 <= heavier < light  # more rows per forward: each drafted position costs more of everyone's time
+    assert settled(MEMORY_BOUND, 24) >= light  # a forward that barely grows with positions: long drafts pay
+    assert settled(COMPUTE_BOUND, 24) == 0  # and where nothing pays, the gate closes
 
 
 def test_gate_estimates_follow_the_rounds():

@@ -280,10 +280,11 @@ def make_gamma_policy(name: str, gamma: int = 4, max_gamma: int = 16, confidence
                       probe_every: int = 0) -> GammaPolicy:
     """A fresh γ policy: `gamma` is the static value (static) or the starting value (heuristic, goodput, awc); `max_gamma` bounds all of them.
 
-    "adaptive" is AWC behind the speculation gate (`edgespec.policy.gate`): AWC's γ where speculating
-    pays at the verifier's load, γ = 0 (autoregressive rounds) where it does not — the drafter node's
-    default. `load_aware` puts any other policy behind the same gate; `probe_every` is the gate's
-    probe period (0: no probes).
+    "adaptive" is the drafter node's default (`edgespec.policy.gate`): the speculation gate's own model
+    picks γ (Leviathan's optimum priced with the verifier's announced forward-time model and the
+    node's measured draft time and overheads) where speculating pays at the verifier's load, and γ = 0
+    (autoregressive rounds) where it does not. `load_aware` puts any other policy behind the same gate;
+    `probe_every` is the gate's probe period (0: no probes).
     "awc" uses the shipped learned weights (edgespec/policy/awc_weights.json) with its analytic fallback;
     "awc_analytic" is AWC's hand-tuned fallback alone (no weights), for ablations; "awc_solo" is that
     fallback with every session learning alone (no node pool), for ablations too.
@@ -292,13 +293,14 @@ def make_gamma_policy(name: str, gamma: int = 4, max_gamma: int = 16, confidence
     knows the request's class, and its sessions draft one γ; the gate decides there for the whole node.
     Without it every session learns and decides alone.
     """
+    from edgespec.policy.gate import LoadAwareGamma, ModelGamma, SpeculationGate  # gate imports this module
+
     if name == "adaptive":
-        name, load_aware = "awc", True
+        gate = SpeculationGate.of(node_state)
+        return LoadAwareGamma(ModelGamma(gate, max(max_gamma, 1), min(max(gamma, 1), max(max_gamma, 1))), gate, probe_every=probe_every)
     policy = _base_policy(name, gamma, max_gamma, confidence_threshold, node_state, request_class)
     if not load_aware:
         return policy
-    from edgespec.policy.gate import LoadAwareGamma, SpeculationGate  # gate imports this module
-
     return LoadAwareGamma(policy, SpeculationGate.of(node_state), probe_every=probe_every)
 
 

@@ -9,19 +9,20 @@ measures, the same way in the real drafter node and in the simulator.
 How (per drafter node, shared by its sessions' policies — they share draft passes and, since the
 verifier pads a batch to its widest draft, one session speculating makes its batch-mates pay too):
 
-    τ_AD = O + k · t_f(n, max(1, w_o))                            seconds per token, AD rounds
-    τ_SD = (γ̄ · t_tok + O + k · t_f(n, max(γ̄ + 1, w_o))) / E(γ̄; α̂)  seconds per token, speculating
+    τ_AD = O + k · t_f(n, 1)                            seconds per token, AD rounds
+    τ_SD(γ) = (γ · t_tok + O + k · t_f(n, γ + 1)) / E(γ; α̂)  seconds per token, speculating γ a round
 
 - t_f(rows, width): the verifier's forward-time model from its load hints (`ForwardCost`), at its
-  recent batch size n (drafts per forward);
-- w_o: the width the node's batch-mates on other drafter nodes impose (observed while this node is
-  gated, when its own rows add width 1; 1 before that: they are assumed to gate alike);
+  recent batch size n (rows per forward); every row is taken to draft alike (the node's sessions share
+  one decision, and other nodes running this policy decide alike);
 - O: the round's time outside target forwards (wire, both event loops, batching window), measured
   per round as rtt − forward − waiting behind other batches' forwards; k = 1 + that wait / forward;
-- γ̄, t_tok, α̂: the node's recent γ, draft time per drafted token and acceptance (discounted
-  MLE accepted / (accepted + rejections)), all from its speculating rounds.
+- t_tok, α̂: the node's draft time per drafted token and acceptance (discounted MLE accepted /
+  (accepted + rejections)), from its speculating rounds.
 
-The gate closes when τ_AD < (1 − h)·τ_SD and opens again when τ_SD < (1 − h)·τ_AD (hysteresis h).
+τ_SD is taken at the node's recent γ̄, or, for the default policy (`ModelGamma`, whose γ is this
+model's argmin), at the best γ. The gate closes when τ_AD < (1 − h)·τ_SD and opens again when
+τ_SD < (1 − h)·τ_AD (hysteresis h).
 Before any load hint with a forward model, or before the first draft time, it stays open (the
 missing draft time counts as 0: the gate only closes when AD wins even against free drafting). While
 closed, `probe_every` > 0 lets a session speculate once every that many AD rounds to refresh α̂.
@@ -37,7 +38,7 @@ from edgespec.policy.awc import expected_tokens
 from edgespec.policy.gamma import GammaPolicy, RoundObservation
 from edgespec.policy.load import VerifierHints
 
-__all__ = ["SpeculationGate", "LoadAwareGamma"]
+__all__ = ["SpeculationGate", "LoadAwareGamma", "ModelGamma"]
 
 
 def _ok(value: Optional[float]) -> bool:
@@ -64,9 +65,10 @@ class SpeculationGate:
         self.draft_per_token_s = 0.0  # unknown counts as free drafting
         self.other_s = 0.0  # EWMA of rtt − forward − busy wait
         self.wait_ratio = 0.0  # EWMA of busy wait / forward
-        self.others_width: Optional[float] = None  # EWMA of the batch width seen while gated
         self.load: Optional[VerifierHints] = None
         self.gated = False
+        self.version = 0  # counts observations (what `ModelGamma` caches its choice by)
+        self.choose_gamma_up_to = 0  # > 0: the node's γ is this model's best up to it (`ModelGamma`)
         self.switches = 0  # times the gate opened or closed
         self.last_taus: Optional[tuple[float, float]] = None  # (τ_SD, τ_AD) of the last decision
 
@@ -109,24 +111,40 @@ class SpeculationGate:
         load = obs.hints
         if load is not None and load.forward_cost is not None:
             self.load = load
-            if self.gated and obs.drafted == 0 and _ok(load.batch_width):
-                w = self.others_width
-                self.others_width = load.batch_width if w is None else self._ema(w, load.batch_width)
+        self.version += 1
         self._decide()
 
-    def predicted_taus(self) -> Optional[tuple[float, float]]:
-        """(τ_SD, τ_AD): predicted seconds per emitted token speculating at the node's γ̄ and not at all; None without a forward model."""
+    def tau(self, gamma: float) -> Optional[float]:
+        """Predicted seconds per emitted token when the node's sessions draft `gamma` tokens a round (0: AD); None without a forward model."""
         load = self.load
         if load is None or load.forward_cost is None:
             return None
-        cost = load.forward_cost
         n = max(load.batch_rows or 1.0, 1.0)
-        g = max(self.gamma_sd, 1.0)
-        w_o = self.others_width if self.others_width is not None else 1.0
-        k = 1.0 + self.wait_ratio
-        tau_ad = self.other_s + k * cost.seconds(n, max(1.0, w_o))
-        round_sd = g * self.draft_per_token_s + self.other_s + k * cost.seconds(n, max(g + 1.0, w_o))
-        return round_sd / expected_tokens(min(self.alpha, 0.999), g), tau_ad
+        forward_s = (1.0 + self.wait_ratio) * load.forward_cost.seconds(n, gamma + 1.0)
+        if gamma <= 0:
+            return self.other_s + forward_s
+        return (gamma * self.draft_per_token_s + self.other_s + forward_s) / expected_tokens(min(self.alpha, 0.999), gamma)
+
+    def predicted_taus(self) -> Optional[tuple[float, float]]:
+        """(τ_SD, τ_AD): predicted seconds per emitted token speculating and not at all; None without a forward model.
+
+        τ_SD is at the node's recent γ̄, or — when the node's γ comes from this model (`choose_gamma_up_to`
+        set by `ModelGamma`) — at the best γ, since that is what it would draft.
+        """
+        tau_ad = self.tau(0)
+        if tau_ad is None:
+            return None
+        if self.choose_gamma_up_to:
+            return min(self.tau(g) for g in range(1, self.choose_gamma_up_to + 1)), tau_ad
+        return self.tau(max(self.gamma_sd, 1.0)), tau_ad
+
+    def best_gamma(self, max_gamma: int, fallback: int) -> int:
+        """The γ in [1, max_gamma] with the least predicted time per token (Leviathan's optimum with the verifier's measured forward
+        model and the round's measured overheads; ties to the shorter γ); `fallback` before a forward model."""
+        taus = [self.tau(g) for g in range(1, max_gamma + 1)]
+        if not taus or taus[0] is None:
+            return fallback
+        return 1 + min(range(len(taus)), key=taus.__getitem__)
 
     def _decide(self) -> None:
         taus = self.predicted_taus()
@@ -168,3 +186,27 @@ class LoadAwareGamma(GammaPolicy):
         self._ad_rounds = self._ad_rounds + 1 if obs.drafted == 0 else 0
         self.inner.observe(obs)
         self.gate.observe(obs)
+
+
+class ModelGamma(GammaPolicy):
+    """γ from the node's speculation-gate model: `SpeculationGate.best_gamma` (the drafter node's default, behind the gate itself).
+
+    It is Leviathan's optimum E(γ)/round time, with the round priced as the deployment runs it: the
+    node's measured draft time per token and time outside forwards, and the verifier's announced
+    forward-time model at its batch size — so γ shortens as a compute-bound verifier fills up, and
+    stays long where verification is memory-bound. Before the first forward model: `initial`.
+    """
+
+    def __init__(self, gate: SpeculationGate, max_gamma: int = 8, initial: int = 4) -> None:
+        if not 1 <= initial <= max_gamma:
+            raise ValueError(f"need 1 <= initial <= max_gamma, got {initial}, {max_gamma}")
+        self.gate, self.max_gamma, self.initial = gate, max_gamma, initial
+        gate.choose_gamma_up_to = max(gate.choose_gamma_up_to, max_gamma)
+        self._cached = (-1, initial)
+
+    def gamma(self, now_s: float = 0.0) -> int:
+        version, choice = self._cached
+        if version != self.gate.version:
+            choice = self.gate.best_gamma(self.max_gamma, self.initial)
+            self._cached = (self.gate.version, choice)
+        return choice
