@@ -9,14 +9,17 @@ measures, the same way in the real drafter node and in the simulator.
 How (per drafter node, shared by its sessions' policies — they share draft passes and, since the
 verifier pads a batch to its widest draft, one session speculating makes its batch-mates pay too):
 
-    τ_AD = O + k · t_f(n, 1)                            seconds per token, AD rounds
+    τ_AD = O + t_f(n, 1)                                 seconds per token, AD rounds
     τ_SD(γ) = (γ · t_tok + O + k · t_f(n, γ + 1)) / E(γ; α̂)  seconds per token, speculating γ a round
 
-- t_f(rows, width): the verifier's forward-time model from its load hints (`ForwardCost`), at its
-  recent batch size n (rows per forward); every row is taken to draft alike (the node's sessions share
-  one decision, and other nodes running this policy decide alike);
-- O: the round's time outside target forwards (wire, both event loops, batching window), measured
-  per round as rtt − forward − waiting behind other batches' forwards; k = 1 + that wait / forward;
+- t_f(rows, width): the verifier's forward-time model from its load hints (`ForwardCost`); every row
+  is taken to draft alike (the node's sessions share one decision, and other nodes running this policy
+  decide alike). For AD rounds, and for speculation judged from a closed gate, n is every open session
+  at the verifier (`active_sessions`: with γ = 0 they all join one batch) and k = 1; while speculating,
+  n is the verifier's measured rows per forward and k = 1 + the measured wait behind other batches'
+  forwards per forward (speculating sessions drift into groups that take turns);
+- O: the round's time outside target forwards (wire, both event loops), measured per round as
+  rtt − forward − waiting behind other batches' forwards;
 - t_tok, α̂: the node's draft time per drafted token and acceptance (discounted MLE accepted /
   (accepted + rejections)), from its speculating rounds.
 
@@ -50,7 +53,7 @@ class SpeculationGate:
 
     KEY = "speculation_gate"  # where it lives in a node's shared-state dict
 
-    def __init__(self, hysteresis: float = 0.05, smoothing: float = 0.2, alpha_prior: float = 0.6, alpha_memory: float = 0.98,
+    def __init__(self, hysteresis: float = 0.1, smoothing: float = 0.2, alpha_prior: float = 0.6, alpha_memory: float = 0.98,
                  gamma_prior: float = 4.0) -> None:
         if not 0.0 <= hysteresis < 1.0:
             raise ValueError(f"hysteresis must be in [0, 1), got {hysteresis}")
@@ -62,7 +65,9 @@ class SpeculationGate:
         self._prior = (2.0 * alpha_prior / (1.0 - alpha_prior), 2.0)  # (accepted, rejections) worth two rounds
         self._accepted = self._rejected = 0.0
         self.gamma_sd = gamma_prior  # EWMA of γ over speculating rounds
-        self.draft_per_token_s = 0.0  # unknown counts as free drafting
+        self.draft_per_token_s = 0.0  # the node's draft pass: base + per token · γ (unknown counts as free drafting)
+        self.draft_base_s = 0.0
+        self._draft_sums: list[float] = []
         self.other_s = 0.0  # EWMA of rtt − forward − busy wait
         self.wait_ratio = 0.0  # EWMA of busy wait / forward
         self.load: Optional[VerifierHints] = None
@@ -70,6 +75,7 @@ class SpeculationGate:
         self.version = 0  # counts observations (what `ModelGamma` caches its choice by)
         self.choose_gamma_up_to = 0  # > 0: the node's γ is this model's best up to it (`ModelGamma`)
         self.switches = 0  # times the gate opened or closed
+        self._since_switch = 1 << 30  # observations since the last switch (the first switch needs no settling)
         self.last_taus: Optional[tuple[float, float]] = None  # (τ_SD, τ_AD) of the last decision
 
     @staticmethod
@@ -99,14 +105,13 @@ class SpeculationGate:
             self._rejected = m * self._rejected + (1.0 if obs.accepted < obs.drafted else 0.0)
             self.gamma_sd = self._ema(self.gamma_sd, float(obs.drafted))
             if _ok(obs.draft_time_s):
-                t = obs.draft_time_s / obs.drafted
-                self.draft_per_token_s = t if self.draft_per_token_s == 0.0 else self._ema(self.draft_per_token_s, t)
+                self._fit_draft(float(obs.drafted), obs.draft_time_s)
         if _ok(obs.rtt_s):
             model_s = obs.forward_s if _ok(obs.forward_s) else obs.verify_time_s
             if _ok(model_s):
                 busy = obs.busy_wait_s if _ok(obs.busy_wait_s) else 0.0
                 self.other_s = self._ema(self.other_s, max(obs.rtt_s - model_s - busy, 0.0))
-                if model_s > 0.0:
+                if model_s > 0.0 and obs.drafted > 0:  # the wait of speculating rounds (AD rounds batch every session at once)
                     self.wait_ratio = self._ema(self.wait_ratio, min(busy / model_s, 4.0))
         load = obs.hints
         if load is not None and load.forward_cost is not None:
@@ -119,11 +124,32 @@ class SpeculationGate:
         load = self.load
         if load is None or load.forward_cost is None:
             return None
-        n = max(load.batch_rows or 1.0, 1.0)
-        forward_s = (1.0 + self.wait_ratio) * load.forward_cost.seconds(n, gamma + 1.0)
+        everyone = max(float(load.active_sessions), load.batch_rows or 1.0, 1.0)
+        if gamma <= 0 or self.gated:  # AD rounds (or speculation as it would start): every open session in one batch
+            n, k = everyone, 1.0
+        else:  # speculating now: the batches and the waits behind other batches as measured
+            n, k = max(load.batch_rows or 1.0, 1.0), 1.0 + self.wait_ratio
+        forward_s = k * load.forward_cost.seconds(n, gamma + 1.0)
         if gamma <= 0:
             return self.other_s + forward_s
-        return (gamma * self.draft_per_token_s + self.other_s + forward_s) / expected_tokens(min(self.alpha, 0.999), gamma)
+        return (self.draft_s(gamma) + self.other_s + forward_s) / expected_tokens(min(self.alpha, 0.999), gamma)
+
+    def _fit_draft(self, gamma: float, seconds: float) -> None:
+        """Fold a draft pass of `gamma` steps that took `seconds` into the pass-time line a + b·γ (EW least squares, a and b ≥ 0)."""
+        m = 1.0 - self.smoothing
+        new = (1.0, gamma, gamma * gamma, seconds, gamma * seconds)
+        self._draft_sums = [m * old + v for old, v in zip(self._draft_sums, new)] if self._draft_sums else list(new)
+        n, sg, sgg, sy, sgy = self._draft_sums
+        var = sgg / n - (sg / n) ** 2
+        slope = (sgy / n - sg * sy / (n * n)) / var if var > 1e-6 else None
+        if slope is None or slope < 0.0 or sy / n - slope * sg / n < 0.0:  # γ has not varied (or the line bends): all per step
+            self.draft_base_s, self.draft_per_token_s = 0.0, sy / sg if sg > 0 else 0.0
+        else:
+            self.draft_base_s, self.draft_per_token_s = sy / n - slope * sg / n, slope
+
+    def draft_s(self, gamma: float) -> float:
+        """Predicted draft pass time for `gamma` tokens (0 for an AD round: no pass)."""
+        return self.draft_base_s + self.draft_per_token_s * gamma if gamma > 0 else 0.0
 
     def predicted_taus(self) -> Optional[tuple[float, float]]:
         """(τ_SD, τ_AD): predicted seconds per emitted token speculating and not at all; None without a forward model.
@@ -154,9 +180,13 @@ class SpeculationGate:
         tau_sd, tau_ad = taus
         keep = 1.0 - self.hysteresis
         gated = not (tau_sd < keep * tau_ad) if self.gated else tau_ad < keep * tau_sd
-        if gated != self.gated:
+        self._since_switch += 1
+        # a switch reshapes the batches the estimates come from: first let every session of the verifier see a round or two
+        settle = 2.0 * max(self.load.active_sessions if self.load is not None else 1, 1)
+        if gated != self.gated and self._since_switch >= settle:
             self.gated = gated
             self.switches += 1
+            self._since_switch = 0
 
 
 class LoadAwareGamma(GammaPolicy):

@@ -97,6 +97,7 @@ class VerifierConfig:
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     calibrate: bool = True  # time a few forwards at start-up: the prior of the forward-time model sent in load hints
     forward_cost: Optional[ForwardCost] = None  # announce this forward-time model (e.g. from a profile) instead of fitting one
+    merge_share: float = 0.5  # merge wait = this share of a forward's fixed cost (the scheduler's docstring); 0: off
 
     def __post_init__(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -381,6 +382,9 @@ class VerifierNode:
         rows, width, seconds = shape
         if self.config.forward_cost is None:
             self.cost_fit.observe(rows, width, seconds)
+        cost = self.cost_fit.cost()
+        if cost is not None:
+            self.scheduler.merge_wait_s = self.config.merge_share * cost.base_s
         first = not self._batch_rows
         self._batch_rows = rows if first else 0.8 * self._batch_rows + 0.2 * rows
         self._batch_width = width if first else 0.8 * self._batch_width + 0.2 * width
@@ -551,6 +555,7 @@ class VerifierNode:
             timing = self._timing(peer, q, result.forward_s, busy_wait_s(q.received_s, start, earlier_forwards))
             self._post(peer, m.verdict(sid, result.position, result.accepted, result.next_token_id, result.is_bonus, load, timing))
             self.metrics.record_round(peer.node, result.gamma, result.accepted)
+        self.scheduler.release([q.item.key for q in batch], asyncio.get_running_loop().time())
 
     def _timing(self, peer: _Peer, q: QueuedDraft, forward_s: float, busy_wait: float) -> pb.RoundTiming:
         """The verdict's RoundTiming; observes the verifier-side overhead (server − forward − busy wait) of the round."""
