@@ -1,0 +1,505 @@
+"""Measure a serving verifier node and drafter node into a serving profile (edgespec-pair-profile/2): what a round costs beyond bare forwards.
+
+Steps (docs/profile.md#serving-profile):
+1. Bare forwards in this process, as `edgespec profile` does (a small grid: the pair profile's `draft` and
+   `target`), and the acceptance curve of the setting for every answer length asked, from static-γ SD of the
+   profile's own prompts (`PROFILE_PROMPTS`: not the benchmark prompts the testbed sends).
+2. Serving nodes: a testbed (`edgespec.testbed`) with one verifier on a CPU of its own and two drafter nodes
+   sharing the others, on links with no latency; or nodes already running (`Attach`).
+3. The verifier probe (`edgespec.models.serving_probe`): target forwards in the serving process against batch
+   size and new tokens, prefill of the first round, the open handshake, and the cost of a draft that arrives
+   while a forward runs.
+4. Users on the drafter nodes (streamed /v1/completions, as the testbed's users): B requests started together on
+   one node for each batch size B; one request on each of two nodes at once (two devices on one core); one node
+   under each CPU quota asked. From the nodes' own counters (drafter /stats, verifier /metrics) and the users'
+   clocks: the draft pass per drafted token against batch size, the verifier's time per batch outside forwards,
+   the drafter's and the wire's time per round outside the pass and the verifier (the steady round at the user,
+   less the pass and the verifier's time for its verdict), the HTTP request (user TTFT − engine TTFT), the first
+   round, and the pass time against devices drafting at once and against quotas.
+Nothing is fitted: every number is a median, a mean or a difference of measured times.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import threading
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from typing import Callable, Iterator, Optional, Sequence
+
+import numpy as np
+import torch
+
+from edgespec.bench.sd_vs_ad import prompt_ids
+from edgespec.models.profiling import AcceptanceSetting, ProfileGrid, _monotone, measure_acceptance, measure_step_profile
+from edgespec.models.runtime import CausalLM, check_same_tokenizer
+from edgespec.models.serving_probe import ProbeGrid, ProbeResult, probe_verifier
+from edgespec.plan.pairprofile import PairProfile
+from edgespec.plan.profile import Profile, StepTable
+from edgespec.plan.servingprofile import BatchSeries, ServingProfile, ServingSetting
+
+__all__ = ["PROFILE_PROMPTS", "ServingPlan", "Attach", "measure_serving_pair", "plan_from_scenario", "serving_summary"]
+
+Progress = Callable[[str, int, int], None]
+
+# Python openings in the style of the bundled pair's training data, other than the benchmark prompts the testbed sends
+PROFILE_PROMPTS = (
+    "def parse_args(argv=None):\n    parser = argparse.ArgumentParser(",
+    "class Node:\n    def __init__(self, value, next=None):\n",
+    "with open(path) as f:\n    for line in f:\n",
+    "import json\n\n\ndef load(path):\n",
+    "    def __len__(self):\n        return ",
+    "if __name__ == \"__main__\":\n    ",
+    "def __eq__(self, other):\n    if not isinstance(other, ",
+    "result = []\nfor key, value in sorted(",
+    "import logging\n\nlogger = logging.getLogger(",
+    "def flatten(items):\n    \"\"\"Flatten a nested list.\"\"\"\n",
+    "    @property\n    def name(self):\n",
+    "class Config(object):\n    \"\"\"Settings read from the environment.\"\"\"\n",
+    "except KeyError:\n    raise ValueError(",
+    "def test_parse_empty():\n    ",
+    "    for i, item in enumerate(self.items):\n",
+    "from collections import defaultdict\n\n\ndef group_by(",
+)
+
+
+@dataclass(frozen=True)
+class ServingPlan:
+    """What to measure: the drafting setting the nodes serve, answer lengths, batch sizes, quotas, and how much."""
+
+    gamma: int = 4  # static γ of the drafter nodes (the acceptance curves' length)
+    q_mode: str = "tokens"  # how q travels (greedy always sends tokens only)
+    temperature: float = 0.0
+    top_k: int = 8
+    answer_tokens: tuple[int, ...] = (64,)  # one acceptance curve per length; the node phases use the first
+    batch_sizes: tuple[int, ...] = (1, 2, 4)  # sessions drafted together on one drafter node
+    slowdowns: tuple[float, ...] = ()  # CPU quotas of 1/slowdown core to measure a draft pass under (testbed only)
+    rounds: int = 96  # about this many rounds per node phase
+    seed: int = 0
+    prompts: tuple[str, ...] = PROFILE_PROMPTS
+    probe: ProbeGrid = ProbeGrid()
+
+    def __post_init__(self) -> None:
+        if self.gamma < 1 or not self.answer_tokens or min(self.answer_tokens) < 2 or not self.batch_sizes:
+            raise ValueError("need gamma >= 1, answer lengths >= 2 and at least one batch size")
+        if self.q_mode not in ("full", "topk", "tokens") or self.temperature < 0 or any(s <= 1 for s in self.slowdowns):
+            raise ValueError("q_mode must be full, topk or tokens; temperature >= 0; slowdowns > 1")
+        if list(self.batch_sizes) != sorted(set(self.batch_sizes)) or self.batch_sizes[0] < 1:
+            raise ValueError(f"batch_sizes must be strictly increasing integers >= 1, got {self.batch_sizes!r}")
+
+    @property
+    def probe_grid(self) -> ProbeGrid:
+        """The probe's grid with γ + 1 among its new tokens."""
+        return replace(self.probe, new_tokens=tuple(sorted({*self.probe.new_tokens, self.gamma + 1})))
+
+    @property
+    def setting(self) -> AcceptanceSetting:
+        if self.temperature == 0:
+            return AcceptanceSetting("tokens", 0.0)
+        return AcceptanceSetting(self.q_mode, self.temperature, self.top_k if self.q_mode == "topk" else None)
+
+
+@dataclass(frozen=True)
+class Attach:
+    """Nodes already running: the verifier's protocol address and metrics URL, drafter nodes' HTTP addresses, the token."""
+
+    verifier: str  # host:port
+    metrics_url: str  # http://host:port/metrics
+    drafters: tuple[str, ...]  # host:port of each drafter node's HTTP API
+    token: Optional[str] = None
+
+
+# ---------------------------------------------------------------- the nodes
+
+
+class _Nodes:
+    """Two ways to reach serving nodes (a testbed brought up here, or nodes given by address), behind one interface."""
+
+    names: list[str]
+    verifier_url: str
+    token: Optional[str]
+
+    def stats(self, name: str) -> dict: ...
+    def metrics(self) -> dict[str, float]: ...
+    def address(self, name: str) -> tuple[Optional[str], str, int]: ...  # (network namespace or None, host, port)
+    def probe_netns(self) -> Optional[str]: ...
+    def quota(self, name: str, slowdown: float): ...
+
+
+class _TestbedNodes(_Nodes):
+    def __init__(self, bed) -> None:
+        from edgespec.testbed.bed import link_name
+        from edgespec.testbed.netns import HUB_ADDRESS
+
+        self.bed = bed
+        self.names = list(bed.drafters)
+        self.verifier_url = f"ws://{HUB_ADDRESS}:{bed.relay.ports[link_name(self.names[0], 0)]}"  # through d0's relay link
+        self.token = bed.token_file.read_text().strip()
+
+    def stats(self, name: str) -> dict:
+        return self.bed.http_json(name, "/stats")
+
+    def metrics(self) -> dict[str, float]:
+        return self.bed.metrics()
+
+    def address(self, name: str) -> tuple[Optional[str], str, int]:
+        return self.bed.net.netns_of(name), "127.0.0.1", self.bed.drafters[name].node.port
+
+    def probe_netns(self) -> Optional[str]:
+        return self.bed.net.netns_of(self.names[0])
+
+    @contextmanager
+    def quota(self, name: str, slowdown: float):
+        from edgespec.testbed.cgroup import CpuQuota
+
+        group = CpuQuota(self.bed.tag, f"{name}-quota", 1.0 / slowdown)  # removed with the testbed's cgroups
+        group.add(self.bed.drafters[name].node.proc.pid)
+        yield
+
+
+class _AttachedNodes(_Nodes):
+    def __init__(self, attach: Attach) -> None:
+        self.attach = attach
+        self.names = [f"d{i}" for i in range(len(attach.drafters))]
+        self.verifier_url = attach.verifier if "://" in attach.verifier else f"ws://{attach.verifier}"
+        self.token = attach.token
+
+    def _get(self, url: str) -> bytes:
+        with urllib.request.urlopen(url, timeout=30) as reply:
+            return reply.read()
+
+    def stats(self, name: str) -> dict:
+        return json.loads(self._get(f"http://{self.attach.drafters[self.names.index(name)]}/stats"))
+
+    def metrics(self) -> dict[str, float]:
+        from edgespec.testbed.bed import parse_metrics
+
+        return parse_metrics(self._get(self.attach.metrics_url).decode())
+
+    def address(self, name: str) -> tuple[Optional[str], str, int]:
+        host, _, port = self.attach.drafters[self.names.index(name)].rpartition(":")
+        return None, host, int(port)
+
+    def probe_netns(self) -> Optional[str]:
+        return None
+
+    def quota(self, name: str, slowdown: float):
+        raise RuntimeError("CPU quotas are measured on a testbed the profile brings up, not on attached nodes")
+
+
+def _testbed_spec(plan: ServingPlan, drafters: int):
+    from edgespec.sim.links import LinkModel
+    from edgespec.testbed.spec import DrafterSpec, ServingSpec, TestbedSpec
+
+    clean = LinkModel(1e9, 0.0)  # no latency: what a round costs beyond the link
+    serving = ServingSpec(gamma_policy="static", gamma=plan.gamma, max_gamma=plan.gamma, q_mode=plan.q_mode, top_k=plan.top_k)
+    return TestbedSpec(tuple(DrafterSpec(f"d{i}", "profile", clean, clean) for i in range(drafters)), 1, serving, "serving-profile")
+
+
+# ---------------------------------------------------------------- users and phases
+
+
+@dataclass
+class _Phase:
+    """One phase: the users' records and what the nodes counted meanwhile (drafter /stats and verifier /metrics deltas)."""
+
+    records: list[dict]
+    stats: dict[str, dict]
+    metrics: dict[str, float]
+
+
+def _delta(before: dict, after: dict) -> dict:
+    """after − before for the numeric counters (a counter missing before counts from 0)."""
+    def number(x) -> bool:
+        return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+    return {k: v - (before.get(k) if number(before.get(k)) else 0.0) for k, v in after.items() if number(v)}
+
+
+def _metric(metrics: dict, name: str, node: Optional[str] = None) -> float:
+    return sum(v for k, v in metrics.items() if k.startswith(name) and (node is None or f'node="{node}"' in k))
+
+
+def _user_request(nodes: _Nodes, name: str, body: dict) -> dict:
+    from edgespec.testbed.workload import complete
+
+    _, host, port = nodes.address(name)
+    start = time.perf_counter()
+    got = complete(port, body, host=host)
+    if got["error"]:
+        raise RuntimeError(f"a profile request to drafter node {name} failed: {got['error']}")
+    return {"node": name, "latency_s": time.perf_counter() - start, "ttft_s": (got["first_s"] or start) - start,
+            "engine_ttft_s": got["stats"].get("ttft_s", 0.0), "engine_wall_s": got["stats"].get("wall_s", 0.0),
+            "rounds": got["stats"].get("rounds", 0), "tokens": got["usage"].get("completion_tokens", 0)}
+
+
+def _enter(netns: Optional[str]) -> None:
+    if netns is not None:
+        from edgespec.testbed.netns import enter_netns
+
+        enter_netns(netns)
+
+
+def _run_phase(nodes: _Nodes, users: dict[str, int], repeats: int, answer: int, plan: ServingPlan, first_prompt: int,
+               phase: str, progress: Progress) -> _Phase:
+    """`repeats` times: every user on every node sends one request at the same moment; the next starts when all are done."""
+    before_stats = {n: nodes.stats(n) for n in users}
+    before_metrics = nodes.metrics()
+    records: list[dict] = []
+    pools = {n: ThreadPoolExecutor(max_workers=count, initializer=_enter, initargs=(nodes.address(n)[0],)) for n, count in users.items()}
+    k = first_prompt
+    try:
+        for r in range(repeats):
+            futures = []
+            for n, count in users.items():
+                for _ in range(count):
+                    body = {"prompt": plan.prompts[k % len(plan.prompts)], "max_tokens": answer, "ignore_eos": True,
+                            "temperature": plan.temperature, "seed": plan.seed * 100_003 + k}
+                    k += 1
+                    futures.append(pools[n].submit(_user_request, nodes, n, body))
+            records.extend(f.result() for f in futures)
+            progress(phase, r + 1, repeats)
+    finally:
+        for pool in pools.values():
+            pool.shutdown(wait=True)
+    after_metrics = nodes.metrics()
+    return _Phase(records, {n: _delta(before_stats[n], nodes.stats(n)) for n in users}, _delta(before_metrics, after_metrics))
+
+
+def _steady_round_s(records: Sequence[dict]) -> float:
+    """A round after the first, as the users saw it: Σ (latency − TTFT) / Σ (rounds − 1)."""
+    rounds = sum(r["rounds"] - 1 for r in records)
+    return sum(r["latency_s"] - r["ttft_s"] for r in records) / rounds if rounds > 0 else 0.0
+
+
+def _pass_s(stats: dict) -> tuple[float, float, float]:
+    """(mean pass seconds, mean blocks per pass, mean γ per block) from a drafter's counter deltas."""
+    passes = max(1.0, stats.get("draft_passes", 0.0))
+    blocks = max(1.0, stats.get("drafted_blocks", 0.0))
+    return stats.get("draft_time_s", 0.0) / passes, stats.get("drafted_blocks", 0.0) / passes, stats.get("drafted_tokens", 0.0) / blocks
+
+
+def _repeats(plan: ServingPlan, answer: int, per_request_rounds: float) -> int:
+    """Requests per user so a phase holds about `plan.rounds` rounds of one session."""
+    return max(2, math.ceil(plan.rounds / max(1.0, per_request_rounds)))
+
+
+# ---------------------------------------------------------------- the measurement
+
+
+@dataclass
+class _Measured:
+    """The node phases reduced to the profile's numbers (seconds), plus cross-checks kept in meta."""
+
+    pass_s: float = 0.0  # a lone session's draft pass (its prompt's draft prefill taken out)
+    gamma: float = 0.0  # drafted tokens per block in that phase
+    verifier_s: float = 0.0  # per verdict, outside forwards (the verifier's counters, real drafter traffic)
+    drafter_s: float = 0.0  # per round: drafter node + wire, outside the pass and the verifier
+    forward_s: float = 0.0  # target forwards per batch in that phase (a cross-check of the probe)
+    request_s: float = 0.0
+    first_round_s: float = 0.0
+    shared: Optional[tuple[float, float]] = None  # mean pass (alone, with two devices drafting on one core at once)
+    quota: dict = field(default_factory=dict)  # slowdown → mean pass under that quota
+    acceptance_in_run: dict = field(default_factory=dict)
+
+
+def _node_phases(nodes: _Nodes, plan: ServingPlan, bare_draft: Profile, per_request_rounds: float, progress: Progress,
+                 say: Callable[[str], None]) -> _Measured:
+    """Step 4 of the module docstring: a lone session (the framework terms), two devices at once, each quota asked."""
+    out = _Measured()
+    answer = plan.answer_tokens[0]
+    d0 = nodes.names[0]
+    _run_phase(nodes, {n: 1 for n in nodes.names}, 1, min(answer, 16), plan, 1000, "node warm-up", progress)
+    repeats = _repeats(plan, answer, per_request_rounds)
+    ph = _run_phase(nodes, {d0: 1}, repeats, answer, plan, 0, "drafter, one session", progress)
+    raw_pass_s, blocks, out.gamma = _pass_s(ph.stats[d0])
+    passes = max(1.0, ph.stats[d0].get("draft_passes", 0.0))
+    prefill_s = len(ph.records) * float(bare_draft.prefill.time_s[0, 0])  # each request's first pass prefilled its prompt
+    out.pass_s = max(1e-6, raw_pass_s - prefill_s / passes)
+    batches = max(1.0, ph.metrics.get("edgespec_verifier_batch_size_count", 0.0))
+    verdicts = max(1.0, _metric(ph.metrics, "edgespec_verifier_round_overhead_seconds_count", d0))
+    out.forward_s = ph.metrics.get("edgespec_verifier_forward_seconds_total", 0.0) / batches
+    out.verifier_s = _metric(ph.metrics, "edgespec_verifier_round_overhead_seconds_sum", d0) / verdicts
+    out.drafter_s = max(0.0, _steady_round_s(ph.records) - raw_pass_s - out.forward_s - out.verifier_s)
+    out.request_s = statistics.fmean(max(0.0, r["ttft_s"] - r["engine_ttft_s"]) for r in ph.records)
+    out.first_round_s = statistics.fmean(r["engine_ttft_s"] for r in ph.records)
+    out.acceptance_in_run = {"drafts": _metric(ph.metrics, "spec_decode_num_drafts_total", d0),
+                             "accepted_per_position": [_metric({k: v for k, v in ph.metrics.items() if f'position="{i}"' in k},
+                                                               "spec_decode_num_accepted_tokens_per_pos_total", d0) for i in range(plan.gamma)]}
+    say(f"  one session: pass {1e3 * out.pass_s:.2f} ms (γ {out.gamma:.2f}), forwards {1e3 * out.forward_s:.2f} ms, verifier framework "
+        f"{1e3 * out.verifier_s:.2f} ms, drafter + wire {1e3 * out.drafter_s:.2f} ms per round; HTTP {1e3 * out.request_s:.2f} ms, "
+        f"first round {1e3 * out.first_round_s:.1f} ms")
+    if len(nodes.names) >= 2:
+        pair = {n: 1 for n in nodes.names[:2]}
+        ph = _run_phase(nodes, pair, max(2, repeats // 2), answer, plan, repeats, "two devices on one core", progress)
+        out.shared = (raw_pass_s, statistics.fmean(_pass_s(ph.stats[n])[0] for n in pair))
+        say(f"  two devices drafting on one core: pass {1e3 * out.shared[1]:.2f} ms against {1e3 * raw_pass_s:.2f} ms alone")
+    for k, s in enumerate(plan.slowdowns):
+        name = nodes.names[-1]
+        with nodes.quota(name, s):
+            ph = _run_phase(nodes, {name: 1}, max(2, repeats // 2), answer, plan, 2 * repeats + k * repeats, f"quota 1/{s:g} core", progress)
+        out.quota[s] = _pass_s(ph.stats[name])[0]
+        say(f"  under a quota of 1/{s:g} core: pass {1e3 * out.quota[s]:.2f} ms (×{out.quota[s] / raw_pass_s:.2f} of a whole core's)")
+    return out
+
+
+@contextmanager
+def _serving_nodes(plan: ServingPlan, attach: Optional[Attach], say: Callable[[str], None]) -> Iterator[_Nodes]:
+    if attach is not None:
+        yield _AttachedNodes(attach)
+        return
+    from edgespec.testbed.bed import Testbed
+
+    with Testbed(_testbed_spec(plan, 2), say=say) as bed:
+        yield _TestbedNodes(bed)
+
+
+def _probe(nodes: _Nodes, text: Sequence[int], grid: ProbeGrid, progress: Progress) -> ProbeResult:
+    """The verifier probe in a thread of its own (inside the first drafter's namespace on a testbed)."""
+    box: dict = {}
+
+    def run() -> None:
+        try:
+            _enter(nodes.probe_netns())
+            box["result"] = probe_verifier(nodes.verifier_url, nodes.token, text, grid, progress)
+        except BaseException as exc:  # noqa: BLE001 — handed to the caller
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, name="serving-probe")
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
+
+
+def _table(rows: Sequence[int], cols: Sequence[int], cell: Callable[[int, int], float]) -> StepTable:
+    raw = np.array([[float(f"{cell(r, c):.4g}") for c in cols] for r in rows])  # [R, C] seconds
+    return StepTable(np.array(rows, dtype=float), np.array(cols, dtype=float), _monotone(raw)[0])
+
+
+def _serving_part(plan: ServingPlan, probe: ProbeResult, measured: _Measured, bare: PairProfile) -> ServingProfile:
+    """The serving part: the probe's forwards and verifier framework; the node phases' pass, drafter framework, session costs."""
+    g = plan.probe_grid
+    forward = Profile(_table(g.batch_sizes, g.new_tokens, lambda b, n: probe.forward_s[b, n]),
+                      _table(g.prefill_batch_sizes, g.prompt_tokens, lambda b, p: probe.prefill_s[b, p]),
+                      bare.target.device, bare.target.model, bare.target.dtype, probe.context_tokens,
+                      {"measured": "target forwards in the serving verifier process (edgespec.models.serving_probe)"})
+    # the pass per drafted token of a lone session, along the bare draft table's batch shape
+    step = bare.draft.step
+    ratio = measured.pass_s / max(measured.gamma, 1e-9) / float(step.time_s[0, 0])
+    draft = Profile(StepTable(step.batch_sizes, step.tokens, step.time_s * ratio), bare.draft.prefill, bare.draft.device, bare.draft.model,
+                    bare.draft.dtype, bare.draft.context_tokens,
+                    {"measured": "draft pass per drafted token of a lone session in the serving drafter node; other batch sizes "
+                                 "along the bare table's shape; prefill: bare forwards", "serving_to_bare": round(ratio, 4)})
+    shared = BatchSeries((1, 2), measured.shared) if measured.shared is not None else None
+    quota = BatchSeries(tuple(sorted(measured.quota)), tuple(measured.quota[s] for s in sorted(measured.quota))) if measured.quota else None
+    sizes = tuple(sorted(probe.overhead_s))
+    # the verifier's time per batch outside forwards: the probe's shape over batch sizes, at the level real drafter traffic showed
+    level = measured.verifier_s / probe.overhead_s[sizes[0]] if probe.overhead_s[sizes[0]] > 0 else 1.0
+    return ServingProfile(
+        setting=ServingSetting(plan.setting.q_mode, plan.temperature, plan.gamma, plan.setting.top_k),
+        target_forward=forward, draft_step=draft,
+        verifier_framework=BatchSeries(sizes, tuple(probe.overhead_s[b] * level for b in sizes)),
+        drafter_framework=BatchSeries.constant(measured.drafter_s),
+        overlap_s=probe.overlap_s, open_s=probe.open_s, request_s=measured.request_s, first_round_s=measured.first_round_s,
+        shared_core=shared, quota=quota)
+
+
+def _bare_grid(plan: ServingPlan) -> ProfileGrid:
+    return ProfileGrid(batch_sizes=plan.batch_sizes, verify_tokens=tuple(sorted({1, 2, 3, plan.gamma + 1})),
+                       prefill_batch_sizes=(1, 2), prefill_tokens=(16, 64), context_tokens=64, warmup=1, repeats=5,
+                       settings=(plan.setting,), max_gamma=plan.gamma, new_tokens=max(plan.answer_tokens), seed=plan.seed)
+
+
+def _bare(draft: CausalLM, target: CausalLM, plan: ServingPlan, prompts: list[list[int]], progress: Progress) -> PairProfile:
+    """Step 1: bare forwards on a small grid, and the setting's acceptance for every answer length asked."""
+    grid = _bare_grid(plan)
+    with torch.inference_mode():
+        draft_profile = measure_step_profile(draft, grid, grid.draft_tokens, "draft", progress)
+        target_profile = measure_step_profile(target, grid, grid.verify_tokens, "target", progress)
+        curves = tuple(replace(measure_acceptance(draft, target, plan.setting, prompts, replace(grid, new_tokens=n), progress),
+                               answer_tokens=n) for n in plan.answer_tokens)
+    return PairProfile(draft_profile, target_profile, curves)
+
+
+def measure_serving_pair(draft: CausalLM, target: CausalLM, plan: ServingPlan = ServingPlan(), *, attach: Optional[Attach] = None,
+                         progress: Optional[Progress] = None, say: Callable[[str], None] = lambda _: None,
+                         command: str = "") -> PairProfile:
+    """Steps 1-4 of the module docstring: a pair profile (edgespec-pair-profile/2) with the serving part."""
+    from edgespec.models.profiling import _meta
+
+    check_same_tokenizer(draft, target)
+    report = progress or (lambda _phase, _done, _total: None)
+    start = time.perf_counter()
+    prompts = prompt_ids(target, plan.prompts)
+    say("1. bare forwards and acceptance, in this process")
+    bare = _bare(draft, target, plan, prompts, report)
+    curve = bare.acceptance[0]
+    per_request_rounds = plan.answer_tokens[0] / curve.tokens_per_round(min(plan.gamma, curve.max_gamma))
+    text = [t for ids in prompts for t in ids] * 8
+    say("2. serving nodes" + (" (attached)" if attach else ": a testbed, the verifier on a CPU of its own, two drafter nodes"))
+    with _serving_nodes(plan, attach, say) as nodes:
+        say("3. verifier probe")
+        probe = _probe(nodes, text, plan.probe_grid, report)
+        say(f"  open handshake {1e3 * probe.open_s:.2f} ms, a draft arriving during a forward +{1e3 * probe.overlap_s:.2f} ms")
+        say("4. users on the drafter nodes")
+        measured = _node_phases(nodes, plan, bare.draft, per_request_rounds, report, say)
+    serving = _serving_part(plan, probe, measured, bare)
+    meta = _meta(_bare_grid(plan), prompts, command, time.perf_counter() - start)
+    meta.update(answer_tokens=list(plan.answer_tokens), serving_nodes="attached" if attach else "testbed",
+                cross_check={"lone_session_forward_per_batch_s": measured.forward_s, "probe_forward_s": probe.forward_s[1, plan.gamma + 1]
+                              if (1, plan.gamma + 1) in probe.forward_s else None, "probe_verifier_overhead_s": {str(b): v for b, v in probe.overhead_s.items()},
+                             "lone_session_verifier_overhead_s": measured.verifier_s, "acceptance_counters": measured.acceptance_in_run})
+    return PairProfile(bare.draft, bare.target, bare.acceptance, meta, serving)
+
+
+# ---------------------------------------------------------------- what to measure, from a scenario
+
+
+def plan_from_scenario(path, **overrides) -> ServingPlan:
+    """The serving setting of a simulator scenario (the testbed's): static γ, q encoding, temperature, answer lengths, quotas."""
+    from edgespec.plan.scenario import load_scenario
+    from edgespec.sim.scenario import load_sim_config
+
+    config = load_sim_config(path)
+    spec = load_scenario(path).system.speculation
+    q_mode = {"ids": "tokens"}.get(spec.q_mode, spec.q_mode)
+    plan = ServingPlan(gamma=config.speculation.gamma, q_mode=q_mode, temperature=_temperature_of(path), top_k=spec.top_k or 8,
+                       answer_tokens=tuple(sorted({c.output_tokens for c in config.classes})),
+                       slowdowns=tuple(sorted({g.slowdown for g in config.drafters if g.slowdown > 1})))
+    return replace(plan, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def _temperature_of(path) -> float:
+    """`[sim] profile_temperature`: the sampling temperature the scenario's users ask for (0: greedy)."""
+    import tomllib
+    from pathlib import Path
+
+    return float(tomllib.loads(Path(path).read_text(encoding="utf-8")).get("sim", {}).get("profile_temperature", 1.0))  # the simulator's default
+
+
+def serving_summary(pp: PairProfile) -> dict:
+    """The serving part in a few numbers (milliseconds), for tables and the --json line."""
+    sp = pp.serving
+    ms = lambda x: round(1e3 * float(x), 3)  # noqa: E731
+    gamma = sp.setting.gamma
+    bare = float(pp.target.step.time_s[0, list(pp.target.step.tokens).index(gamma + 1)]) if gamma + 1 in pp.target.step.tokens else None
+    return {
+        "target_forward_ms_batch1": ms(sp.target_forward.step.time_s[0, list(sp.target_forward.step.tokens).index(gamma + 1)]),
+        "target_forward_bare_ms_batch1": None if bare is None else ms(bare),
+        "draft_pass_ms": ms(float(sp.draft_step.step.time_s[0, 0]) * gamma),
+        "draft_pass_bare_ms": ms(float(pp.draft.step.time_s[0, 0]) * gamma),
+        "verifier_framework_ms": {str(b): ms(v) for b, v in zip(sp.verifier_framework.batch_sizes, sp.verifier_framework.seconds)},
+        "drafter_framework_ms": ms(sp.drafter_framework.seconds[0]),
+        "overlap_ms": ms(sp.overlap_s), "open_ms": ms(sp.open_s), "request_ms": ms(sp.request_s), "first_round_ms": ms(sp.first_round_s),
+        "two_devices_pass_ms": None if sp.shared_core is None else ms(sp.shared_core.seconds[1]),
+        "core_efficiency": round(sp.core_efficiency(), 3),
+        "quota_pass_ms": {} if sp.quota is None else {f"{s:g}": ms(v) for s, v in zip(sp.quota.batch_sizes, sp.quota.seconds)},
+        "acceptance": [{"answer_tokens": c.answer_tokens, "setting": c.label, "per_position": list(c.per_position)} for c in pp.acceptance],
+    }
