@@ -186,3 +186,35 @@ def test_more_acceptance_means_fewer_rounds_and_lower_latency():
     assert high["a"].rounds_mean < low["a"].rounds_mean and high["a"].mean_latency_s < low["a"].mean_latency_s
     assert low["a"].quantile_latency_s >= low["a"].mean_latency_s - low["a"].round_s
     assert math.isfinite(high["a"].ttft_s) and high["a"].ttft_s < high["a"].mean_latency_s
+
+
+# ---------------------------------------------------------------- the shared verifier (A15)
+
+
+def test_a_lone_node_far_away_barely_waits_and_is_verified_alone():
+    from edgespec.plan.latency import verifier_queue
+
+    q = verifier_queue([10.0], lambda b, a, u: 0.02)
+    assert q.batch == pytest.approx(1.0, abs=1e-3) and q.wait_s < 1e-3 and q.batch_s == pytest.approx(0.02)
+
+
+def test_more_nodes_or_a_slower_verifier_mean_bigger_batches_and_longer_waits():
+    from edgespec.plan.latency import verifier_queue
+
+    cost = lambda b, a, u: 0.02 + 0.005 * (b - 1)  # noqa: E731
+    few, many = verifier_queue([0.05] * 2, cost), verifier_queue([0.05] * 6, cost)
+    assert many.batch > few.batch and many.wait_s > few.wait_s and 0 < few.utilisation < many.utilisation <= 1
+    slow = verifier_queue([0.05] * 2, lambda b, a, u: 0.04 + 0.01 * (b - 1))
+    assert slow.wait_s > few.wait_s and slow.batch > few.batch
+
+
+def test_messages_during_batches_lengthen_them_only_when_the_model_has_overlap_terms():
+    base = _latencies(system(serving()), NODES, 0)
+    loaded = _latencies(system(serving(overlap_s=0.003, verdict_overlap_s=0.002)), NODES, 0)
+    assert loaded["a"].verify_s > base["a"].verify_s and loaded["a"].mean_latency_s > base["a"].mean_latency_s
+
+
+def test_device_work_off_the_path_slows_others_on_a_shared_core_only():
+    quiet, busy = serving(), serving(drafter_background_s=0.004)
+    assert _latencies(system(busy), NODES, 1)["a"].draft_s > _latencies(system(quiet), NODES, 1)["a"].draft_s
+    assert _latencies(system(busy), NODES, 0)["a"].draft_s == _latencies(system(quiet), NODES, 0)["a"].draft_s

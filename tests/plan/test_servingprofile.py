@@ -43,7 +43,16 @@ def test_round_trip_keeps_the_serving_part(tmp_path):
     assert (sp.open_s, sp.request_s, sp.first_round_s) == (0.001, 0.004, 0.05)
     assert sp.verifier_framework.seconds == (0.002, 0.003) and sp.drafter_framework.at(2) == pytest.approx(0.0015)
     assert sp.core_efficiency() == pytest.approx(2 * 0.008 / 0.02) and sp.quota_cap(2.0) == pytest.approx(0.008 / 0.011)
+    assert sp.core_efficiency(1) == 1.0
     assert sp.target_forward.step.time_s.tolist() == pp.serving.target_forward.step.time_s.tolist()
+
+
+def test_core_efficiency_from_the_devices_cpu_per_round():
+    data = _with("serving.shared_core", {"devices": [1, 2, 4], "draft_pass_s": [0.008, 0.016, 0.03],
+                                         "cpu_per_round_s": [0.01, 0.011, 0.015]}, _v2())
+    sp = pair_profile_from_dict(data).serving
+    assert sp.core_efficiency(2) == pytest.approx(0.01 / 0.011) and sp.core_efficiency(4) == pytest.approx(0.01 / 0.015)
+    assert sp.core_efficiency(6) == pytest.approx(0.01 / 0.015) and sp.core_efficiency(3) == pytest.approx(0.01 / 0.013)
 
 
 def test_curves_per_answer_length_are_picked_by_the_nearest_length():
@@ -72,7 +81,7 @@ def test_a_newer_version_is_refused_naming_it_and_what_to_do():
 @pytest.mark.parametrize("data, where", [
     (_with("serving", {}), r"serving: unknown field \(edgespec-pair-profile/1 has no serving part"),
     (_with("serving", ..., _v2()), r"serving: missing"),
-    (_with("serving.framework.verifier_s", [0.002], _v2()), r"serving.framework.verifier_s: must be a list of 2 numbers"),
+    (_with("serving.framework.verifier_s", [0.002, 0.003, 0.004], _v2()), r"serving.framework.verifier_s: must be a list of 2 numbers \(one per batch_sizes entry\) \(or one"),
     (_with("serving.framework.drafter_s.1", -1, _v2()), r"serving.framework.drafter_s\[1\]: must be a finite number"),
     (_with("serving.session.open_s", ..., _v2()), r"serving.session.open_s: missing"),
     (_with("serving.setting.gamma", 0, _v2()), r"serving.setting.gamma: must be an integer >= 1"),

@@ -31,17 +31,18 @@ is listed in docs/planner.md and marked A1…A12 here):
   (per batch, on the verify stage); the session open as a round trip of its own (the prompt goes up with
   the open, the first block leaves when `session opened` is back), plus its measured handling; the user's
   HTTP request; the target's prefill in the first verification (not beside the draft prefill).
-- A14 Several drafter nodes (`node_latencies`): every round of each node is verified in one static batch of
-  all nodes (A4); devices that share CPU cores share them by processor sharing, each capped by its quota,
-  starting their passes when their verdicts arrive (`shared_core_durations_s`); the number of rounds is
-  random (`rounds_distribution`), which gives the p90 as well as the mean.
+- A14 Several drafter nodes (`node_latencies`): devices that share CPU cores share them by processor sharing,
+  each capped by its quota, starting their passes when their verdicts arrive (`shared_core_durations_s`); the
+  number of rounds is random (`rounds_distribution`), which gives the p90 as well as the mean.
+- A15 The shared verifier (`verifier_queue`): one session per node in closed loop; a batch takes in the drafts
+  that arrived during the last one (Poisson), a draft waits for the rest of the batch it finds running.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -79,6 +80,8 @@ __all__ = [
     "shared_core_durations_s",
     "DeviceNode",
     "NodeLatency",
+    "VerifierQueue",
+    "verifier_queue",
     "node_latencies",
 ]
 
@@ -530,28 +533,72 @@ class NodeLatency:
     rounds_quantile: float
 
 
+@dataclass(frozen=True)
+class VerifierQueue:
+    """A15: the shared verifier in steady state — mean batch, batch time, utilisation, and a draft's wait before its batch."""
+
+    batch: float
+    batch_s: float
+    utilisation: float
+    wait_s: float
+
+
+def verifier_queue(cycle_s: Sequence[float], batch_s: Callable[[float, float, float], float]) -> VerifierQueue:
+    """A15: one verifier serving one session of each node in closed loop (a fixed point, no constant fitted).
+
+    Node i's draft comes back every `cycle_s[i]` (its round outside the verifier) + wait + batch time, so drafts
+    arrive at λ = Σ 1/round_i; a batch takes in the drafts that arrived during the last one, about Poisson(a = λ·v)
+    of them, so its mean size is b = E[max(1, N)] = a + e^(−a); the verifier is busy U = λ·v/b of the time, and a
+    draft waits on average for the rest of the batch it finds running, U·v/2. `batch_s(b, a, U)` is the time of a
+    batch of b drafts during which a drafts arrive, back to back a fraction U of the time.
+    """
+    b, a, u, wait = 1.0, 0.0, 0.0, 0.0
+    v = batch_s(1.0, 0.0, 0.0)
+    for _ in range(500):
+        lam = sum(1.0 / (c + wait + v) for c in cycle_s)
+        a = lam * v
+        b = a + math.exp(-a)
+        u = min(1.0, a / b)
+        v_new = batch_s(b, a, u)
+        wait_new = u * v_new / 2.0
+        if abs(v_new - v) < 1e-9 and abs(wait_new - wait) < 1e-9:
+            break
+        v, wait = 0.5 * (v + v_new), 0.5 * (wait + wait_new)
+    return VerifierQueue(b, v, u, wait)
+
+
 def node_latencies(system: ServingSystem, nodes: Sequence[DeviceNode], *, input_tokens: int, output_tokens: int, gamma: int,
                    per_position: Sequence[float], device_cores: int = 0, quantile: float = 0.9) -> dict[str, NodeLatency]:
-    """The latency model per drafter node when several share one verifier (A14 with A4, A7 and A13 per node).
+    """The latency model per drafter node when several share one verifier (A14, A15 with A7 and A13 per node).
 
-    Every round all nodes are verified in one batch; node i's round is its draft (γ steps, plus the serving
-    framework time; on shared cores the processor-sharing duration of that work, started when its verdict
-    arrives, else the work × its slowdown), its upload, the batch's verification and its downlink. Its first
-    round adds the prefill (A7/A13); a request of R rounds takes first round + (R − 1) rounds, R from
-    `rounds_distribution`.
+    Node i's round is its draft (γ steps, plus the serving framework time; on shared cores the processor-sharing
+    duration of that work, started when its verdict arrives, next to the device work off its path, else the work ×
+    its slowdown), its upload, the wait for the verifier and the verification of the verifier's mean batch (A15),
+    and its downlink. Its first round adds the prefill (A7/A13); a request of R rounds takes first round + (R − 1)
+    rounds, R from `rounds_distribution`.
     """
     n, ctx = len(nodes), input_tokens + output_tokens / 2.0
     sv = system.serving
     systems = [replace(system, link=d.link) for d in nodes]
     times = [round_times(s, 1, gamma, ctx) for s in systems]
     work = [float(t.draft_s) for t in times]  # one device's draft stage at a whole core
-    if device_cores > 0:
+    if device_cores > 0:  # each node's draft work, and the device work off its path, from its verdict's arrival
         caps = [sv.quota_cap(d.slowdown) if sv is not None else 1.0 / d.slowdown for d in nodes]
-        efficiency = sv.core_efficiency() if sv is not None else 1.0
-        draft = shared_core_durations_s([float(t.downlink_s) for t in times], work, caps, device_cores, efficiency)
+        efficiency = sv.core_efficiency(n) if sv is not None else 1.0
+        starts = [float(t.downlink_s) for t in times]
+        background = [sv.drafter_background_s if sv is not None else 0.0] * n
+        draft = shared_core_durations_s(starts + starts, work + background, caps + caps, device_cores, efficiency)[:n]
     else:
         draft = np.array([w * d.slowdown for w, d in zip(work, nodes)])
-    verify = float(verify_step_s(system, n, gamma + 1, ctx))
+
+    def batch_s(b: float, arrivals: float, busy: float) -> float:
+        cost = float(verify_step_s(system, b, gamma + 1, ctx))
+        if sv is not None:  # drafts arriving and verdicts leaving during the batch (A13)
+            cost += sv.overlap_s * arrivals + sv.verdict_overlap_s * b * busy
+        return cost
+
+    queue = verifier_queue([float(dr) + float(t.transfer_s) + float(t.downlink_s) for dr, t in zip(draft, times)], batch_s)
+    verify = queue.wait_s + queue.batch_s
     dist = rounds_distribution(output_tokens, per_position, gamma)
     r_mean = float(np.dot(np.arange(len(dist)), dist))
     r_q = float(np.searchsorted(np.cumsum(dist), quantile - 1e-12))

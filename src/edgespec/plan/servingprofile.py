@@ -10,10 +10,13 @@ The planner's latency model and the simulator read these as explicit terms (docs
       "draft_step": {edgespec-profile/1: draft pass time per drafted token in the drafter node, batch × 1},
       "framework": {"batch_sizes": [1, 2, 4],
                     "verifier_s": [...],     # per batch: the verifier's time outside target forwards
-                    "drafter_s": [...]},     # per round and session: the drafter node and the wire outside the draft pass
+                    "drafter_s": [...],      # per round and session: the drafter node and the wire outside the draft pass
+                    "drafter_background_s": 0.004},  # per round and session: the device's CPU off the round's critical path
       "overlap_s": 0.002,                    # the verifier's extra time per draft that arrives while a forward runs
+      "verdict_overlap_s": 0.001,            # ... per verdict of the previous batch going out while a forward runs
       "session": {"open_s": ..., "request_s": ..., "first_round_s": ...},
-      "shared_core": {"devices": [1, 2], "draft_pass_s": [...]},   # one pass while that many devices draft on one core
+      "shared_core": {"devices": [1, 2, 4], "draft_pass_s": [...],   # a pass while that many devices have a session each
+                      "cpu_per_round_s": [...]},                    # ... and the device CPUs' work per round then
       "quota": {"slowdowns": [2.0], "draft_pass_s": [...]}         # optional: a pass under a CPU quota of 1/slowdown core
     }
 
@@ -86,15 +89,23 @@ class ServingProfile:
     draft_step: Profile  # draft pass time per drafted token in the drafter node (step: batch × 1 token)
     verifier_framework: BatchSeries  # per batch: verifier time outside forwards (rule, crops, messages, scheduling)
     drafter_framework: BatchSeries  # per round and session: drafter node and wire outside the pass and the verifier
+    drafter_background_s: float = 0.0  # per round and session: device CPU off the round's critical path (user, relay, stream)
     overlap_s: float = 0.0  # the verifier's extra time per draft arriving during a forward (one core, one interpreter)
+    verdict_overlap_s: float = 0.0  # the verifier's extra time per verdict of the previous batch going out during a forward
     open_s: float = 0.0  # open → opened beyond the link's own latency and transfer
     request_s: float = 0.0  # the user's HTTP request and its first streamed chunk (user TTFT − engine TTFT)
     first_round_s: float = 0.0  # informational: mean engine TTFT of a lone session at batch 1 on a zero-latency link
-    shared_core: Optional[BatchSeries] = None  # draft pass time vs devices drafting at once on one core (batch_sizes = devices)
+    shared_core: Optional[BatchSeries] = None  # draft pass time vs devices with a session each on the shared core (batch_sizes = devices)
+    shared_core_cpu: Optional[BatchSeries] = None  # the device CPUs' CPU-seconds per round then (batch_sizes = devices)
     quota: Optional[BatchSeries] = None  # draft pass time vs CPU-quota slowdown (batch_sizes = slowdowns > 1)
 
-    def core_efficiency(self) -> float:
-        """Share of a core's capacity left to work when two devices draft on it at once: 2 · pass(1) / pass(2) (1 when not measured)."""
+    def core_efficiency(self, devices: int = 2) -> float:
+        """Share of a shared core's capacity left to the work when `devices` devices use it: the CPU a round needs alone over
+        what it needs then (`shared_core_cpu`, held beyond the measured counts); without it 2 · pass(1) / pass(2); 1 for one device."""
+        if devices <= 1:
+            return 1.0
+        if self.shared_core_cpu is not None and self.shared_core_cpu.seconds[0] > 0:
+            return float(min(1.0, self.shared_core_cpu.seconds[0] / self.shared_core_cpu.at(devices)))
         if self.shared_core is None or len(self.shared_core.batch_sizes) < 2:
             return 1.0
         (k1, k2), (p1, p2) = self.shared_core.batch_sizes[:2], self.shared_core.seconds[:2]
@@ -143,12 +154,15 @@ def _sizes(values: Any, where: str, integers: bool = True) -> tuple:
     return tuple(values)
 
 
-def _series(data: dict, where: str, axis: str, key: str, axis_values: Optional[tuple] = None, integers: bool = True) -> BatchSeries:
+def _series(data: dict, where: str, axis: str, key: str, axis_values: Optional[tuple] = None, integers: bool = True,
+            constant: bool = False) -> BatchSeries:
     sizes = axis_values if axis_values is not None else _sizes(data.get(axis), f"{where}.{axis}", integers)
     raw = data.get(key)
-    if not isinstance(raw, list) or len(raw) != len(sizes):
-        raise ServingProfileError(f"{where}.{key}: must be a list of {len(sizes)} numbers (one per {axis} entry), got {raw!r}")
-    return BatchSeries(sizes, tuple(_number(v, f"{where}.{key}[{i}]") for i, v in enumerate(raw)))
+    if not isinstance(raw, list) or len(raw) not in (len(sizes), 1 if constant else len(sizes)):
+        ones = " (or one, the same for every size)" if constant else ""
+        raise ServingProfileError(f"{where}.{key}: must be a list of {len(sizes)} numbers (one per {axis} entry){ones}, got {raw!r}")
+    values = tuple(_number(v, f"{where}.{key}[{i}]") for i, v in enumerate(raw))
+    return BatchSeries(sizes, values) if len(values) == len(sizes) else BatchSeries.constant(values[0])
 
 
 def _profile(data: Any, where: str) -> Profile:
@@ -174,15 +188,18 @@ def _setting(data: Any) -> ServingSetting:
 
 def serving_profile_from_dict(data: Any) -> ServingProfile:
     """Validate the `serving` object of an edgespec-pair-profile/2 and build a ServingProfile (errors name the field)."""
-    known = {"setting", "target_forward", "draft_step", "framework", "overlap_s", "session", "shared_core", "quota"}
+    known = {"setting", "target_forward", "draft_step", "framework", "overlap_s", "verdict_overlap_s", "session", "shared_core", "quota"}
     s = _object(data, "serving", known, ("setting", "target_forward", "draft_step", "framework", "session"))
-    fw = _object(s["framework"], "serving.framework", {"batch_sizes", "verifier_s", "drafter_s"}, ("batch_sizes", "verifier_s", "drafter_s"))
+    fw = _object(s["framework"], "serving.framework", {"batch_sizes", "verifier_s", "drafter_s", "drafter_background_s"},
+                 ("batch_sizes", "verifier_s", "drafter_s"))
     sizes = _sizes(fw["batch_sizes"], "serving.framework.batch_sizes")
     session = _object(s["session"], "serving.session", {"open_s", "request_s", "first_round_s"}, ("open_s", "request_s"))
-    shared = quota = None
+    shared = shared_cpu = quota = None
     if s.get("shared_core") is not None:
-        sc = _object(s["shared_core"], "serving.shared_core", {"devices", "draft_pass_s"}, ("devices", "draft_pass_s"))
+        sc = _object(s["shared_core"], "serving.shared_core", {"devices", "draft_pass_s", "cpu_per_round_s"}, ("devices", "draft_pass_s"))
         shared = _series(sc, "serving.shared_core", "devices", "draft_pass_s")
+        if sc.get("cpu_per_round_s") is not None:
+            shared_cpu = _series(sc, "serving.shared_core", "devices", "cpu_per_round_s")
     if s.get("quota") is not None:
         q = _object(s["quota"], "serving.quota", {"slowdowns", "draft_pass_s"}, ("slowdowns", "draft_pass_s"))
         quota = _series(q, "serving.quota", "slowdowns", "draft_pass_s", integers=False)
@@ -190,31 +207,47 @@ def serving_profile_from_dict(data: Any) -> ServingProfile:
         setting=_setting(s["setting"]),
         target_forward=_profile(s["target_forward"], "serving.target_forward"),
         draft_step=_profile(s["draft_step"], "serving.draft_step"),
-        verifier_framework=_series(fw, "serving.framework", "batch_sizes", "verifier_s", sizes),
-        drafter_framework=_series(fw, "serving.framework", "batch_sizes", "drafter_s", sizes),
+        verifier_framework=_series(fw, "serving.framework", "batch_sizes", "verifier_s", sizes, constant=True),
+        drafter_framework=_series(fw, "serving.framework", "batch_sizes", "drafter_s", sizes, constant=True),
+        drafter_background_s=_number(fw.get("drafter_background_s", 0.0), "serving.framework.drafter_background_s"),
         overlap_s=_number(s.get("overlap_s", 0.0), "serving.overlap_s"),
+        verdict_overlap_s=_number(s.get("verdict_overlap_s", 0.0), "serving.verdict_overlap_s"),
         open_s=_number(session["open_s"], "serving.session.open_s"),
         request_s=_number(session["request_s"], "serving.session.request_s"),
         first_round_s=_number(session.get("first_round_s", 0.0), "serving.session.first_round_s"),
         shared_core=shared,
+        shared_core_cpu=shared_cpu,
         quota=quota,
     )
+
+
+def _on(series: BatchSeries, sizes: tuple) -> list:
+    """A series written on the framework's batch sizes: one value when it is the same for every size."""
+    if len(series.seconds) == 1:
+        return [series.seconds[0]]
+    if tuple(series.batch_sizes) != tuple(sizes):
+        return [float(series.at(b)) for b in sizes]
+    return list(series.seconds)
 
 
 def serving_profile_to_dict(sp: ServingProfile) -> dict:
     """The JSON object of the `serving` part (inverse of serving_profile_from_dict)."""
     st = sp.setting
+    sizes = max(sp.verifier_framework.batch_sizes, sp.drafter_framework.batch_sizes, key=len)
     out: dict[str, Any] = {
         "setting": {"q_mode": st.q_mode, "temperature": st.temperature, "top_k": st.top_k, "gamma": st.gamma},
         "target_forward": profile_to_dict(sp.target_forward),
         "draft_step": profile_to_dict(sp.draft_step),
-        "framework": {"batch_sizes": list(sp.verifier_framework.batch_sizes), "verifier_s": list(sp.verifier_framework.seconds),
-                      "drafter_s": list(sp.drafter_framework.seconds)},
+        "framework": {"batch_sizes": list(sizes), "verifier_s": _on(sp.verifier_framework, sizes), "drafter_s": _on(sp.drafter_framework, sizes),
+                      "drafter_background_s": sp.drafter_background_s},
         "overlap_s": sp.overlap_s,
+        "verdict_overlap_s": sp.verdict_overlap_s,
         "session": {"open_s": sp.open_s, "request_s": sp.request_s, "first_round_s": sp.first_round_s},
     }
     if sp.shared_core is not None:
         out["shared_core"] = {"devices": list(sp.shared_core.batch_sizes), "draft_pass_s": list(sp.shared_core.seconds)}
+        if sp.shared_core_cpu is not None:
+            out["shared_core"]["cpu_per_round_s"] = list(sp.shared_core_cpu.seconds)
     if sp.quota is not None:
         out["quota"] = {"slowdowns": list(sp.quota.batch_sizes), "draft_pass_s": list(sp.quota.seconds)}
     return out
