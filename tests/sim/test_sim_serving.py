@@ -80,11 +80,12 @@ def test_the_open_handshake_costs_a_round_trip_where_the_first_draft_cannot_hide
     assert mean_ttft(with_open) == pytest.approx(mean_ttft(far) + 0.1 - 0.004, abs=1e-9)
 
 
-def test_drafts_arriving_during_a_batch_cost_the_verifier_the_overlap():
+@pytest.mark.parametrize("term", ["overlap_s", "verdict_overlap_s"])
+def test_messages_during_a_batch_cost_a_busy_verifier_and_nothing_to_a_lone_session(term):
     busy = tiny_config(nodes=3, requests=9, latency_s=0.001, serving=ServingCosts())
-    assert mean_e2e(replace(busy, serving=ServingCosts(overlap_s=0.003))) > mean_e2e(busy)
-    alone = tiny_config(requests=3, serving=ServingCosts())  # one session: its draft never arrives during a batch
-    assert timelines(replace(alone, serving=ServingCosts(overlap_s=0.003))) == timelines(alone)
+    assert mean_e2e(replace(busy, serving=ServingCosts(**{term: 0.003}))) > mean_e2e(busy)
+    alone = tiny_config(requests=3, serving=ServingCosts())  # one session: no draft arrives during a batch, none runs back to back
+    assert timelines(replace(alone, serving=ServingCosts(**{term: 0.003}))) == timelines(alone)
 
 
 # ---------------------------------------------------------------- shared cores
@@ -163,3 +164,10 @@ def test_device_cores_is_checked(tmp_path):
         load_sim_config(bad)
     with pytest.raises(ValueError, match="device_cores"):
         replace(tiny_config(), device_cores=-1)
+
+
+def test_device_work_off_the_path_loads_a_shared_core_and_nothing_else():
+    config = two_groups(serving=ServingCosts())
+    busy = replace(config, serving=ServingCosts(drafter_background_s=0.004))
+    assert mean_e2e(replace(busy, device_cores=1)) > mean_e2e(replace(config, device_cores=1))
+    assert timelines(busy) == timelines(config)  # cores of their own: nobody waits for it

@@ -125,8 +125,11 @@ class ServingCosts:
     - `verifier_framework`: per batch of n drafts, the verifier's time outside target forwards (it keeps the verifier busy);
     - `drafter_framework`: per round and session, the drafter node's and the wire's time outside the draft pass and
       the verifier (the verdict applied and streamed, the next block encoded, the relay hops): work on the device's core;
+    - `drafter_background`: per round and session, the device's CPU work off the round's critical path (streaming to the
+      user, the user's client, relay work): on shared cores it loads them (a job nobody waits for), else it changes nothing;
     - `overlap_s`: per draft that arrives while the verifier is busy, its extra time (one core and one interpreter for the
       event loop and the forward thread), added to the batch the draft joins;
+    - `verdict_overlap_s`: per verdict of a batch that goes out while the next batch runs (back to back), added to that one;
     - `open_s`: the session's open handshake beyond the link (the open goes up with the prompt, `session opened` comes
       back, and the first block leaves only then);
     - `request_s`: the user's HTTP request reaching the engine and its first streamed chunk (before the node sees it);
@@ -138,14 +141,16 @@ class ServingCosts:
 
     verifier_framework: BatchSeries = BatchSeries.constant(0.0)
     drafter_framework: BatchSeries = BatchSeries.constant(0.0)
+    drafter_background_s: float = 0.0
     overlap_s: float = 0.0
+    verdict_overlap_s: float = 0.0
     open_s: float = 0.0
     request_s: float = 0.0
     core_efficiency: float = 1.0
     quota_caps: tuple[tuple[float, float], ...] = ()
 
     def __post_init__(self) -> None:
-        if min(self.overlap_s, self.open_s, self.request_s, *self.verifier_framework.seconds, *self.drafter_framework.seconds) < 0:
+        if min(self.drafter_background_s, self.overlap_s, self.verdict_overlap_s, self.open_s, self.request_s, *self.verifier_framework.seconds, *self.drafter_framework.seconds) < 0:
             raise ValueError("serving costs must be >= 0")
         if not 0 < self.core_efficiency <= 1:
             raise ValueError(f"core_efficiency must be in (0, 1], got {self.core_efficiency}")

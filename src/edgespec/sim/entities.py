@@ -129,6 +129,10 @@ class World:
             self.on_finish(s)
 
 
+def _nothing(_=None) -> None:
+    return None
+
+
 class DrafterNode:
     """A device (or edge server) hosting a draft model: batched draft passes over its ready sessions, an uplink and a downlink."""
 
@@ -161,6 +165,7 @@ class DrafterNode:
         self.handshake = serving is not None and self.mode == "sd"  # the open is a round trip of its own
         self.framework = serving.drafter_framework if serving is not None else None
         self.framework_scale = framework_scale
+        self.background_s = serving.drafter_background_s if serving is not None and core is not None else 0.0
         self.request_s = serving.request_s if serving is not None else 0.0
         self.open_s = serving.open_s if serving is not None else 0.0
         self.verdict_bytes = spec.verdict_bytes
@@ -408,6 +413,8 @@ class DrafterNode:
     def on_verdicts(self, group: list[Session]) -> None:
         """The verdicts of one batch for this node's sessions arrive (one message); then one draft pass for all that go on."""
         now = self.loop.now_s
+        if self.background_s > 0.0:  # the device's work nobody waits for (streaming, the user's client): it loads the shared cores
+            self.core.run(self.background_s * len(group), self.cap, _nothing)
         hints, ready = self.hints, self.ready
         for s in group:
             h, hint = hints[s.verifier], s.hint
@@ -469,6 +476,8 @@ class VerifierNode:
         serving = world.config.serving
         self.framework = serving.verifier_framework if serving is not None else None  # per batch, beyond its forwards
         self.overlap_s = serving.overlap_s if serving is not None else 0.0  # per draft that arrived during a batch
+        self.verdict_overlap_s = serving.verdict_overlap_s if serving is not None else 0.0  # per verdict out during the next batch
+        self.last_size = 0  # drafts in the batch that ran last
 
     def deliver(self, s: Session, arrival_s: float) -> None:
         """A block will arrive at `arrival_s`: an event, or — for an open session arriving while a batch runs — the inbox.
@@ -615,6 +624,9 @@ class VerifierNode:
             cost += self.cost.prefill_s(len(prefill), max(prefill))
         if self.framework is not None:
             cost += self.framework.at(len(sessions)) + self.overlap_s * overlapped
+            if now - self.busy_until_s <= 1e-12:  # back to back: the last batch's verdicts go out during this one
+                cost += self.verdict_overlap_s * self.last_size
+        self.last_size = len(sessions)
         self.busy = True
         self.busy_until_s = now + cost
         self.busy_s += cost

@@ -180,14 +180,15 @@ def _pair_profile(sim: _Section, sc: Scenario, base_dir: Optional[Path]):
     sp = pp.serving
     draft = NodeCost(replace(sc.system.drafter, profile=sp.draft_step))
     verify = NodeCost(replace(sc.system.verifier, profile=sp.target_forward))
-    return draft, verify, curve.per_position, serving_costs(sp)
+    return draft, verify, curve.per_position, sp
 
 
-def serving_costs(sp) -> ServingCosts:
-    """The simulator's serving terms from a serving profile (`edgespec.plan.servingprofile.ServingProfile`)."""
+def serving_costs(sp, devices: int) -> ServingCosts:
+    """The simulator's serving terms from a serving profile (`edgespec.plan.servingprofile.ServingProfile`) for `devices` drafter nodes."""
     caps = tuple((float(s), sp.quota_cap(float(s))) for s in sp.quota.batch_sizes) if sp.quota is not None else ()
-    return ServingCosts(verifier_framework=sp.verifier_framework, drafter_framework=sp.drafter_framework, overlap_s=sp.overlap_s,
-                        open_s=sp.open_s, request_s=sp.request_s, core_efficiency=sp.core_efficiency(), quota_caps=caps)
+    return ServingCosts(verifier_framework=sp.verifier_framework, drafter_framework=sp.drafter_framework,
+                        drafter_background_s=sp.drafter_background_s, overlap_s=sp.overlap_s,
+                        verdict_overlap_s=sp.verdict_overlap_s, open_s=sp.open_s, request_s=sp.request_s, core_efficiency=sp.core_efficiency(devices), quota_caps=caps)
 
 
 def _costs(sim: _Section, sc: Scenario):
@@ -242,6 +243,8 @@ def sim_config_from_scenario(sc: Scenario, data: dict, ctx: _Ctx) -> SimConfig:
         draft_cost, verify_cost, curve, serving = measured
         spec = replace(spec, acceptance=curve)
     groups = _groups(sim, sc, spec.draft_bytes_per_token * max(gamma, 1) + spec.message_overhead_bytes, 1.0)
+    if serving is not None:
+        serving = serving_costs(serving, sum(g.count for g in groups))
     config = SimConfig(
         classes=_classes(sc),
         drafters=groups,
