@@ -3,8 +3,11 @@
 It measures what only the serving process shows: target forwards against batch size and new tokens
 (every verdict carries its batch's forward time), the verifier's time outside forwards, the prompt's
 prefill in the first round, the open handshake, and what a draft that arrives while a forward runs
-costs that forward (the event loop and the forward thread share one core and one interpreter).
-Drafts are made of arbitrary tokens: the verifier's work does not depend on whether they are accepted.
+costs that forward, and what the verdicts of one batch, going out while the next batch's forward runs,
+cost that one (the event loop and the forward thread share one core and one interpreter). Sessions use
+the setting's sampling and drafts carry q as that setting sends it (tokens only, top-K or full, uniform
+over K or the vocabulary), so decoding, checking and the verification rule cost what they cost there;
+the tokens are arbitrary: the verifier's work does not depend on whether they are accepted.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
+
+import numpy as np
 
 from edgespec.protocol import DrafterConnection, Sampling, connect, pack_q
 from edgespec.protocol import edgespec_pb2 as pb
@@ -34,7 +39,10 @@ class ProbeGrid:
     prompt_tokens: tuple[int, ...] = (16, 64)
     repeats: int = 5
     warmup: int = 2
-    overlap_repeats: int = 16
+    overlap_repeats: int = 24
+    q_mode: str = "tokens"  # how the drafts carry q (greedy sessions always send tokens only)
+    temperature: float = 0.0  # the sessions' sampling temperature (0 = greedy)
+    top_k: int = 8  # K of top-K q
 
 
 @dataclass
@@ -46,17 +54,29 @@ class ProbeResult:
     overhead_s: dict = field(default_factory=dict)
     prefill_s: dict = field(default_factory=dict)
     open_s: float = 0.0
-    overlap_s: float = 0.0
+    overlap_s: float = 0.0  # per draft arriving during a forward
+    verdict_overlap_s: float = 0.0  # per verdict of the previous batch going out during a forward
     context_tokens: int = 0
 
 
 class _Client:
     """One connection; sessions keyed by id with their positions (the verdicts say where each goes next)."""
 
-    def __init__(self, transport, conn: DrafterConnection) -> None:
-        self.t, self.conn = transport, conn
+    def __init__(self, transport, conn: DrafterConnection, grid: ProbeGrid, vocab: int) -> None:
+        self.t, self.conn, self.vocab = transport, conn, vocab
+        self.q_mode = "tokens" if grid.temperature == 0 else grid.q_mode
+        self.top_k = min(grid.top_k, vocab)
         self.position: dict[int, int] = {}
         self.ids = iter(range(1, 1 << 30))
+
+    def _q(self, tokens: list[int]):
+        """q as the setting sends it: uniform over K ids (the drafted token first) or over the vocabulary."""
+        if self.q_mode == "tokens" or not tokens:
+            return pack_q("tokens")
+        if self.q_mode == "full":
+            return pack_q("full", np.full((len(tokens), self.vocab), 1.0 / self.vocab, dtype=np.float32))
+        ids = np.array([[t] + [(t + 37 * j) % self.vocab for j in range(1, self.top_k)] for t in tokens], dtype=np.int64)  # [γ, K]
+        return pack_q("topk", np.full(ids.shape, 1.0 / self.top_k, dtype=np.float32), ids)
 
     async def open(self, prompt: Sequence[int], sampling: Sampling) -> tuple[int, float]:
         sid = next(self.ids)
@@ -74,7 +94,7 @@ class _Client:
 
     async def send(self, sid: int, gamma: int) -> None:
         tokens = [(self.position[sid] * 7 + i) % 1000 + 10 for i in range(gamma)]  # any tokens: the work is the same
-        await self.t.send(self.conn.send(m.draft(sid, self.position[sid], tokens, pack_q("tokens"))))
+        await self.t.send(self.conn.send(m.draft(sid, self.position[sid], tokens, self._q(tokens))))
 
     async def verdicts(self, n: int) -> list[pb.Verdict]:
         out = []
@@ -111,9 +131,11 @@ async def _probe(url: str, token: Optional[str], text: Sequence[int], grid: Prob
     transport = await connect(url, auth_token=token)
     conn = DrafterConnection()
     await transport.send(conn.send(m.hello("serving-probe", agent="edgespec-profile")))
-    if conn.receive(await transport.recv()).kind != "hello_ack":
+    ack = conn.receive(await transport.recv())
+    if ack is None or ack.kind != "hello_ack":
         raise RuntimeError(f"{url} did not answer the probe's hello")
-    client, greedy = _Client(transport, conn), Sampling()
+    client = _Client(transport, conn, grid, ack.message.vocab_size)
+    greedy = Sampling(temperature=grid.temperature, seed=1)  # the setting's sampling (greedy at 0)
     res = ProbeResult()
     prompt = list(text[:16])
     try:
@@ -143,7 +165,7 @@ async def _probe(url: str, token: Optional[str], text: Sequence[int], grid: Prob
         pcells = [(b, p) for b in grid.prefill_batch_sizes for p in grid.prompt_tokens]
         for k, (b, p) in enumerate(pcells):
             firsts = []
-            for _ in range(max(1, grid.repeats // 2)):
+            for _ in range(grid.repeats):
                 fresh = [(await client.open(list(text[:p]), greedy))[0] for _ in range(b)]
                 firsts.append((await _round(client, fresh, gamma))[0].timing.forward_us / 1e6)
                 for sid in fresh:
@@ -151,19 +173,23 @@ async def _probe(url: str, token: Optional[str], text: Sequence[int], grid: Prob
             steady = res.forward_s.get((b, gamma + 1), res.forward_s[min(res.forward_s)])
             res.prefill_s[b, p] = max(statistics.median(firsts) - steady, 1e-6)
             progress("verifier prefill", k + 1, len(pcells))
-        # 4. a draft arriving while a forward runs: A's forward with B's draft sent a third of a forward later, vs alone
+        # 4. a draft arriving while a forward runs: A's forward with B's draft sent a third of a forward later, against A
+        #    alone; and B's forward, which starts as A's batch ends, while A's verdict goes out. Means: the cost comes in
+        #    steps of the interpreter's switch interval, so a median would hide it.
         first = sids[0]
         second = sids[1] if len(sids) > 1 else (await client.open(prompt, greedy))[0]
-        alone = res.forward_s.get((1, gamma + 1), 0.0)
-        extra = []
+        alone, arrival, departure = [], [], []
         for k in range(grid.overlap_repeats):
+            alone.append((await _round(client, [first], gamma))[0].timing.forward_us / 1e6)
             await client.send(first, gamma)
-            await asyncio.sleep(alone / 3)
+            await asyncio.sleep(statistics.median(alone) / 3)
             await client.send(second, gamma)
-            va = next(v for v in await client.verdicts(2) if v.session_id == first)
-            extra.append(va.timing.forward_us / 1e6 - alone)
+            vs = {v.session_id: v for v in await client.verdicts(2)}
+            arrival.append(vs[first].timing.forward_us / 1e6)
+            departure.append(vs[second].timing.forward_us / 1e6)
             progress("verifier overlap", k + 1, grid.overlap_repeats)
-        res.overlap_s = max(0.0, statistics.median(extra))
+        res.overlap_s = max(0.0, statistics.fmean(arrival) - statistics.fmean(alone))
+        res.verdict_overlap_s = max(0.0, statistics.fmean(departure) - statistics.fmean(alone))
         for sid in list(client.position):
             await client.close(sid)
     finally:

@@ -42,6 +42,7 @@ from edgespec.models.serving_probe import ProbeGrid, ProbeResult, probe_verifier
 from edgespec.plan.pairprofile import PairProfile
 from edgespec.plan.profile import Profile, StepTable
 from edgespec.plan.servingprofile import BatchSeries, ServingProfile, ServingSetting
+from edgespec.testbed.cpuload import CpuLoad, LoadReport
 
 __all__ = ["PROFILE_PROMPTS", "ServingPlan", "Attach", "measure_serving_pair", "plan_from_scenario", "serving_summary"]
 
@@ -95,7 +96,8 @@ class ServingPlan:
     @property
     def probe_grid(self) -> ProbeGrid:
         """The probe's grid with γ + 1 among its new tokens."""
-        return replace(self.probe, new_tokens=tuple(sorted({*self.probe.new_tokens, self.gamma + 1})))
+        return replace(self.probe, new_tokens=tuple(sorted({*self.probe.new_tokens, self.gamma + 1})), q_mode=self.q_mode,
+                       temperature=self.temperature, top_k=self.top_k)
 
     @property
     def setting(self) -> AcceptanceSetting:
@@ -129,6 +131,7 @@ class _Nodes:
     def address(self, name: str) -> tuple[Optional[str], str, int]: ...  # (network namespace or None, host, port)
     def probe_netns(self) -> Optional[str]: ...
     def quota(self, name: str, slowdown: float): ...
+    def device_cpus(self) -> Optional[list[int]]: ...  # the CPUs the devices (and relay and users) share, when known
 
 
 class _TestbedNodes(_Nodes):
@@ -152,6 +155,10 @@ class _TestbedNodes(_Nodes):
 
     def probe_netns(self) -> Optional[str]:
         return self.bed.net.netns_of(self.names[0])
+
+    def device_cpus(self) -> Optional[list[int]]:
+        prefix = self.bed.device_cpus  # ["taskset", "-c", "0,1,..."] or [] when not pinned
+        return [int(c) for c in prefix[-1].split(",")] if prefix else None
 
     @contextmanager
     def quota(self, name: str, slowdown: float):
@@ -188,6 +195,9 @@ class _AttachedNodes(_Nodes):
     def probe_netns(self) -> Optional[str]:
         return None
 
+    def device_cpus(self) -> Optional[list[int]]:
+        return None
+
     def quota(self, name: str, slowdown: float):
         raise RuntimeError("CPU quotas are measured on a testbed the profile brings up, not on attached nodes")
 
@@ -211,6 +221,8 @@ class _Phase:
     records: list[dict]
     stats: dict[str, dict]
     metrics: dict[str, float]
+    wall_s: float = 0.0
+    host: Optional[LoadReport] = None
 
 
 def _delta(before: dict, after: dict) -> dict:
@@ -250,6 +262,7 @@ def _run_phase(nodes: _Nodes, users: dict[str, int], repeats: int, answer: int, 
     """`repeats` times: every user on every node sends one request at the same moment; the next starts when all are done."""
     before_stats = {n: nodes.stats(n) for n in users}
     before_metrics = nodes.metrics()
+    start, load = time.perf_counter(), CpuLoad().start()
     records: list[dict] = []
     pools = {n: ThreadPoolExecutor(max_workers=count, initializer=_enter, initargs=(nodes.address(n)[0],)) for n, count in users.items()}
     k = first_prompt
@@ -267,8 +280,9 @@ def _run_phase(nodes: _Nodes, users: dict[str, int], repeats: int, answer: int, 
     finally:
         for pool in pools.values():
             pool.shutdown(wait=True)
+    wall_s, host = time.perf_counter() - start, load.stop()
     after_metrics = nodes.metrics()
-    return _Phase(records, {n: _delta(before_stats[n], nodes.stats(n)) for n in users}, _delta(before_metrics, after_metrics))
+    return _Phase(records, {n: _delta(before_stats[n], nodes.stats(n)) for n in users}, _delta(before_metrics, after_metrics), wall_s, host)
 
 
 def _steady_round_s(records: Sequence[dict]) -> float:
@@ -282,6 +296,14 @@ def _pass_s(stats: dict) -> tuple[float, float, float]:
     passes = max(1.0, stats.get("draft_passes", 0.0))
     blocks = max(1.0, stats.get("drafted_blocks", 0.0))
     return stats.get("draft_time_s", 0.0) / passes, stats.get("drafted_blocks", 0.0) / passes, stats.get("drafted_tokens", 0.0) / blocks
+
+
+def _device_cpu_per_round(nodes: _Nodes, ph: _Phase) -> float:
+    """Every CPU-second the device CPUs spent in a phase (drafters, relay, users, less other processes of the host), per round; 0 unknown."""
+    cpus, rounds = nodes.device_cpus(), sum(r["rounds"] for r in ph.records)
+    if not cpus or ph.host is None or not rounds:
+        return 0.0
+    return max(0.0, (sum(ph.host.cpu_busy[c] for c in cpus) - ph.host.foreign_cores) * ph.wall_s / rounds)
 
 
 def _repeats(plan: ServingPlan, answer: int, per_request_rounds: float) -> int:
@@ -300,11 +322,13 @@ class _Measured:
     gamma: float = 0.0  # drafted tokens per block in that phase
     verifier_s: float = 0.0  # per verdict, outside forwards (the verifier's counters, real drafter traffic)
     drafter_s: float = 0.0  # per round: drafter node + wire, outside the pass and the verifier
+    background_s: float = 0.0  # per round: the devices' CPU beyond the pass and drafter_s (work off the round's critical path)
     forward_s: float = 0.0  # target forwards per batch in that phase (a cross-check of the probe)
     request_s: float = 0.0
     first_round_s: float = 0.0
-    shared: Optional[tuple[float, float]] = None  # mean pass (alone, with two devices drafting on one core at once)
+    shared: dict = field(default_factory=dict)  # devices with a session each → (mean pass, device CPU-seconds per round)
     quota: dict = field(default_factory=dict)  # slowdown → mean pass under that quota
+    loaded: Optional[dict] = None  # the verifier kept busy: its forwards per batch, mean batch, busy share
     acceptance_in_run: dict = field(default_factory=dict)
 
 
@@ -326,23 +350,39 @@ def _node_phases(nodes: _Nodes, plan: ServingPlan, bare_draft: Profile, per_requ
     out.forward_s = ph.metrics.get("edgespec_verifier_forward_seconds_total", 0.0) / batches
     out.verifier_s = _metric(ph.metrics, "edgespec_verifier_round_overhead_seconds_sum", d0) / verdicts
     out.drafter_s = max(0.0, _steady_round_s(ph.records) - raw_pass_s - out.forward_s - out.verifier_s)
+    device_s = _device_cpu_per_round(nodes, ph)
+    if device_s:  # the device CPUs' work beyond the pass and the drafter's part of the round
+        out.background_s = max(0.0, device_s - raw_pass_s - out.drafter_s)
     out.request_s = statistics.fmean(max(0.0, r["ttft_s"] - r["engine_ttft_s"]) for r in ph.records)
     out.first_round_s = statistics.fmean(r["engine_ttft_s"] for r in ph.records)
     out.acceptance_in_run = {"drafts": _metric(ph.metrics, "spec_decode_num_drafts_total", d0),
                              "accepted_per_position": [_metric({k: v for k, v in ph.metrics.items() if f'position="{i}"' in k},
                                                                "spec_decode_num_accepted_tokens_per_pos_total", d0) for i in range(plan.gamma)]}
     say(f"  one session: pass {1e3 * out.pass_s:.2f} ms (γ {out.gamma:.2f}), forwards {1e3 * out.forward_s:.2f} ms, verifier framework "
-        f"{1e3 * out.verifier_s:.2f} ms, drafter + wire {1e3 * out.drafter_s:.2f} ms per round; HTTP {1e3 * out.request_s:.2f} ms, "
+        f"{1e3 * out.verifier_s:.2f} ms, drafter + wire {1e3 * out.drafter_s:.2f} ms per round (+ {1e3 * out.background_s:.2f} ms of device "
+        f"CPU off the round's path); HTTP {1e3 * out.request_s:.2f} ms, "
         f"first round {1e3 * out.first_round_s:.1f} ms")
-    if len(nodes.names) >= 2:
-        pair = {n: 1 for n in nodes.names[:2]}
-        ph = _run_phase(nodes, pair, max(2, repeats // 2), answer, plan, repeats, "two devices on one core", progress)
-        out.shared = (raw_pass_s, statistics.fmean(_pass_s(ph.stats[n])[0] for n in pair))
-        say(f"  two devices drafting on one core: pass {1e3 * out.shared[1]:.2f} ms against {1e3 * raw_pass_s:.2f} ms alone")
+    out.shared = {1: (raw_pass_s, _device_cpu_per_round(nodes, ph))}
+    for k in (2, 4):  # k devices with a session each, started together: the pass and the devices' CPU per round
+        if len(nodes.names) < k:
+            break
+        devices = {n: 1 for n in nodes.names[:k]}
+        ph = _run_phase(nodes, devices, max(2, repeats // 2), answer, plan, k * repeats, f"{k} devices on one core", progress)
+        out.shared[k] = (statistics.fmean(_pass_s(ph.stats[n])[0] for n in devices), _device_cpu_per_round(nodes, ph))
+        say(f"  {k} devices on the device CPUs: pass {1e3 * out.shared[k][0]:.2f} ms, device CPU {1e3 * out.shared[k][1]:.2f} ms per round "
+            f"(alone: {1e3 * raw_pass_s:.2f}, {1e3 * out.shared[1][1]:.2f})")
+        if k == max(kk for kk in (2, 4) if kk <= len(nodes.names)):  # the verifier rarely idles: drafts come and go during forwards
+            batches = max(1.0, ph.metrics.get("edgespec_verifier_batch_size_count", 0.0))
+            out.loaded = {"forward_s": ph.metrics.get("edgespec_verifier_forward_seconds_total", 0.0) / batches,
+                          "batch": ph.metrics.get("edgespec_verifier_batch_size_sum", 0.0) / batches,
+                          "busy": min(1.0, ph.metrics.get("edgespec_verifier_verify_seconds_sum", 0.0) / max(ph.wall_s, 1e-9)),
+                          "devices": k}
+            say(f"  the verifier busy {100 * out.loaded['busy']:.0f} % of the time: forwards {1e3 * out.loaded['forward_s']:.2f} ms per batch "
+                f"of {out.loaded['batch']:.2f}")
     for k, s in enumerate(plan.slowdowns):
         name = nodes.names[-1]
         with nodes.quota(name, s):
-            ph = _run_phase(nodes, {name: 1}, max(2, repeats // 2), answer, plan, 2 * repeats + k * repeats, f"quota 1/{s:g} core", progress)
+            ph = _run_phase(nodes, {name: 1}, max(2, repeats // 2), answer, plan, 7 * repeats + k * repeats, f"quota 1/{s:g} core", progress)
         out.quota[s] = _pass_s(ph.stats[name])[0]
         say(f"  under a quota of 1/{s:g} core: pass {1e3 * out.quota[s]:.2f} ms (×{out.quota[s] / raw_pass_s:.2f} of a whole core's)")
     return out
@@ -355,7 +395,7 @@ def _serving_nodes(plan: ServingPlan, attach: Optional[Attach], say: Callable[[s
         return
     from edgespec.testbed.bed import Testbed
 
-    with Testbed(_testbed_spec(plan, 2), say=say) as bed:
+    with Testbed(_testbed_spec(plan, 4), say=say) as bed:
         yield _TestbedNodes(bed)
 
 
@@ -383,6 +423,24 @@ def _table(rows: Sequence[int], cols: Sequence[int], cell: Callable[[int, int], 
     return StepTable(np.array(rows, dtype=float), np.array(cols, dtype=float), _monotone(raw)[0])
 
 
+def _overlaps(plan: ServingPlan, probe: ProbeResult, measured: _Measured, forward: Profile) -> tuple[float, float]:
+    """The verifier's extra time per message handled during a forward: per draft arriving, per verdict leaving.
+
+    With the verifier kept busy by real drafter nodes, each batch has about b drafts arriving during it and b verdicts
+    (the last batch's) leaving during it, b the mean batch: the forwards' excess over the probe's unloaded forwards
+    at that batch size, over the 2 · b · busy messages, is the cost per message (the same for both kinds). Without that
+    phase (attached to one drafter node), the probe's two single-message measurements.
+    """
+    from edgespec.plan.profile import profile_step_time_s
+
+    if measured.loaded is None or measured.loaded["batch"] <= 0:
+        return probe.overlap_s, probe.verdict_overlap_s
+    b = measured.loaded["batch"]
+    excess = measured.loaded["forward_s"] - float(profile_step_time_s(forward, b, plan.gamma + 1))
+    per_message = max(0.0, excess) / max(2.0 * b * measured.loaded["busy"], 1e-9)
+    return per_message, per_message
+
+
 def _serving_part(plan: ServingPlan, probe: ProbeResult, measured: _Measured, bare: PairProfile) -> ServingProfile:
     """The serving part: the probe's forwards and verifier framework; the node phases' pass, drafter framework, session costs."""
     g = plan.probe_grid
@@ -397,8 +455,11 @@ def _serving_part(plan: ServingPlan, probe: ProbeResult, measured: _Measured, ba
                     bare.draft.dtype, bare.draft.context_tokens,
                     {"measured": "draft pass per drafted token of a lone session in the serving drafter node; other batch sizes "
                                  "along the bare table's shape; prefill: bare forwards", "serving_to_bare": round(ratio, 4)})
-    shared = BatchSeries((1, 2), measured.shared) if measured.shared is not None else None
+    ks = tuple(sorted(measured.shared))
+    shared = BatchSeries(ks, tuple(measured.shared[k][0] for k in ks)) if len(ks) > 1 else None
+    shared_cpu = BatchSeries(ks, tuple(measured.shared[k][1] for k in ks)) if len(ks) > 1 and all(measured.shared[k][1] for k in ks) else None
     quota = BatchSeries(tuple(sorted(measured.quota)), tuple(measured.quota[s] for s in sorted(measured.quota))) if measured.quota else None
+    overlap_s, verdict_overlap_s = _overlaps(plan, probe, measured, forward)
     sizes = tuple(sorted(probe.overhead_s))
     # the verifier's time per batch outside forwards: the probe's shape over batch sizes, at the level real drafter traffic showed
     level = measured.verifier_s / probe.overhead_s[sizes[0]] if probe.overhead_s[sizes[0]] > 0 else 1.0
@@ -406,9 +467,9 @@ def _serving_part(plan: ServingPlan, probe: ProbeResult, measured: _Measured, ba
         setting=ServingSetting(plan.setting.q_mode, plan.temperature, plan.gamma, plan.setting.top_k),
         target_forward=forward, draft_step=draft,
         verifier_framework=BatchSeries(sizes, tuple(probe.overhead_s[b] * level for b in sizes)),
-        drafter_framework=BatchSeries.constant(measured.drafter_s),
-        overlap_s=probe.overlap_s, open_s=probe.open_s, request_s=measured.request_s, first_round_s=measured.first_round_s,
-        shared_core=shared, quota=quota)
+        drafter_framework=BatchSeries.constant(measured.drafter_s), drafter_background_s=measured.background_s,
+        overlap_s=overlap_s, verdict_overlap_s=verdict_overlap_s, open_s=probe.open_s, request_s=measured.request_s, first_round_s=measured.first_round_s,
+        shared_core=shared, shared_core_cpu=shared_cpu, quota=quota)
 
 
 def _bare_grid(plan: ServingPlan) -> ProfileGrid:
@@ -443,19 +504,27 @@ def measure_serving_pair(draft: CausalLM, target: CausalLM, plan: ServingPlan = 
     curve = bare.acceptance[0]
     per_request_rounds = plan.answer_tokens[0] / curve.tokens_per_round(min(plan.gamma, curve.max_gamma))
     text = [t for ids in prompts for t in ids] * 8
-    say("2. serving nodes" + (" (attached)" if attach else ": a testbed, the verifier on a CPU of its own, two drafter nodes"))
+    say("2. serving nodes" + (" (attached)" if attach else ": a testbed, the verifier on a CPU of its own, four drafter nodes"))
     with _serving_nodes(plan, attach, say) as nodes:
+        load = CpuLoad().start()  # what else this host ran while the nodes were measured
         say("3. verifier probe")
         probe = _probe(nodes, text, plan.probe_grid, report)
-        say(f"  open handshake {1e3 * probe.open_s:.2f} ms, a draft arriving during a forward +{1e3 * probe.overlap_s:.2f} ms")
+        say(f"  open handshake {1e3 * probe.open_s:.2f} ms; a draft arriving during a forward +{1e3 * probe.overlap_s:.2f} ms, "
+            f"a verdict going out during one +{1e3 * probe.verdict_overlap_s:.2f} ms")
         say("4. users on the drafter nodes")
         measured = _node_phases(nodes, plan, bare.draft, per_request_rounds, report, say)
+        host = load.stop()
+    if host is not None:
+        say(f"  meanwhile other processes used {host.foreign_cores:.2f} cores of this host")
     serving = _serving_part(plan, probe, measured, bare)
     meta = _meta(_bare_grid(plan), prompts, command, time.perf_counter() - start)
     meta.update(answer_tokens=list(plan.answer_tokens), serving_nodes="attached" if attach else "testbed",
+                host_load=host.to_dict() if host is not None else None,
                 cross_check={"lone_session_forward_per_batch_s": measured.forward_s, "probe_forward_s": probe.forward_s[1, plan.gamma + 1]
                               if (1, plan.gamma + 1) in probe.forward_s else None, "probe_verifier_overhead_s": {str(b): v for b, v in probe.overhead_s.items()},
-                             "lone_session_verifier_overhead_s": measured.verifier_s, "acceptance_counters": measured.acceptance_in_run})
+                             "lone_session_verifier_overhead_s": measured.verifier_s, "acceptance_counters": measured.acceptance_in_run,
+                             "verifier_kept_busy": measured.loaded, "probe_overlap_s": probe.overlap_s,
+                             "probe_verdict_overlap_s": probe.verdict_overlap_s})
     return PairProfile(bare.draft, bare.target, bare.acceptance, meta, serving)
 
 
@@ -498,8 +567,10 @@ def serving_summary(pp: PairProfile) -> dict:
         "verifier_framework_ms": {str(b): ms(v) for b, v in zip(sp.verifier_framework.batch_sizes, sp.verifier_framework.seconds)},
         "drafter_framework_ms": ms(sp.drafter_framework.seconds[0]),
         "overlap_ms": ms(sp.overlap_s), "open_ms": ms(sp.open_s), "request_ms": ms(sp.request_s), "first_round_ms": ms(sp.first_round_s),
-        "two_devices_pass_ms": None if sp.shared_core is None else ms(sp.shared_core.seconds[1]),
-        "core_efficiency": round(sp.core_efficiency(), 3),
+        "devices_pass_ms": {} if sp.shared_core is None else {str(k): ms(v) for k, v in zip(sp.shared_core.batch_sizes, sp.shared_core.seconds)},
+        "devices_cpu_per_round_ms": {} if sp.shared_core_cpu is None else
+        {str(k): ms(v) for k, v in zip(sp.shared_core_cpu.batch_sizes, sp.shared_core_cpu.seconds)},
+        "core_efficiency": {str(k): round(sp.core_efficiency(k), 3) for k in (sp.shared_core.batch_sizes if sp.shared_core else (1,))},
         "quota_pass_ms": {} if sp.quota is None else {f"{s:g}": ms(v) for s, v in zip(sp.quota.batch_sizes, sp.quota.seconds)},
         "acceptance": [{"answer_tokens": c.answer_tokens, "setting": c.label, "per_position": list(c.per_position)} for c in pp.acceptance],
     }
