@@ -4,18 +4,19 @@ Steps (docs/profile.md#serving-profile):
 1. Bare forwards in this process, as `edgespec profile` does (a small grid: the pair profile's `draft` and
    `target`), and the acceptance curve of the setting for every answer length asked, from static-γ SD of the
    profile's own prompts (`PROFILE_PROMPTS`: not the benchmark prompts the testbed sends).
-2. Serving nodes: a testbed (`edgespec.testbed`) with one verifier on a CPU of its own and two drafter nodes
+2. Serving nodes: a testbed (`edgespec.testbed`) with one verifier on a CPU of its own and four drafter nodes
    sharing the others, on links with no latency; or nodes already running (`Attach`).
 3. The verifier probe (`edgespec.models.serving_probe`): target forwards in the serving process against batch
    size and new tokens, prefill of the first round, the open handshake, and the cost of a draft that arrives
    while a forward runs.
-4. Users on the drafter nodes (streamed /v1/completions, as the testbed's users): B requests started together on
-   one node for each batch size B; one request on each of two nodes at once (two devices on one core); one node
-   under each CPU quota asked. From the nodes' own counters (drafter /stats, verifier /metrics) and the users'
-   clocks: the draft pass per drafted token against batch size, the verifier's time per batch outside forwards,
+4. Users on the drafter nodes (streamed /v1/completions, as the testbed's users): one session on one node; one
+   session on each of 2 and of 4 nodes at once (devices sharing a core; with 4 the verifier rarely idles); one
+   node under each CPU quota asked. From the nodes' own counters (drafter /stats, verifier /metrics), the users'
+   clocks and the host's CPU counters: the draft pass per drafted token, the verifier's time outside forwards,
    the drafter's and the wire's time per round outside the pass and the verifier (the steady round at the user,
-   less the pass and the verifier's time for its verdict), the HTTP request (user TTFT − engine TTFT), the first
-   round, and the pass time against devices drafting at once and against quotas.
+   less the pass and the verifier's time for its verdict), the devices' CPU per round off that path, the HTTP
+   request (user TTFT − engine TTFT), the first round, the pass and the devices' CPU per round against devices
+   at once, what messages handled during a busy verifier's forwards cost, and the pass under each quota.
 Nothing is fitted: every number is a median, a mean or a difference of measured times.
 """
 
@@ -332,16 +333,12 @@ class _Measured:
     acceptance_in_run: dict = field(default_factory=dict)
 
 
-def _node_phases(nodes: _Nodes, plan: ServingPlan, bare_draft: Profile, per_request_rounds: float, progress: Progress,
-                 say: Callable[[str], None]) -> _Measured:
-    """Step 4 of the module docstring: a lone session (the framework terms), two devices at once, each quota asked."""
-    out = _Measured()
-    answer = plan.answer_tokens[0]
+def _lone_session(nodes: _Nodes, plan: ServingPlan, bare_draft: Profile, repeats: int, out: _Measured, progress: Progress,
+                  say: Callable[[str], None]) -> None:
+    """One session on the first drafter node: the pass, the framework time at both ends, the HTTP request, the first round."""
     d0 = nodes.names[0]
-    _run_phase(nodes, {n: 1 for n in nodes.names}, 1, min(answer, 16), plan, 1000, "node warm-up", progress)
-    repeats = _repeats(plan, answer, per_request_rounds)
-    ph = _run_phase(nodes, {d0: 1}, repeats, answer, plan, 0, "drafter, one session", progress)
-    raw_pass_s, blocks, out.gamma = _pass_s(ph.stats[d0])
+    ph = _run_phase(nodes, {d0: 1}, repeats, plan.answer_tokens[0], plan, 0, "drafter, one session", progress)
+    raw_pass_s, _, out.gamma = _pass_s(ph.stats[d0])
     passes = max(1.0, ph.stats[d0].get("draft_passes", 0.0))
     prefill_s = len(ph.records) * float(bare_draft.prefill.time_s[0, 0])  # each request's first pass prefilled its prompt
     out.pass_s = max(1e-6, raw_pass_s - prefill_s / passes)
@@ -355,23 +352,26 @@ def _node_phases(nodes: _Nodes, plan: ServingPlan, bare_draft: Profile, per_requ
         out.background_s = max(0.0, device_s - raw_pass_s - out.drafter_s)
     out.request_s = statistics.fmean(max(0.0, r["ttft_s"] - r["engine_ttft_s"]) for r in ph.records)
     out.first_round_s = statistics.fmean(r["engine_ttft_s"] for r in ph.records)
+    out.shared = {1: (raw_pass_s, device_s)}
+    positions = [{k: v for k, v in ph.metrics.items() if f'position="{i}"' in k} for i in range(plan.gamma)]
     out.acceptance_in_run = {"drafts": _metric(ph.metrics, "spec_decode_num_drafts_total", d0),
-                             "accepted_per_position": [_metric({k: v for k, v in ph.metrics.items() if f'position="{i}"' in k},
-                                                               "spec_decode_num_accepted_tokens_per_pos_total", d0) for i in range(plan.gamma)]}
+                             "accepted_per_position": [_metric(m, "spec_decode_num_accepted_tokens_per_pos_total", d0) for m in positions]}
     say(f"  one session: pass {1e3 * out.pass_s:.2f} ms (γ {out.gamma:.2f}), forwards {1e3 * out.forward_s:.2f} ms, verifier framework "
         f"{1e3 * out.verifier_s:.2f} ms, drafter + wire {1e3 * out.drafter_s:.2f} ms per round (+ {1e3 * out.background_s:.2f} ms of device "
-        f"CPU off the round's path); HTTP {1e3 * out.request_s:.2f} ms, "
-        f"first round {1e3 * out.first_round_s:.1f} ms")
-    out.shared = {1: (raw_pass_s, _device_cpu_per_round(nodes, ph))}
-    for k in (2, 4):  # k devices with a session each, started together: the pass and the devices' CPU per round
-        if len(nodes.names) < k:
-            break
+        f"CPU off the round's path); HTTP {1e3 * out.request_s:.2f} ms, first round {1e3 * out.first_round_s:.1f} ms")
+
+
+def _devices(nodes: _Nodes, plan: ServingPlan, repeats: int, out: _Measured, progress: Progress, say: Callable[[str], None]) -> None:
+    """k devices with a session each, started together (k = 2, 4): the pass and the device CPUs' work per round; with the
+    most devices the verifier rarely idles, so drafts come and go during its forwards (`out.loaded`)."""
+    counts = [k for k in (2, 4) if k <= len(nodes.names)]
+    for k in counts:
         devices = {n: 1 for n in nodes.names[:k]}
-        ph = _run_phase(nodes, devices, max(2, repeats // 2), answer, plan, k * repeats, f"{k} devices on one core", progress)
+        ph = _run_phase(nodes, devices, max(2, repeats // 2), plan.answer_tokens[0], plan, k * repeats, f"{k} devices on one core", progress)
         out.shared[k] = (statistics.fmean(_pass_s(ph.stats[n])[0] for n in devices), _device_cpu_per_round(nodes, ph))
         say(f"  {k} devices on the device CPUs: pass {1e3 * out.shared[k][0]:.2f} ms, device CPU {1e3 * out.shared[k][1]:.2f} ms per round "
-            f"(alone: {1e3 * raw_pass_s:.2f}, {1e3 * out.shared[1][1]:.2f})")
-        if k == max(kk for kk in (2, 4) if kk <= len(nodes.names)):  # the verifier rarely idles: drafts come and go during forwards
+            f"(alone: {1e3 * out.shared[1][0]:.2f}, {1e3 * out.shared[1][1]:.2f})")
+        if k == counts[-1]:
             batches = max(1.0, ph.metrics.get("edgespec_verifier_batch_size_count", 0.0))
             out.loaded = {"forward_s": ph.metrics.get("edgespec_verifier_forward_seconds_total", 0.0) / batches,
                           "batch": ph.metrics.get("edgespec_verifier_batch_size_sum", 0.0) / batches,
@@ -379,12 +379,29 @@ def _node_phases(nodes: _Nodes, plan: ServingPlan, bare_draft: Profile, per_requ
                           "devices": k}
             say(f"  the verifier busy {100 * out.loaded['busy']:.0f} % of the time: forwards {1e3 * out.loaded['forward_s']:.2f} ms per batch "
                 f"of {out.loaded['batch']:.2f}")
-    for k, s in enumerate(plan.slowdowns):
-        name = nodes.names[-1]
-        with nodes.quota(name, s):
-            ph = _run_phase(nodes, {name: 1}, max(2, repeats // 2), answer, plan, 7 * repeats + k * repeats, f"quota 1/{s:g} core", progress)
-        out.quota[s] = _pass_s(ph.stats[name])[0]
-        say(f"  under a quota of 1/{s:g} core: pass {1e3 * out.quota[s]:.2f} ms (×{out.quota[s] / raw_pass_s:.2f} of a whole core's)")
+
+
+def _quotas(nodes: _Nodes, plan: ServingPlan, repeats: int, out: _Measured, progress: Progress, say: Callable[[str], None]) -> None:
+    """The last drafter node under each CPU quota asked, one session: its pass."""
+    name = nodes.names[-1]
+    for k, slowdown in enumerate(plan.slowdowns):
+        with nodes.quota(name, slowdown):
+            ph = _run_phase(nodes, {name: 1}, max(2, repeats // 2), plan.answer_tokens[0], plan, (7 + k) * repeats,
+                            f"quota 1/{slowdown:g} core", progress)
+        out.quota[slowdown] = _pass_s(ph.stats[name])[0]
+        say(f"  under a quota of 1/{slowdown:g} core: pass {1e3 * out.quota[slowdown]:.2f} ms "
+            f"(×{out.quota[slowdown] / out.shared[1][0]:.2f} of a whole core's)")
+
+
+def _node_phases(nodes: _Nodes, plan: ServingPlan, bare_draft: Profile, per_request_rounds: float, progress: Progress,
+                 say: Callable[[str], None]) -> _Measured:
+    """Step 4 of the module docstring: warm-up, a lone session, 2 and 4 devices at once, each quota asked."""
+    out = _Measured()
+    _run_phase(nodes, {n: 1 for n in nodes.names}, 1, min(plan.answer_tokens[0], 16), plan, 1000, "node warm-up", progress)
+    repeats = _repeats(plan, plan.answer_tokens[0], per_request_rounds)
+    _lone_session(nodes, plan, bare_draft, repeats, out, progress, say)
+    _devices(nodes, plan, repeats, out, progress, say)
+    _quotas(nodes, plan, repeats, out, progress, say)
     return out
 
 
