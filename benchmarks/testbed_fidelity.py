@@ -243,7 +243,7 @@ def calibrated_config(config, scenario: Path, measured: dict, nodes: dict, pp=No
                               downlink=replace(g.downlink, latency_s=g.downlink.latency_s + extra),
                               slowdown=g.slowdown * draft_ratio(pp, nodes[g.name])))
     sc = load_scenario(scenario).system
-    spec = replace(config.speculation, acceptance=measured["acceptance_curve"])
+    spec = replace(config.speculation, acceptance=measured["acceptance_curve"], acceptance_mix=())  # the run's own counters
     return replace(config, drafters=tuple(groups), draft_cost=NodeCost(replace(sc.drafter, profile=pp.draft)),
                    verify_cost=NodeCost(replace(sc.verifier, profile=scaled.target)), speculation=spec, serving=None, device_cores=0), ratio
 
@@ -286,7 +286,8 @@ def model_per_node(scenario: Path, config, pp, *, serving=None, verify_ratio: fl
                   for i in range(g.count)]
     klass = config.classes[0]
     lat = node_latencies(system, nodes, input_tokens=klass.input_tokens, output_tokens=klass.output_tokens, gamma=config.speculation.gamma,
-                         per_position=config.speculation.acceptance, device_cores=device_cores)
+                         per_position=config.speculation.acceptance, per_prompt=config.speculation.acceptance_mix,
+                         device_cores=device_cores)
     out = {}
     for g in config.drafters:
         x = lat[g.name if g.count == 1 else f"{g.name}#0"]

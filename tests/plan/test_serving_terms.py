@@ -218,3 +218,12 @@ def test_device_work_off_the_path_slows_others_on_a_shared_core_only():
     quiet, busy = serving(), serving(drafter_background_s=0.004)
     assert _latencies(system(busy), NODES, 1)["a"].draft_s > _latencies(system(quiet), NODES, 1)["a"].draft_s
     assert _latencies(system(busy), NODES, 0)["a"].draft_s == _latencies(system(quiet), NODES, 0)["a"].draft_s
+
+
+def test_prompts_that_accept_differently_spread_the_rounds_and_raise_the_p90():
+    one = node_latencies(system(), NODES[:1], input_tokens=17, output_tokens=64, gamma=4, per_position=(0.75,))
+    spread = node_latencies(system(), NODES[:1], input_tokens=17, output_tokens=64, gamma=4, per_position=(0.75,),
+                            per_prompt=((0.55,), (0.9,)))
+    assert spread["a"].quantile_latency_s > one["a"].quantile_latency_s
+    same = node_latencies(system(), NODES[:1], input_tokens=17, output_tokens=64, gamma=4, per_position=(0.75,), per_prompt=((0.75,),))
+    assert same["a"].mean_latency_s == pytest.approx(one["a"].mean_latency_s) and same["a"].quantile_latency_s == one["a"].quantile_latency_s

@@ -171,3 +171,12 @@ def test_device_work_off_the_path_loads_a_shared_core_and_nothing_else():
     busy = replace(config, serving=ServingCosts(drafter_background_s=0.004))
     assert mean_e2e(replace(busy, device_cores=1)) > mean_e2e(replace(config, device_cores=1))
     assert timelines(busy) == timelines(config)  # cores of their own: nobody waits for it
+
+
+def test_requests_draw_their_prompts_curve_from_the_measured_mix():
+    base = tiny_config(requests=40, alpha=None)
+    same = replace(base, speculation=replace(base.speculation, acceptance=(0.75,), acceptance_mix=((0.75,),)))
+    assert timelines(same) == timelines(replace(base, speculation=replace(base.speculation, acceptance=(0.75,))))
+    spread = replace(base, speculation=replace(base.speculation, acceptance=(0.75,), acceptance_mix=((0.5,), (0.95,))))
+    rounds = sorted(t[4] for t in timelines(spread))
+    assert rounds[-1] - rounds[0] > 15  # some requests on the poor prompt, some on the good one

@@ -40,7 +40,7 @@ from edgespec.bench.sd_vs_ad import prompt_ids
 from edgespec.models.profiling import AcceptanceSetting, ProfileGrid, _monotone, measure_acceptance, measure_step_profile
 from edgespec.models.runtime import CausalLM, check_same_tokenizer
 from edgespec.models.serving_probe import ProbeGrid, ProbeResult, probe_verifier
-from edgespec.plan.pairprofile import PairProfile
+from edgespec.plan.pairprofile import AcceptanceCurve, PairProfile, curve_from_rounds
 from edgespec.plan.profile import Profile, StepTable
 from edgespec.plan.servingprofile import BatchSeries, ServingProfile, ServingSetting
 from edgespec.testbed.cpuload import CpuLoad, LoadReport
@@ -495,14 +495,24 @@ def _bare_grid(plan: ServingPlan) -> ProfileGrid:
                        settings=(plan.setting,), max_gamma=plan.gamma, new_tokens=max(plan.answer_tokens), seed=plan.seed)
 
 
+def _acceptance(draft: CausalLM, target: CausalLM, plan: ServingPlan, prompts: list[list[int]], grid: ProfileGrid,
+                progress: Progress) -> AcceptanceCurve:
+    """The setting's curve for one answer length (`grid.new_tokens`), with each prompt's own curve (the spread across requests)."""
+    rounds: dict = {}
+    curve = measure_acceptance(draft, target, plan.setting, prompts, grid, progress, per_sequence=rounds)
+    s = plan.setting
+    per_prompt = tuple(curve_from_rounds(s.q_mode, s.temperature, rounds[k], grid.max_gamma, s.top_k).per_position
+                       for k in sorted(rounds) if any(g > 0 for g, _ in rounds[k]))
+    return replace(curve, answer_tokens=grid.new_tokens, per_prompt=per_prompt)
+
+
 def _bare(draft: CausalLM, target: CausalLM, plan: ServingPlan, prompts: list[list[int]], progress: Progress) -> PairProfile:
     """Step 1: bare forwards on a small grid, and the setting's acceptance for every answer length asked."""
     grid = _bare_grid(plan)
     with torch.inference_mode():
         draft_profile = measure_step_profile(draft, grid, grid.draft_tokens, "draft", progress)
         target_profile = measure_step_profile(target, grid, grid.verify_tokens, "target", progress)
-        curves = tuple(replace(measure_acceptance(draft, target, plan.setting, prompts, replace(grid, new_tokens=n), progress),
-                               answer_tokens=n) for n in plan.answer_tokens)
+        curves = tuple(_acceptance(draft, target, plan, prompts, replace(grid, new_tokens=n), progress) for n in plan.answer_tokens)
     return PairProfile(draft_profile, target_profile, curves)
 
 

@@ -568,14 +568,16 @@ def verifier_queue(cycle_s: Sequence[float], batch_s: Callable[[float, float, fl
 
 
 def node_latencies(system: ServingSystem, nodes: Sequence[DeviceNode], *, input_tokens: int, output_tokens: int, gamma: int,
-                   per_position: Sequence[float], device_cores: int = 0, quantile: float = 0.9) -> dict[str, NodeLatency]:
+                   per_position: Sequence[float], device_cores: int = 0, quantile: float = 0.9,
+                   per_prompt: Sequence[Sequence[float]] = ()) -> dict[str, NodeLatency]:
     """The latency model per drafter node when several share one verifier (A14, A15 with A7 and A13 per node).
 
     Node i's round is its draft (γ steps, plus the serving framework time; on shared cores the processor-sharing
     duration of that work, started when its verdict arrives, next to the device work off its path, else the work ×
     its slowdown), its upload, the wait for the verifier and the verification of the verifier's mean batch (A15),
     and its downlink. Its first round adds the prefill (A7/A13); a request of R rounds takes first round + (R − 1)
-    rounds, R from `rounds_distribution`.
+    rounds, R from `rounds_distribution` — of `per_position`, or the mixture over `per_prompt` (single prompts'
+    measured curves: a request's prompt is one of them, equally likely).
     """
     n, ctx = len(nodes), input_tokens + output_tokens / 2.0
     sv = system.serving
@@ -599,7 +601,8 @@ def node_latencies(system: ServingSystem, nodes: Sequence[DeviceNode], *, input_
 
     queue = verifier_queue([float(dr) + float(t.transfer_s) + float(t.downlink_s) for dr, t in zip(draft, times)], batch_s)
     verify = queue.wait_s + queue.batch_s
-    dist = rounds_distribution(output_tokens, per_position, gamma)
+    curves = list(per_prompt) or [per_position]
+    dist = sum(rounds_distribution(output_tokens, c, gamma) for c in curves) / len(curves)
     r_mean = float(np.dot(np.arange(len(dist)), dist))
     r_q = float(np.searchsorted(np.cumsum(dist), quantile - 1e-12))
     out = {}

@@ -18,7 +18,8 @@ a_i = P(draft token i accepted | tokens 1..i-1 accepted), estimated over the rou
 position i; `alpha` is Leviathan's i.i.d. acceptance fitted to the same rounds' tokens per round.
 `top_k` is present only for the "topk" q-mode; temperature 0 means greedy, where the q encoding
 does not matter (greedy verification compares tokens only). A curve may say the answer length it was
-measured on (`answer_tokens`); one setting may then have a curve per length.
+measured on (`answer_tokens`); one setting may then have a curve per length; and the same estimate for each
+prompt alone (`per_prompt`), which says how acceptance spreads across requests.
 
 ``"format": "edgespec-pair-profile/2"`` (`edgespec profile --serving`) adds a required `serving` object:
 what the serving nodes cost beyond bare forwards (`edgespec.plan.servingprofile`). Both versions load;
@@ -75,6 +76,7 @@ class AcceptanceCurve:
     drafted_tokens: int
     top_k: Optional[int] = None  # only for q_mode "topk"
     answer_tokens: Optional[int] = None  # the answer length the rounds came from, when recorded
+    per_prompt: tuple[tuple[float, ...], ...] = ()  # the same estimate for each prompt alone (how acceptance spreads), when recorded
 
     @property
     def greedy(self) -> bool:
@@ -188,7 +190,7 @@ def _count(value: Any, where: str, low: int) -> int:
 def _curve_from_dict(data: Any, where: str) -> AcceptanceCurve:
     if not isinstance(data, dict):
         raise PairProfileError(f"{where}: must be an object")
-    known = {"q_mode", "top_k", "temperature", "per_position", "alpha", "rounds", "drafted_tokens", "answer_tokens"}
+    known = {"q_mode", "top_k", "temperature", "per_position", "alpha", "rounds", "drafted_tokens", "answer_tokens", "per_prompt"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise PairProfileError(f"{where}.{unknown[0]}: unknown field")
@@ -207,6 +209,10 @@ def _curve_from_dict(data: Any, where: str) -> AcceptanceCurve:
     answer_tokens = data.get("answer_tokens")
     if answer_tokens is not None:
         answer_tokens = _count(answer_tokens, f"{where}.answer_tokens", 1)
+    raw = data.get("per_prompt", [])
+    if not isinstance(raw, list) or any(not isinstance(c, list) or not c for c in raw):
+        raise PairProfileError(f"{where}.per_prompt: must be a list of per-position curves (non-empty lists of probabilities)")
+    per_prompt = tuple(tuple(_number(a, f"{where}.per_prompt[{k}][{i}]", 0.0, 1.0) for i, a in enumerate(c)) for k, c in enumerate(raw))
     return AcceptanceCurve(
         q_mode=q_mode,
         temperature=_number(data.get("temperature"), f"{where}.temperature", 0.0, math.inf),
@@ -216,6 +222,7 @@ def _curve_from_dict(data: Any, where: str) -> AcceptanceCurve:
         drafted_tokens=_count(data.get("drafted_tokens"), f"{where}.drafted_tokens", 0),
         top_k=top_k,
         answer_tokens=answer_tokens,
+        per_prompt=per_prompt,
     )
 
 
@@ -285,6 +292,8 @@ def _curve_to_dict(curve: AcceptanceCurve) -> dict:
                rounds=curve.rounds, drafted_tokens=curve.drafted_tokens)
     if curve.answer_tokens is not None:
         out["answer_tokens"] = curve.answer_tokens
+    if curve.per_prompt:
+        out["per_prompt"] = [list(c) for c in curve.per_prompt]
     return out
 
 

@@ -102,6 +102,9 @@ class Speculation:
     confidence_threshold: float = 0.3
     confidence_noise: float = 0.5  # SLED: draft confidence = 1 − ((1−w)·u + w·v), u the acceptance draw, v fresh noise
     acceptance: tuple[float, ...] = (0.7,)  # a_i = P(position i accepted | positions < i accepted); the last repeats
+    # measured curves of single prompts: each request draws one (its own stream) instead of `acceptance`, as requests on
+    # different prompts accept differently; () uses `acceptance` for every request
+    acceptance_mix: tuple[tuple[float, ...], ...] = ()
     draft_bytes_per_token: float = 52.0  # id + top-K (ids, probs) per drafted token
     prompt_bytes_per_token: float = 4.0
     message_overhead_bytes: float = 64.0

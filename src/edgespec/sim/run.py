@@ -68,7 +68,13 @@ class _Arrivals:
         k = min(self._pick(self.class_cum, rng), len(cfg.classes) - 1)
         klass, group = cfg.classes[k], cfg.drafters[node.group]
         alpha = klass.alpha if klass.alpha is not None else group.alpha
-        curve = (alpha,) if alpha is not None else cfg.speculation.acceptance
+        mix = cfg.speculation.acceptance_mix
+        if alpha is not None:
+            curve = (alpha,)
+        elif mix:  # the request's prompt: one of the measured prompts' curves, from a stream of its own
+            curve = mix[stream(cfg.seed, "prompt", key).randrange(len(mix))]
+        else:
+            curve = cfg.speculation.acceptance
         spec = cfg.speculation
         policy = None
         if spec.mode == "sd" and cfg.policy_factory is not None:

@@ -175,12 +175,11 @@ def _pair_profile(sim: _Section, sc: Scenario, base_dir: Optional[Path]):
     except (OSError, ProfileError) as exc:
         sim.fail("pair_profile", f"cannot use pair profile {str(path)!r}: {exc}")
     if pp.serving is None:
-        return NodeCost(replace(sc.system.drafter, profile=pp.draft)), NodeCost(replace(sc.system.verifier, profile=pp.target)), \
-            curve.per_position, None
+        return NodeCost(replace(sc.system.drafter, profile=pp.draft)), NodeCost(replace(sc.system.verifier, profile=pp.target)), curve, None
     sp = pp.serving
     draft = NodeCost(replace(sc.system.drafter, profile=sp.draft_step))
     verify = NodeCost(replace(sc.system.verifier, profile=sp.target_forward))
-    return draft, verify, curve.per_position, sp
+    return draft, verify, curve, sp
 
 
 def serving_costs(sp, devices: int) -> ServingCosts:
@@ -240,8 +239,8 @@ def sim_config_from_scenario(sc: Scenario, data: dict, ctx: _Ctx) -> SimConfig:
             sim.fail("pair_profile", "give either [sim.costs] or pair_profile, not both")
         if acceptance is not None:
             sim.fail("acceptance", "the pair profile supplies the acceptance curve; drop one of them")
-        draft_cost, verify_cost, curve, serving = measured
-        spec = replace(spec, acceptance=curve)
+        draft_cost, verify_cost, measured_curve, serving = measured
+        spec = replace(spec, acceptance=measured_curve.per_position, acceptance_mix=measured_curve.per_prompt)
     groups = _groups(sim, sc, spec.draft_bytes_per_token * max(gamma, 1) + spec.message_overhead_bytes, 1.0)
     if serving is not None:
         serving = serving_costs(serving, sum(g.count for g in groups))
