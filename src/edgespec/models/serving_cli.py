@@ -86,13 +86,17 @@ def _tables(pp, summary: dict) -> list:
     t.add_row("draft pass, batch 1, γ tokens", f"{summary['draft_pass_ms']:.2f}", f"{summary['draft_pass_bare_ms']:.2f}")
     t.add_row("verifier framework per batch (1 / 2 / 4 drafts)", " / ".join(f"{v:.2f}" for v in summary["verifier_framework_ms"].values()), "0")
     t.add_row("drafter + wire framework per round", f"{summary['drafter_framework_ms']:.2f}", "0")
-    t.add_row("a draft arriving during a forward", f"{summary['overlap_ms']:.2f}", "0")
+    t.add_row("device CPU per round off the round's path", f"{summary['drafter_background_ms']:.2f}", "0")
+    t.add_row("a draft arriving / a verdict leaving during a forward", f"{summary['overlap_ms']:.2f} / {summary['verdict_overlap_ms']:.2f}", "0")
     t.add_row("session open (beyond the link)", f"{summary['open_ms']:.2f}", "0")
     t.add_row("HTTP request (user TTFT − engine TTFT)", f"{summary['request_ms']:.2f}", "0")
     t.add_row("first round of a lone session (engine TTFT)", f"{summary['first_round_ms']:.2f}", "")
-    if summary["two_devices_pass_ms"] is not None:
-        t.add_row("draft pass, two devices drafting on one core", f"{summary['two_devices_pass_ms']:.2f}",
-                  f"core efficiency {summary['core_efficiency']:.2f}")
+    for k, v in summary["devices_pass_ms"].items():
+        if k != "1":
+            cpu = summary["devices_cpu_per_round_ms"].get(k)
+            t.add_row(f"draft pass, {k} devices with a session each on the device CPUs", f"{v:.2f}",
+                      f"device CPU per round {cpu:.2f} (alone {summary['devices_cpu_per_round_ms']['1']:.2f}); core efficiency "
+                      f"{summary['core_efficiency'][k]:.2f}" if cpu is not None else f"core efficiency {summary['core_efficiency'][k]:.2f}")
     for s, v in summary["quota_pass_ms"].items():
         t.add_row(f"draft pass under a quota of 1/{s} core", f"{v:.2f}", f"share of a core {sp.quota_cap(float(s)):.2f}")
     gamma = max(c.max_gamma for c in pp.acceptance)

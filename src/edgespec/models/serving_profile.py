@@ -592,8 +592,8 @@ def serving_summary(pp: PairProfile) -> dict:
         "draft_pass_ms": ms(float(sp.draft_step.step.time_s[0, 0]) * gamma),
         "draft_pass_bare_ms": ms(float(pp.draft.step.time_s[0, 0]) * gamma),
         "verifier_framework_ms": {str(b): ms(v) for b, v in zip(sp.verifier_framework.batch_sizes, sp.verifier_framework.seconds)},
-        "drafter_framework_ms": ms(sp.drafter_framework.seconds[0]),
-        "overlap_ms": ms(sp.overlap_s), "open_ms": ms(sp.open_s), "request_ms": ms(sp.request_s), "first_round_ms": ms(sp.first_round_s),
+        "drafter_framework_ms": ms(sp.drafter_framework.seconds[0]), "drafter_background_ms": ms(sp.drafter_background_s),
+        "overlap_ms": ms(sp.overlap_s), "verdict_overlap_ms": ms(sp.verdict_overlap_s), "open_ms": ms(sp.open_s), "request_ms": ms(sp.request_s), "first_round_ms": ms(sp.first_round_s),
         "devices_pass_ms": {} if sp.shared_core is None else {str(k): ms(v) for k, v in zip(sp.shared_core.batch_sizes, sp.shared_core.seconds)},
         "devices_cpu_per_round_ms": {} if sp.shared_core_cpu is None else
         {str(k): ms(v) for k, v in zip(sp.shared_core_cpu.batch_sizes, sp.shared_core_cpu.seconds)},
