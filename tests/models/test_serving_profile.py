@@ -40,6 +40,7 @@ def test_a_scenario_gives_the_setting_lengths_and_quotas():
 
     hetero = plan_from_scenario(ROOT / "examples" / "testbed_hetero.toml")
     assert (hetero.gamma, hetero.q_mode, hetero.temperature, hetero.answer_tokens, hetero.slowdowns) == (4, "tokens", 0.0, (64,), (2.0,))
+    assert hetero.batch_window_ms == pytest.approx(2.0)  # the verifier batches as the scenario's (and the testbed's) does
     slow = plan_from_scenario(ROOT / "examples" / "testbed_slowlinks.toml", answer_tokens=(32, 48))
     assert (slow.gamma, slow.q_mode, slow.top_k, slow.temperature, slow.answer_tokens, slow.slowdowns) == (3, "topk", 8, 1.0, (32, 48), (2.0, 3.0))
     assert slow.setting.label() == "topk K=8 T=1" and hetero.setting.label() == "greedy"
@@ -50,6 +51,23 @@ def test_the_profile_prompts_are_not_the_benchmark_prompts():
     from edgespec.models.serving_profile import PROFILE_PROMPTS
 
     assert not set(PROFILE_PROMPTS) & set(PROMPTS) and len(PROFILE_PROMPTS) >= 2 * len(PROMPTS)
+
+
+@pytest.mark.parametrize("scenario", ["testbed_hetero.toml", "testbed_slowlinks.toml"])
+def test_the_profile_workload_is_not_the_fidelity_runs(scenario):
+    """benchmarks/testbed_fidelity.py sends the scenario's workload (workload_of) on its links; the profile sends its own
+    prompts, in waves of 1, 2 and 4 sessions started together, on nodes with links of no latency."""
+    from edgespec.models.serving_profile import PROFILE_PROMPTS, _testbed_spec, plan_from_scenario
+    from edgespec.sim.scenario import load_sim_config
+    from edgespec.testbed.run import workload_of
+
+    config = load_sim_config(ROOT / "examples" / scenario)
+    fidelity = workload_of(config)
+    assert fidelity.prompts and not set(fidelity.prompts) & set(PROFILE_PROMPTS)
+    assert fidelity.workload.kind == "closed" and fidelity.workload.users_per_node == 1
+    profile_bed = _testbed_spec(plan_from_scenario(ROOT / "examples" / scenario), 4)
+    assert all(d.uplink.latency_s == 0 and d.slowdown == 1 for d in profile_bed.drafters)
+    assert all(g.uplink.latency_s > 0 for g in config.drafters) and any(g.slowdown > 1 for g in config.drafters)
 
 
 CAPS = probe()

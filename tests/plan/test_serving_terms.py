@@ -227,3 +227,33 @@ def test_prompts_that_accept_differently_spread_the_rounds_and_raise_the_p90():
     assert spread["a"].quantile_latency_s > one["a"].quantile_latency_s
     same = node_latencies(system(), NODES[:1], input_tokens=17, output_tokens=64, gamma=4, per_position=(0.75,), per_prompt=((0.75,),))
     assert same["a"].mean_latency_s == pytest.approx(one["a"].mean_latency_s) and same["a"].quantile_latency_s == one["a"].quantile_latency_s
+
+
+# ---------------------------------------------------------------- every term of the several-node model at once
+
+
+TERMS = [
+    ("verifier_framework", BatchSeries((1, 4), (0.002, 0.004)), BatchSeries.constant(0.0)),
+    ("drafter_framework", BatchSeries.constant(0.0015), BatchSeries.constant(0.0)),
+    ("drafter_background_s", 0.004, 0.0),
+    ("overlap_s", 0.003, 0.0),
+    ("verdict_overlap_s", 0.003, 0.0),
+    ("open_s", 0.004, 0.0),
+    ("request_s", 0.004, 0.0),
+    # the device CPUs' work per round grows with devices on the cores: efficiency < 1; the same work: efficiency 1
+    ("shared_core_cpu", BatchSeries((1, 2), (0.008, 0.010)), BatchSeries((1, 2), (0.008, 0.008))),
+]
+
+
+@pytest.mark.parametrize("term, measured, zero", TERMS, ids=[t[0] for t in TERMS])
+def test_each_term_raises_every_nodes_latency_and_adds_nothing_when_its_input_is_zero(term, measured, zero):
+    """Two nodes (one at half a core) sharing a core and a verifier, 50 ms links: the term raises mean, p90 and TTFT or
+    mean and p90 (per-round terms), never lowers one; at zero every figure is exactly as without it."""
+    far = [DeviceNode("a", LinkSpec(5e6, 20e6, 0.05)), DeviceNode("b", LinkSpec(1e6, 5e6, 0.05), slowdown=2.0)]
+    base = _latencies(system(serving(), latency_s=0.05), far, 1)
+    more = _latencies(system(serving(**{term: measured}), latency_s=0.05), far, 1)
+    none = _latencies(system(serving(**{term: zero}), latency_s=0.05), far, 1)
+    for name in ("a", "b"):
+        assert none[name] == base[name]
+        b, m = base[name], more[name]
+        assert m.mean_latency_s > b.mean_latency_s and m.quantile_latency_s >= b.quantile_latency_s and m.ttft_s >= b.ttft_s

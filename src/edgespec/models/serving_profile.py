@@ -82,6 +82,7 @@ class ServingPlan:
     batch_sizes: tuple[int, ...] = (1, 2, 4)  # sessions drafted together on one drafter node
     slowdowns: tuple[float, ...] = ()  # CPU quotas of 1/slowdown core to measure a draft pass under (testbed only)
     rounds: int = 96  # about this many rounds per node phase
+    batch_window_ms: Optional[float] = None  # the verifier's batch window (the scenario's); None: `edgespec serve`'s default
     seed: int = 0
     prompts: tuple[str, ...] = PROFILE_PROMPTS
     probe: ProbeGrid = ProbeGrid()
@@ -209,6 +210,8 @@ def _testbed_spec(plan: ServingPlan, drafters: int):
 
     clean = LinkModel(1e9, 0.0)  # no latency: what a round costs beyond the link
     serving = ServingSpec(gamma_policy="static", gamma=plan.gamma, max_gamma=plan.gamma, q_mode=plan.q_mode, top_k=plan.top_k)
+    if plan.batch_window_ms is not None:  # the verifier batches as the scenario's does
+        serving = replace(serving, batch_window_ms=plan.batch_window_ms)
     return TestbedSpec(tuple(DrafterSpec(f"d{i}", "profile", clean, clean) for i in range(drafters)), 1, serving, "serving-profile")
 
 
@@ -559,7 +562,8 @@ def measure_serving_pair(draft: CausalLM, target: CausalLM, plan: ServingPlan = 
 
 
 def plan_from_scenario(path, **overrides) -> ServingPlan:
-    """The serving setting of a simulator scenario (the testbed's): static γ, q encoding, temperature, answer lengths, quotas."""
+    """The serving setting of a simulator scenario (the testbed's): static γ, q encoding, temperature, answer lengths, quotas, the
+    verifier's batch window."""
     from edgespec.plan.scenario import load_scenario
     from edgespec.sim.scenario import load_sim_config
 
@@ -568,7 +572,8 @@ def plan_from_scenario(path, **overrides) -> ServingPlan:
     q_mode = {"ids": "tokens"}.get(spec.q_mode, spec.q_mode)
     plan = ServingPlan(gamma=config.speculation.gamma, q_mode=q_mode, temperature=_temperature_of(path), top_k=spec.top_k or 8,
                        answer_tokens=tuple(sorted({c.output_tokens for c in config.classes})),
-                       slowdowns=tuple(sorted({g.slowdown for g in config.drafters if g.slowdown > 1})))
+                       slowdowns=tuple(sorted({g.slowdown for g in config.drafters if g.slowdown > 1})),
+                       batch_window_ms=config.verifiers.window_s * 1e3)
     return replace(plan, **{k: v for k, v in overrides.items() if v is not None})
 
 
