@@ -356,8 +356,22 @@ def compare(scenario: Path, serving_path: Path, requests: int, seeds: int, saved
     return {"scenario": config.name, "file": str(scenario.relative_to(ROOT) if scenario.is_relative_to(ROOT) else scenario),
             "requests": requests, "seeds": seeds, "nodes": nodes, "measured": measured, "calibration": cal,
             "breakdown": {"sim_verifier_busy": next(iter(preds["sim", "serving_profile"].values()))["verifier_busy"],
+                          "profiled_forward_at_run_batch_s": profiled_forward_s(serving_path, measured, len(report["requests"]),
+                                                                                config.classes[0].input_tokens),
                           "sim_serving_round_ms": {g: p["round_ms"] for g, p in preds["sim", "serving_profile"].items()},
                           "model_serving_round_ms": {g: p["round_ms"] for g, p in preds["model", "serving_profile"].items()}}}
+
+
+def profiled_forward_s(serving_path: Path, measured: dict, sessions: int, prompt_tokens: int) -> float:
+    """What the run's target forwards per batch were predicted to take: the serving profile's forwards at the run's mean batch and
+    tokens per draft, plus its share of the `sessions` prompts' prefills (each in its session's first batch)."""
+    from edgespec.plan.pairprofile import load_pair_profile
+    from edgespec.plan.profile import profile_prefill_time_s, profile_step_time_s
+
+    forward = load_pair_profile(serving_path).serving.target_forward
+    b = max(1.0, measured["batch_size"])
+    prefills_s = sessions * float(profile_prefill_time_s(forward, 1, prompt_tokens)) / max(measured["batches"], 1.0)
+    return float(profile_step_time_s(forward, b, measured["batch_tokens"] / b)) + prefills_s
 
 
 # ----------------------------------------------------------------------------- report
@@ -380,7 +394,8 @@ def show(result: dict) -> None:
     Console(width=230).print(t)
     m, cal = result["measured"], result["calibration"]
     print(f"in the run: verifier {m['verify_batch_s'] * 1e3:.1f} ms per batch, {m['forward_batch_s'] * 1e3:.1f} ms of it target forwards, "
-          f"mean batch {m['batch_size']:.2f} (calibrated: target tables × {cal['verify_ratio']:.2f}); acceptance per position "
+          f"mean batch {m['batch_size']:.2f} (the serving profile's forwards there, prefills included: {1e3 * result['breakdown']['profiled_forward_at_run_batch_s']:.1f} ms; "
+          f"calibrated: target tables × {cal['verify_ratio']:.2f}); acceptance per position "
           + ", ".join(f"{a:.2f}" for a in m["acceptance_curve"]))
     if m.get("host"):
         busy = m["verify_batch_s"] * m["batches"] / m["wall_s"]
