@@ -11,7 +11,7 @@ one closed-loop user per node.
 
 Steps per scenario:
 1. Serving profile (`edgespec profile --serving --scenario S`, in a child process, before the run): a verifier and
-   two drafter nodes on a testbed of their own, on the profile's own prompts and request mix (docs/profile.md).
+   four drafter nodes on a testbed of their own, on the profile's own prompts and request mix (docs/profile.md).
    `--serving-profile FILE` uses a given one instead.
 2. Testbed (`edgespec.testbed`): the scenario's workload on real nodes, after one warm-up request per node. Per node:
    mean and p90 latency, mean TTFT (the users' clocks); from the nodes' counters what calibration needs.

@@ -96,3 +96,18 @@ def test_a_short_serving_profile_of_real_nodes(tmp_path):
         assert math.isfinite(value) and value >= 0
     assert sp.open_s > 0 and sp.request_s > 0 and sp.first_round_s > sp.target_forward.step.time_s[0, 0]
     assert 0 < sp.core_efficiency() <= 1 and 0 < sp.quota_cap(2.0) <= 1
+
+
+def test_a_node_phase_disturbed_by_other_processes_is_measured_again_and_refused_when_it_stays_so(monkeypatch):
+    """Other processes' CPU would count as the devices' (and slow the nodes): such a phase is taken again, at most 3 times."""
+    from edgespec.models import serving_profile as sp
+    from edgespec.testbed.cpuload import LoadReport
+
+    loads = iter([0.4, 0.3, 0.02])
+    monkeypatch.setattr(sp, "_one_phase", lambda *a: sp._Phase([], {}, {}, 1.0, LoadReport(1.0, next(loads), (0.5, 0.5))))
+    said = []
+    ph = sp._run_phase(None, {"d0": 1}, 1, 8, sp.ServingPlan(), 0, "one session", lambda *_: None, said.append)
+    assert ph.host.foreign_cores == 0.02 and len(said) == 2 and "0.40 cores" in said[0]
+    loads = iter([0.4, 0.3, 0.2])
+    with pytest.raises(sp.HostBusy, match=r"one session: other processes of this host took 0.20 cores .* in each of 3 tries"):
+        sp._run_phase(None, {"d0": 1}, 1, 8, sp.ServingPlan(), 0, "one session", lambda *_: None)
