@@ -308,6 +308,20 @@ def profile_command(
     cuda_graphs: bool = typer.Option(False, "--cuda-graphs", help=GRAPHS_HELP),
     no_cuda_graphs: bool = typer.Option(False, "--no-cuda-graphs", help=NO_GRAPHS_HELP),
     json_out: bool = typer.Option(False, "--json", help="End with one JSON summary on the last line."),
+    serving: bool = typer.Option(False, "--serving", help="Profile serving nodes (a verifier and drafter nodes on a testbed, or --attach-*): "
+                                 "writes edgespec-pair-profile/2 with what a round costs beyond bare forwards."),
+    scenario: Optional[Path] = typer.Option(None, "--scenario", help="--serving: take γ, q mode, temperature, answer lengths and CPU quotas from this scenario."),
+    answer_tokens: Optional[str] = typer.Option(None, "--answer-tokens", help="--serving: answer lengths, e.g. 64 or 32,128 (one acceptance curve each)."),
+    temperature: Optional[float] = typer.Option(None, "--temperature", min=0.0, help="--serving: sampling temperature of the workload (0 = greedy)."),
+    q_mode: Optional[str] = typer.Option(None, "--q-mode", help="--serving: how q travels: full, topk or tokens."),
+    top_k: Optional[int] = typer.Option(None, "--top-k", min=1, help="--serving: K for --q-mode topk."),
+    attach_verifier: Optional[str] = typer.Option(None, "--attach-verifier", help="--serving: a running verifier HOST:PORT instead of a testbed."),
+    attach_metrics: Optional[str] = typer.Option(None, "--attach-metrics", help="--serving: that verifier's metrics URL (http://HOST:PORT/metrics)."),
+    attach_drafters: Optional[str] = typer.Option(None, "--attach-drafters", help="--serving: running drafter nodes' HTTP HOST:PORT[,HOST:PORT]."),
+    auth_token_file: Optional[Path] = typer.Option(None, "--auth-token-file", help="--serving with --attach-*: the verifier's bearer token."),
+    max_host_load: Optional[float] = typer.Option(None, "--max-host-load", min=0.0,
+                                                  help="--serving: cores other processes of this host may take during a node phase "
+                                                       "before it is measured again (default 0.1; a larger value accepts a noisier profile)."),
 ) -> None:
     """Measure a draft/target pair on this machine (step and verify times, per-position acceptance) into a pair profile for the simulator."""
     import json
@@ -316,6 +330,23 @@ def profile_command(
 
     _check_writable(out, "--out")
     opts = _device_options(device, dtype, cuda_graphs, no_cuda_graphs)
+    serving_only = {"--scenario": scenario, "--answer-tokens": answer_tokens, "--temperature": temperature, "--q-mode": q_mode,
+                    "--top-k": top_k, "--attach-verifier": attach_verifier, "--attach-metrics": attach_metrics,
+                    "--attach-drafters": attach_drafters, "--auth-token-file": auth_token_file, "--max-host-load": max_host_load}
+    if not serving:
+        for option, value in serving_only.items():
+            if value is not None:
+                raise typer.BadParameter("only with --serving", param_hint=option)
+    else:
+        if device != "cpu":
+            raise typer.BadParameter("--serving profiles CPU nodes (on a testbed or attached); drop --device", param_hint="--device")
+        from edgespec.models.serving_cli import profile_serving
+
+        raise typer.Exit(profile_serving(out=out, draft=draft, target=target, quick=quick, threads=threads, gamma=max_gamma, seed=seed,
+                                         json_out=json_out, scenario=scenario, answer_tokens=answer_tokens, temperature=temperature,
+                                         q_mode=q_mode, top_k=top_k, attach=(attach_verifier, attach_metrics, attach_drafters),
+                                         token_file=auth_token_file, console=_console(), progress_bars=_progress_bars, load_pair=_load_pair,
+                                         max_host_load=0.1 if max_host_load is None else max_host_load))
     console = _console()
     with console.status("loading models…"):
         import torch

@@ -211,9 +211,9 @@ def measure_step_profile(lm: CausalLM, grid: ProfileGrid, tokens: Sequence[int],
 
 def measure_acceptance(
     draft: CausalLM, target: CausalLM, setting: AcceptanceSetting, prompts: Sequence[Sequence[int]], grid: ProfileGrid,
-    progress: Progress,
+    progress: Progress, per_sequence: Optional[dict] = None,
 ) -> AcceptanceCurve:
-    """Static-γ SD of all prompts as one batch; the curve from every round's (γ, accepted)."""
+    """Static-γ SD of all prompts as one batch; the curve from every round's (γ, accepted) (also by prompt into `per_sequence`)."""
     cfg = GenerationConfig(
         max_new_tokens=grid.new_tokens, sampling=SamplingParams(temperature=setting.temperature), gamma=grid.max_gamma,
         q_mode=setting.q_mode, q_top_k=setting.top_k or 8, seed=grid.seed, stop_at_eos=False,
@@ -222,8 +222,10 @@ def measure_acceptance(
     emitted, total = [0], grid.new_tokens * len(prompts)
     phase = f"acceptance {setting.label()}"
 
-    def on_round(_sequence: int, gamma: int, accepted: int) -> None:
+    def on_round(sequence: int, gamma: int, accepted: int) -> None:
         rounds.append((gamma, accepted))
+        if per_sequence is not None:
+            per_sequence.setdefault(sequence, []).append((gamma, accepted))
         emitted[0] += accepted + 1
         progress(phase, min(emitted[0], total), total)
 

@@ -84,6 +84,10 @@ def serve_command(
         0.0, "--batch-window-ms", min=0.0,
         help="how long the oldest queued draft may wait for others to join its batch (0: none; drafts that arrive together in a Batch frame, or during a forward, batch anyway)",
     ),
+    merge_share: float = typer.Option(
+        0.5, "--merge-share", min=0.0, max=1.0,
+        help="a batch missing sessions whose drafts are due back holds for them, up to this share of a forward's fixed cost (0: off)",
+    ),
     kv_budget_tokens: int = typer.Option(262_144, "--kv-budget-tokens", help="KV tokens all sessions may reserve (prompt + max_new_tokens + max γ each)"),
     max_sessions_per_node: int = typer.Option(0, "--max-sessions-per-node", min=0, help="open sessions per drafter node id; more are refused BUSY (0 = no limit)"),
     max_tokens_in_flight_per_node: int = typer.Option(
@@ -130,7 +134,7 @@ def serve_command(
     try:  # bad settings fail here, before the model loads
         config = VerifierConfig(
             target_dir=target, host=host, port=port, metrics_port=metrics_port, metrics_host=metrics_host, max_batch_tokens=max_batch_tokens,
-            max_batch_size=max_batch_size, batch_window_ms=batch_window_ms, kv_budget_tokens=kv_budget_tokens,
+            max_batch_size=max_batch_size, batch_window_ms=batch_window_ms, merge_share=merge_share, kv_budget_tokens=kv_budget_tokens,
             max_sessions_per_node=max_sessions_per_node, max_tokens_in_flight_per_node=max_tokens_in_flight_per_node,
             auth_token=auth_token, node_tokens=node_tokens, allow_no_auth=allow_no_auth, tls_cert=tls_cert, tls_key=tls_key, device=str(opts.device),
             dtype=str(opts.dtype).removeprefix("torch."), cuda_graphs=opts.cuda_graphs,
