@@ -10,14 +10,16 @@ the code path behind the OpenAI API, the HTTP hop left out) three drafter nodes 
 same verifier, so machine drift hits them alike:
 - `ad`: γ = 0 every round, i.e. autoregressive decoding served by the verifier in batches;
 - `static`: γ = `--gamma` every round (4);
-- `adaptive`: the drafter node's default policy (AWC behind the speculation gate: γ = 0 where the
-  verifier's announced forward-time model says speculating loses at this load).
+- `adaptive`: the drafter node's default policy (the speculation gate's own model: the γ with the least
+  predicted time per token, γ = 0 where the verifier's announced forward-time model says speculating
+  loses at this load; docs/policies.md).
 
 Reported per (S, policy): completion tokens/s, ratio to AD at the same S, p50/p99 latency per token
 (each request's wall time / its completion tokens), mean γ (drafted tokens / rounds), acceptance,
 the share of AD rounds, and the simulator's predicted ratio to AD for the same setup: a scenario with
-the pair's profile (`--profile`, default a quick one measured here at the start, in the verifier's
-pinning) and the same sessions, γ and policies, run by `edgespec.sim` with the very policy objects.
+the pair's profile (`--profile`: a serving profile from `edgespec profile --serving` brings the
+framework terms of serving nodes; default a quick bare profile measured here at the start, in the
+verifier's pinning) and the same sessions, γ and policies, run by `edgespec.sim` with the very policy objects.
 
 Prints a rich table and the crossover; the last line of stdout is JSON: a list of rows with the keys
 `sessions`, `policy` (`ad`, `static`, `adaptive`), `tokens_per_s`, `ratio_to_ad`, `p50_ms_per_token`,
