@@ -171,6 +171,8 @@ def main(argv=None) -> int:
     parser.add_argument("--no-predict", dest="predict", action="store_false", help="skip the simulator's prediction")
     parser.add_argument("--sim-seeds", type=int, default=5, help="simulator runs per prediction (mean)")
     parser.add_argument("--no-pin", dest="pin", action="store_false", help="do not pin the verifier and the drafter to separate cores")
+    parser.add_argument("--rows", type=Path, default=None,
+                        help="take the measured rows from an earlier run's output (its JSON last line) and only predict")
     args = parser.parse_args(argv)
     args.sessions = list(QUICK_SESSIONS) if args.quick else [int(x) for x in args.sessions.split(",") if x.strip()]
 
@@ -182,8 +184,12 @@ def main(argv=None) -> int:
     profile = args.profile
     if args.predict and profile is None:
         profile = measure_quick_profile(draft, prompts, verifier_cpus)
-    with VerifierProcess(1, verifier_cpus, batch_window_ms=args.batch_window_ms, max_gamma=2 * args.gamma) as verifier:
-        rows = asyncio.run(measure(args, draft, verifier))
+    if args.rows is not None:
+        earlier = json.loads(args.rows.read_text(encoding="utf-8").strip().splitlines()[-1])
+        rows = [r for r in earlier["rows"] if r["sessions"] in args.sessions]
+    else:
+        with VerifierProcess(1, verifier_cpus, batch_window_ms=args.batch_window_ms, max_gamma=2 * args.gamma) as verifier:
+            rows = asyncio.run(measure(args, draft, verifier))
     if args.predict:
         from edgespec.models.bundle import bundled_path
         from edgespec.models.runtime import CausalLM
