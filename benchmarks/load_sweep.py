@@ -182,6 +182,10 @@ def main(argv=None) -> int:
     draft = load_draft(1)
     prompts = [encode(draft, p) for p in PROMPTS]
     profile = args.profile
+    if args.predict and profile is not None:  # a bad profile fails now, not after the measurement
+        from edgespec.plan.pairprofile import load_pair_profile
+
+        load_pair_profile(profile)
     if args.predict and profile is None:
         profile = measure_quick_profile(draft, prompts, verifier_cpus)
     if args.rows is not None:
