@@ -40,7 +40,7 @@ import time
 
 import numpy as np
 
-from _serving import PROMPTS, VerifierProcess, Workload, edge_config, encode, load_draft, machine, run_workload
+from _serving import VerifierProcess, Workload, add_pair_argument, edge_config, load_draft, machine, pair_prompts, run_workload
 
 TARGET_MS = 2.0
 TARGET_SESSIONS = 16
@@ -114,7 +114,7 @@ def histogram_mean_ms(before: dict, after: dict) -> float:
 async def measure(args, draft, verifier: VerifierProcess) -> list[dict]:
     from edgespec.edge import EdgeNode
 
-    prompts = [encode(draft, p) for p in PROMPTS]
+    prompts = pair_prompts(draft, args.pair)
     node = EdgeNode(edge_config(verifier.address, node_id="edge-overhead", gamma=args.gamma, max_gamma=max(args.gamma, 1), pipeline=False), draft=draft)
     await node.start()
     rows = []
@@ -153,7 +153,7 @@ def show(rows: list[dict], args) -> None:
     from rich.table import Table
 
     console = Console(width=200)
-    t = Table(title=f"Framework overhead per round = round − forward − busy wait (bundled pair, greedy, static γ={args.gamma}, no pipelining, "
+    t = Table(title=f"Framework overhead per round = round − forward − busy wait ({args.pair} pair, greedy, static γ={args.gamma}, no pipelining, "
                     f"batch window {args.batch_window_ms:g} ms, verifier {args.verifier_threads} thread(s), drafter {args.drafter_threads})")
     for col in ("sessions", "rounds", "overhead p50 / p90 / p99 ms", "verifier-side p50 / mean ms", "drafter+wire p50 / mean ms",
                 "verifier hist. mean ms", "forward mean ms", "busy wait mean ms", "round mean ms", "batch (drafts)", "tokens/s"):
@@ -182,14 +182,15 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-window-ms", type=float, default=2.0, help="the verifier's batching window (its default)")
     parser.add_argument("--verifier-threads", type=int, default=1)
     parser.add_argument("--drafter-threads", type=int, default=1)
+    add_pair_argument(parser)
     args = parser.parse_args(argv)
     args.sessions = [int(x) for x in args.sessions.split(",") if x.strip()]
     if args.quick:
         args.sessions, args.duration_s = [1, TARGET_SESSIONS], 2.5
 
     t0 = time.perf_counter()
-    draft = load_draft(args.drafter_threads)
-    with VerifierProcess(args.verifier_threads, batch_window_ms=args.batch_window_ms, max_gamma=max(args.gamma, 1)) as verifier:
+    draft = load_draft(args.drafter_threads, args.pair)
+    with VerifierProcess(args.verifier_threads, args.pair, batch_window_ms=args.batch_window_ms, max_gamma=max(args.gamma, 1)) as verifier:
         rows = asyncio.run(measure(args, draft, verifier))
     show(rows, args)
     at = next((r for r in rows if r["sessions"] == TARGET_SESSIONS), None)

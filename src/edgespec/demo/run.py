@@ -1,14 +1,14 @@
 """The distributed demo: one verifier node and several heterogeneous drafter nodes as processes on loopback, a workload through the OpenAI API, live per-node figures, and a comparison with AD served by the same verifier.
 
-Topology (all on 127.0.0.1, ephemeral ports):
-- `verifier`: `edgespec serve` with the bundled target;
-- `edge-topk`: bundled draft, top-K q (K = 8), +2/−1 γ heuristic;
-- `edge-tokens`: bundled draft, tokens-only q, SLED confidence γ;
-- `edge-small`: a 1-layer draft derived from the bundled one, full q, static γ — a weaker, cheaper device;
+Topology (all on 127.0.0.1, ephemeral ports), for the chosen pair (`--pair`, default the bundled one):
+- `verifier`: `edgespec serve` with the pair's target;
+- `edge-topk`: the pair's draft, top-K q (K = 8), +2/−1 γ heuristic;
+- `edge-tokens`: the pair's draft, tokens-only q, SLED confidence γ;
+- `edge-small`: a 1-layer draft derived from the pair's, full q, static γ — a weaker, cheaper device;
 - `edge-ad`: γ = 0, i.e. autoregressive decoding served by the same verifier (the baseline).
 Every SD drafter gets the same requests at once, half greedy and half sampled (temperature 0.8,
 seeded); then the AD node gets all of them at once (the same load). Greedy completions must equal
-AD's text exactly.
+AD's text exactly. An instruct pair gets its prompts as chat messages (/v1/chat/completions).
 """
 
 from __future__ import annotations
@@ -43,6 +43,8 @@ class DemoConfig:
     verifier_threads: int = 2
     edge_threads: int = 1
     refresh_s: float = 0.5
+    pair: str = "bundled"
+    chat: bool = False  # send the prompts as user messages to /v1/chat/completions
 
 
 @dataclass(frozen=True)
@@ -52,10 +54,10 @@ class EdgeSpec:
     args: tuple[str, ...]
 
 
-def _edges(small_draft: Path) -> list[EdgeSpec]:
+def _edges(small_draft: Path, pair: str) -> list[EdgeSpec]:
     return [
-        EdgeSpec("edge-topk", "bundled draft, top-K q (K=8), heuristic γ", ("--q-mode", "topk", "--top-k", "8", "--gamma-policy", "heuristic")),
-        EdgeSpec("edge-tokens", "bundled draft, tokens-only q, SLED γ", ("--q-mode", "tokens", "--gamma-policy", "confidence")),
+        EdgeSpec("edge-topk", f"{pair} draft, top-K q (K=8), heuristic γ", ("--q-mode", "topk", "--top-k", "8", "--gamma-policy", "heuristic")),
+        EdgeSpec("edge-tokens", f"{pair} draft, tokens-only q, SLED γ", ("--q-mode", "tokens", "--gamma-policy", "confidence")),
         EdgeSpec("edge-small", "1-layer draft, full q, static γ=3", ("--q-mode", "full", "--gamma-policy", "static", "--gamma", "3", "--draft", str(small_draft))),
     ]
 
@@ -78,9 +80,19 @@ def _requests(cfg: DemoConfig) -> list[dict]:
     """Each prompt twice: greedy, and sampled at cfg.temperature with a fixed seed."""
     out = []
     for i, prompt in enumerate(cfg.prompts):
-        out.append({"prompt": prompt, "max_tokens": cfg.max_tokens, "temperature": 0, "ignore_eos": True})
-        out.append({"prompt": prompt, "max_tokens": cfg.max_tokens, "temperature": cfg.temperature, "seed": i, "ignore_eos": True})
+        body = {"messages": [{"role": "user", "content": prompt}]} if cfg.chat else {"prompt": prompt}
+        out.append({**body, "max_tokens": cfg.max_tokens, "temperature": 0, "ignore_eos": True})
+        out.append({**body, "max_tokens": cfg.max_tokens, "temperature": cfg.temperature, "seed": i, "ignore_eos": True})
     return out
+
+
+def _endpoint(body: dict) -> str:
+    return "/v1/chat/completions" if "messages" in body else "/v1/completions"
+
+
+def _text(reply: dict) -> str:
+    choice = reply["choices"][0]
+    return choice["message"]["content"] if "message" in choice else choice["text"]
 
 
 # ---------------------------------------------------------------- live table
@@ -129,7 +141,7 @@ def _run_phase(console: Console, nodes: list[tuple[EdgeSpec, NodeProcess]], requ
     lock = threading.Lock()
 
     def one(spec: EdgeSpec, node: NodeProcess, i: int, body: dict) -> None:
-        reply = post_json(f"{node.url}/v1/completions", body)
+        reply = post_json(f"{node.url}{_endpoint(body)}", body)
         with lock:
             phase.results[(spec.name, i)] = reply
             phase.done[spec.name] += 1
@@ -152,7 +164,7 @@ def _run_phase(console: Console, nodes: list[tuple[EdgeSpec, NodeProcess]], requ
 
 
 def _summary(console: Console, sd: _Phase, ad: _Phase, requests: list[dict]) -> dict:
-    ad_text = {i: ad.results[("edge-ad", i)]["choices"][0]["text"] for i in range(len(requests))}
+    ad_text = {i: _text(ad.results[("edge-ad", i)]) for i in range(len(requests))}
     table = Table(title="Summary: speculative decoding vs AD served by the same verifier")
     for col in ("node", "completion tokens", "wall s", "tok/s", "vs AD", "greedy output = AD"):
         table.add_column(col, justify="left" if col == "node" else "right")
@@ -163,7 +175,7 @@ def _summary(console: Console, sd: _Phase, ad: _Phase, requests: list[dict]) -> 
     for name in sd_names:
         replies = {i: sd.results[(name, i)] for i in range(len(requests))}
         greedy = [i for i, body in enumerate(requests) if body["temperature"] == 0]
-        same = sum(replies[i]["choices"][0]["text"] == ad_text[i] for i in greedy)
+        same = sum(_text(replies[i]) == ad_text[i] for i in greedy)
         tokens = sum(r["usage"]["completion_tokens"] for r in replies.values())
         report["nodes"][name] = {"completion_tokens": tokens, "greedy_equal_ad": f"{same}/{len(greedy)}"}
         table.add_row(name, str(tokens), "", "", "", f"{same}/{len(greedy)} {'✓' if same == len(greedy) else '✗'}")
@@ -181,21 +193,21 @@ def _summary(console: Console, sd: _Phase, ad: _Phase, requests: list[dict]) -> 
 
 def run_demo(cfg: DemoConfig, console: Console, say: Callable[[str], None]) -> dict:
     """Start the nodes, run the SD phase then the AD phase, print the summary, stop every node; returns the summary."""
-    from edgespec.models.bundle import bundled_path
+    from edgespec.models.catalog import pair_dirs
     from edgespec.models.derive import truncate_layers
 
     nodes: list[NodeProcess] = []
     with tempfile.TemporaryDirectory(prefix="edgespec-demo-") as tmp:
         try:
-            say("deriving a 1-layer draft from the bundled one")
-            small = truncate_layers(bundled_path("draft"), Path(tmp) / "draft-1layer", layers=1)
+            say(f"deriving a 1-layer draft from the {cfg.pair} one")
+            small = truncate_layers(pair_dirs(cfg.pair, say)[0], Path(tmp) / "draft-1layer", layers=1)
             say("starting the verifier node")
-            verifier = start_node("verifier", "serve", ["--port", "0", "--metrics-port", "0"], threads=cfg.verifier_threads)
+            verifier = start_node("verifier", "serve", ["--port", "0", "--metrics-port", "0", "--pair", cfg.pair], threads=cfg.verifier_threads)
             nodes.append(verifier)
             edges = []
-            for spec in _edges(small) + [AD_EDGE]:
+            for spec in _edges(small, cfg.pair) + [AD_EDGE]:
                 say(f"starting {spec.name}")
-                node = start_node(spec.name, "edge", ["--verifier", verifier.address, "--http-port", "0", "--node-id", spec.name,
+                node = start_node(spec.name, "edge", ["--verifier", verifier.address, "--http-port", "0", "--node-id", spec.name, "--pair", cfg.pair,
                                                       "--threads", str(cfg.edge_threads), *spec.args], threads=cfg.edge_threads)
                 nodes.append(node)
                 edges.append((spec, node))

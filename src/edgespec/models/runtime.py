@@ -22,6 +22,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreT
 from transformers.utils import logging as hf_logging
 
 from edgespec.models import fastpath
+from edgespec.models.card import read_card
+from edgespec.models.gguf import GGUFError, resolve_model_dir
+from edgespec.models.subvocab import SubVocabHead
 
 __all__ = [
     "CausalLM", "RaggedKV", "ModelLoadError", "TokenizerMismatchError", "check_same_tokenizer",
@@ -60,6 +63,14 @@ class RaggedKV:
         return int(self.lengths[row])
 
 
+def _resolve(path: str | Path) -> Path:
+    """A transformers directory for `path`, converting a GGUF input once (clear ModelLoadError when it cannot be)."""
+    try:
+        return resolve_model_dir(path)
+    except GGUFError as exc:
+        raise ModelLoadError(str(exc)) from None
+
+
 def _layers(cache: DynamicCache) -> list:
     """The cache layers holding tensors [B, heads, C, head_dim]; empty before the first forward."""
     return [layer for layer in cache.layers if getattr(layer, "keys", None) is not None and layer.keys.dim() == 4]
@@ -88,22 +99,30 @@ class CausalLM:
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def load(cls, path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> "CausalLM":
-        """Load weights (safetensors), config and tokenizer from a local directory; never touches a hub."""
-        path = Path(path)
+    def load(cls, path: str | Path, device: str | torch.device = "cpu", dtype: Optional[torch.dtype] = None) -> "CausalLM":
+        """Load weights (safetensors), config and tokenizer from a local directory; never touches a hub.
+
+        `path` may also be a GGUF file or a directory holding one (converted once and cached: `edgespec.models.gguf`).
+        dtype None: the directory's `edgespec.json` choice on a CPU, else float32 (`edgespec.models.card`).
+        """
+        path = _resolve(path)
         if not path.is_dir():
             raise ModelLoadError(f"model directory not found: {path}")
         missing = [f for f in ("config.json",) if not (path / f).exists()]
         if missing or not any(path.glob("*.safetensors")):
-            raise ModelLoadError(f"{path} is not a Hugging Face model directory (needs config.json and *.safetensors)")
+            raise ModelLoadError(f"{path} is not a Hugging Face model directory (needs config.json and *.safetensors, or a .gguf file)")
         try:
+            card = read_card(path)
             tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
             model = AutoModelForCausalLM.from_pretrained(
-                path, dtype=dtype, attn_implementation="sdpa", local_files_only=True
+                path, dtype=dtype or card.dtype(device), attn_implementation="sdpa", local_files_only=True
             )
         except (OSError, ValueError, KeyError) as exc:
             raise ModelLoadError(f"cannot load a causal LM from {path}: {exc}") from exc
-        return cls(model.to(device), tokenizer, path)
+        lm = cls(model.to(device), tokenizer, path)
+        if card.head_token_ids is not None:
+            lm._lm_head = SubVocabHead(lm._lm_head.weight, torch.tensor(card.head_token_ids))
+        return lm
 
     @property
     def eos_token_id(self) -> Optional[int]:

@@ -56,7 +56,8 @@ def _refuse_missing_auth(host: str, auth_token: Optional[str], allow_no_auth: bo
 
 
 def serve_command(
-    target: Optional[Path] = typer.Option(None, "--target", help="target model directory (default: the bundled target)"),
+    target: Optional[Path] = typer.Option(None, "--target", help="target model directory or .gguf file (default: the --pair's target)"),
+    pair: str = typer.Option("bundled", "--pair", help="named pair whose target to serve: bundled or smollm2 (fetched on first use)"),
     host: str = typer.Option("127.0.0.1", "--host", help="address to listen on (0.0.0.0 for every interface; beyond loopback needs --auth-token-file)"),
     port: int = typer.Option(7700, "--port", help="WebSocket port (0 = pick a free one)"),
     metrics_port: Optional[int] = typer.Option(None, "--metrics-port", help="Prometheus /metrics port (off if unset, 0 = pick a free one)"),
@@ -89,7 +90,10 @@ def serve_command(
         if not auth_token:
             raise typer.BadParameter(f"{auth_token_file} is empty")
     _refuse_missing_auth(host, auth_token, allow_no_auth)
+    from edgespec.models.cli import pair_path
     from edgespec.server.node import VerifierConfig
+
+    target = pair_path(pair, "target", target)
 
     try:  # bad settings fail here, before the model loads
         config = VerifierConfig(
