@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from edgespec.bench.prompts import INSTRUCTIONS
+from edgespec.models.card import read_card
 from edgespec.models.catalog import DRAFT_LAYERS, DRAFT_RECIPE, SMOLLM2, SMOLLM2_DRAFT_DIR, fetch_target
 from edgespec.models.draftbuild import assemble_draft, layer_tensors
 from edgespec.models.runtime import CausalLM
@@ -171,15 +172,20 @@ def teacher_data(target: CausalLM, texts: list[str], args, say) -> list[dict]:
 
 
 def head_vocabulary(items: list[dict], size: int, tok, vocab_size: int) -> tuple[list[int], dict]:
-    """The `size` most frequent answer tokens (special tokens first), sorted; and the share of answer tokens they cover."""
+    """The `size` tokens the target gives the most probability mass at answer positions (its top-K, summed), special tokens
+    always in, ties to the lower id (earlier BPE merge: more frequent in the tokenizer's corpus); and how much of the
+    answers' tokens the head covers, in sample."""
+    mass = torch.zeros(vocab_size, dtype=torch.float64)
     counts = torch.zeros(vocab_size, dtype=torch.long)
     for it in items:
+        mass.index_add_(0, it["top_id"].long().flatten(), it["top_lp"].double().exp().flatten())
         counts += torch.bincount(torch.tensor(it["answer"]), minlength=vocab_size)
     special = sorted(set(tok.all_special_ids))
-    ranked = [i for i in counts.argsort(descending=True).tolist() if i not in special]
+    ranked = [i for i in torch.argsort(mass, descending=True, stable=True).tolist() if i not in special]
     ids = sorted(special + ranked[: size - len(special)])
     total = int(counts.sum())
-    coverage = {str(s): float(counts[counts.argsort(descending=True)[:s]].sum()) / total for s in (2048, 4096, 8192, 16384, 32768)}
+    by_mass = torch.argsort(mass, descending=True, stable=True)
+    coverage = {str(s): float(counts[by_mass[:s]].sum()) / total for s in (2048, 4096, 8192, 16384)}
     coverage["head"] = float(counts[torch.tensor(ids)].sum()) / total
     return ids, coverage
 
@@ -187,16 +193,22 @@ def head_vocabulary(items: list[dict], size: int, tok, vocab_size: int) -> tuple
 # ---------------------------------------------------------------------- 5. distillation
 
 
-def make_draft(target: CausalLM, layers: int):
-    """A trainable copy of the target's first `layers` layers, embeddings and final norm (float32; embeddings frozen)."""
+def make_draft(target: CausalLM, init_layers: list[int]):
+    """A trainable draft of len(init_layers) layers initialised from those layers of the target, with its embeddings (frozen),
+    final norm and tied head, in float32."""
     from transformers import LlamaForCausalLM
 
     config = target.config.__class__.from_dict(target.config.to_dict())
-    config.num_hidden_layers = layers
+    config.num_hidden_layers = len(init_layers)
     config.tie_word_embeddings = True
     draft = LlamaForCausalLM(config).float()
-    state = {k: v for k, v in target.model.state_dict().items() if not k.startswith("model.layers.") or int(k.split(".")[2]) < layers}
-    draft.load_state_dict(state, strict=False)
+    source = target.model.state_dict()
+    state = {k: v for k, v in source.items() if not k.startswith("model.layers.")}
+    for new, old in enumerate(init_layers):
+        prefix = f"model.layers.{old}."
+        state.update({f"model.layers.{new}." + k[len(prefix):]: v for k, v in source.items() if k.startswith(prefix)})
+    missing, _ = draft.load_state_dict(state, strict=False)
+    assert not [k for k in missing if k != "lm_head.weight"], missing
     draft.tie_weights()
     draft.model.embed_tokens.weight.requires_grad_(False)
     return draft
@@ -318,12 +330,14 @@ def evaluate_pair(target: CausalLM, draft_dir: Path, args, say) -> dict:
         draft = CausalLM.load(draft_dir, dtype=dtype)
         report["step_ms"][f"draft_{str(dtype).split('.')[-1]}"] = step_ms(draft, prompts[0] * 3)
     draft = CausalLM.load(draft_dir)
-    drafted = accepted = rounds = tokens = 0
+    head = set(read_card(draft_dir).head_token_ids or range(draft.vocab_size))
+    drafted = accepted = rounds = tokens = in_head = 0
     for p in prompts:  # (SD ≡ AD is checked by the tests and `edgespec bench sd-vs-ad --pair smollm2`)
         sd = generate_sd(draft, target, [p], GenerationConfig(max_new_tokens=args.eval_tokens, gamma=4))[0]
+        in_head += sum(t in head for t in sd.token_ids)
         drafted, accepted, rounds, tokens = drafted + sd.num_draft_tokens, accepted + sd.num_accepted_tokens, rounds + sd.num_rounds, tokens + len(sd.token_ids)
     report.update(gamma=4, alpha=round(accepted / drafted, 4), tokens_per_round=round(tokens / rounds, 3), eval_prompts=len(prompts),
-                  eval_tokens=tokens)
+                  eval_tokens=tokens, head_coverage=round(in_head / tokens, 4))
     say(f"held-back instructions: α = {report['alpha']:.3f} at γ = 4, {report['tokens_per_round']:.2f} tokens/round; steps {report['step_ms']}")
     return report
 
@@ -348,13 +362,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--target", type=Path, help="converted SmolLM2 directory (default: fetch it like `edgespec models fetch`)")
     parser.add_argument("--out", type=Path, default=SMOLLM2_DRAFT_DIR)
-    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--init-layers", default="0,1,2,3", help="the target's layers the draft starts from (comma-separated)")
     parser.add_argument("--head-size", type=int, default=8192, help="tokens in the draft's head (0: the whole vocabulary)")
     parser.add_argument("--stdlib-prompts", type=int, default=150)
     parser.add_argument("--max-new", type=int, default=160, help="answer tokens per prompt at most")
     parser.add_argument("--gen-batch", type=int, default=32)
     parser.add_argument("--teacher-top-k", type=int, default=32)
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--teacher-minutes", type=float, default=20, help="stop generating teacher answers after this long")
     parser.add_argument("--distil-minutes", type=float, default=25, help="stop distilling after this long (the learning rate anneals over it)")
     parser.add_argument("--batch-tokens", type=int, default=4096)
@@ -368,6 +382,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     args = parser.parse_args()
+    args.init_layers = [int(i) for i in args.init_layers.split(",")]
     args.autocast = True
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
@@ -386,12 +401,13 @@ def main() -> None:
     rng.shuffle(texts)
     texts = texts[: args.limit_prompts or None]
     say(f"{len(texts)} training prompts")
-    # 3. teacher data (cached: generating it is most of the time)
-    if args.data.exists():
-        items = torch.load(args.data)
-        say(f"teacher data from {args.data}: {len(items)} answers")
-    else:
-        items = teacher_data(target, texts, args, say)
+    # 3. teacher data (cached and extended: generating it is most of the time)
+    items = torch.load(args.data) if args.data.exists() else []
+    answered = {tuple(it["prompt"]) for it in items}
+    todo = [t for t in texts if tuple(chat_ids(target.tokenizer, t)) not in answered]
+    say(f"teacher data: {len(items)} answers cached in {args.data}, {len(todo)} prompts to answer")
+    if todo:
+        items += teacher_data(target, todo, args, say)
         torch.save(items, args.data)
     gen_s = time.perf_counter() - t0
     answer_tokens = sum(len(it["answer"]) for it in items)
@@ -406,7 +422,8 @@ def main() -> None:
     random.Random(args.seed).shuffle(data)
     n_val = max(8, len(data) // 20)
     val, train = data[:n_val], data[n_val:]
-    draft = make_draft(target, args.layers)
+    args.layers = len(args.init_layers)
+    draft = make_draft(target, args.init_layers)
     head_w = draft.model.embed_tokens.weight.detach()[torch.tensor(head_ids)].clone()  # [S, H] frozen
     before = evaluate_kl(draft, head_w, val, args, target.tokenizer.eos_token_id)
     say(f"before distillation: {before}")

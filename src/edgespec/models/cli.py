@@ -57,6 +57,8 @@ def list_command(json_out: bool = typer.Option(False, "--json", help="End with o
     pairs = [{"pair": name, "description": spec.description, "ready": cached_pair(name) is not None} for name, spec in PAIRS.items()]
     models = cached_models()
     console = Console(highlight=False)
+    if not console.is_terminal:  # pipes and logs: wide enough for the paths
+        console = Console(highlight=False, width=160)
     table = Table(title="pairs (--pair NAME)")
     for col in ("pair", "ready", "what"):
         table.add_column(col)
