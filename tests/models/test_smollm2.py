@@ -66,7 +66,7 @@ def test_smollm2_greedy_sd_equals_ad(smollm2_pair):
     assert [r.token_ids for r in sd] == [r.token_ids for r in ad]
     alone = generate_sd(draft, target, prompts[:1], GenerationConfig(max_new_tokens=40, gamma=4, stop_at_eos=False))[0]
     assert alone.token_ids == ad[0].token_ids
-    assert sum(r.num_accepted_tokens for r in sd) > 0.3 * sum(r.num_draft_tokens for r in sd)  # a distilled draft, not noise
+    assert sum(r.num_accepted_tokens for r in sd) > 0.05 * sum(r.num_draft_tokens for r in sd)  # distilled: an untrained truncation accepts ~1 %
 
 
 # ---------------------------------------------------------------------- the emitted distribution
