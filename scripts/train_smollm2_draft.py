@@ -18,7 +18,7 @@ Steps:
      assembled draft (the very code `edgespec models fetch` uses), and step times per dtype;
   7. save `layers.safetensors` and `draft.json` (recipe + report) into --out.
 
-Run (≈ 45 minutes on 2 cores): nice -n 10 flock /work/cpu.lock .venv/bin/python scripts/train_smollm2_draft.py
+Run (≈ 60 minutes on 2 cores; the time budgets bound it): nice -n 10 flock /work/cpu.lock .venv/bin/python scripts/train_smollm2_draft.py
 """
 
 from __future__ import annotations
@@ -362,14 +362,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--target", type=Path, help="converted SmolLM2 directory (default: fetch it like `edgespec models fetch`)")
     parser.add_argument("--out", type=Path, default=SMOLLM2_DRAFT_DIR)
-    parser.add_argument("--init-layers", default="0,1,2,3", help="the target's layers the draft starts from (comma-separated)")
+    parser.add_argument("--init-layers", default="0,10,20,29", help="the target's layers the draft starts from (comma-separated)")
     parser.add_argument("--head-size", type=int, default=8192, help="tokens in the draft's head (0: the whole vocabulary)")
     parser.add_argument("--stdlib-prompts", type=int, default=150)
     parser.add_argument("--max-new", type=int, default=160, help="answer tokens per prompt at most")
     parser.add_argument("--gen-batch", type=int, default=32)
     parser.add_argument("--teacher-top-k", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=40)
-    parser.add_argument("--teacher-minutes", type=float, default=20, help="stop generating teacher answers after this long")
+    parser.add_argument("--teacher-minutes", type=float, default=30, help="stop generating teacher answers after this long")
     parser.add_argument("--distil-minutes", type=float, default=25, help="stop distilling after this long (the learning rate anneals over it)")
     parser.add_argument("--batch-tokens", type=int, default=4096)
     parser.add_argument("--lr", type=float, default=5e-4)
