@@ -41,10 +41,10 @@ import torch
 import torch.nn.functional as F
 
 from edgespec.bench.prompts import INSTRUCTIONS
-from edgespec.models.card import read_card
+from edgespec.models.card import DTYPES, read_card
 from edgespec.models.catalog import DRAFT_LAYERS, DRAFT_RECIPE, SMOLLM2, SMOLLM2_DRAFT_DIR, fetch_target
 from edgespec.models.draftbuild import assemble_draft, layer_tensors
-from edgespec.models.runtime import CausalLM
+from edgespec.models.runtime import CausalLM, put_rows, resize_rows
 from edgespec.spec.sampling import sample
 
 # ---------------------------------------------------------------------- 2. prompts
@@ -60,6 +60,20 @@ TEMPLATES = (
     "How would you teach {t} to a child?",
     "List five key ideas related to {t}.",
     "Write a haiku about {t}.",
+    "Tell me something surprising about {t}.",
+    "Write a short story that involves {t}.",
+    "What are common misconceptions about {t}?",
+    "How has {t} changed over the last hundred years?",
+    "Compare {t} with something similar and explain the difference.",
+    "Describe {t} to someone who has never heard of it.",
+    "What questions would a student ask about {t}? Answer two of them.",
+    "Write a tweet about {t}.",
+    "What is the history of {t}?",
+    "Give an example that shows how {t} works.",
+    "Write a four-line poem about {t}.",
+    "What should a beginner know about {t}?",
+    "Explain {t} in one sentence, then in more detail.",
+    "Write an encyclopedia-style introduction to {t}.",
 )
 TOPICS = (
     "the solar system", "volcanoes", "the French Revolution", "machine learning", "recycling", "the human heart", "rainbows",
@@ -69,6 +83,24 @@ TOPICS = (
     "social media", "gravity", "the printing press", "bread baking", "time management", "the immune system", "deserts",
     "open source software", "the Olympic Games", "bicycles", "memory in the brain", "glaciers", "jazz music", "public libraries",
     "nutrition", "robots", "ancient Egypt", "wind turbines", "rain forests", "encryption",
+    "the theory of evolution", "the speed of light", "magnets", "the periodic table", "DNA", "antibiotics", "the Industrial Revolution",
+    "the Renaissance", "World War I", "the Silk Road", "the Cold War", "the Amazon river", "Mount Everest", "coral reefs",
+    "penguins", "elephants", "wolves", "octopuses", "migratory birds", "the metric system", "compound interest", "inflation",
+    "supply and demand", "taxes", "credit cards", "budgeting", "entrepreneurship", "remote work", "job interviews", "public speaking",
+    "learning a foreign language", "reading habits", "writing a novel", "photography", "painting with watercolours", "origami",
+    "gardening", "composting", "camping", "hiking safety", "first aid", "hand washing", "drinking enough water", "yoga",
+    "marathon running", "football", "basketball", "tennis", "the history of the bicycle", "trains", "airplanes", "rockets",
+    "satellites", "GPS", "smartphones", "batteries", "solar panels", "nuclear power", "the electric grid", "3D printing",
+    "virtual reality", "video games", "operating systems", "databases", "computer networks", "passwords", "spam email",
+    "artificial intelligence", "neural networks", "the Linux kernel", "version control with git", "unit testing", "recursion",
+    "sorting algorithms", "hash tables", "object-oriented programming", "functional programming", "regular expressions",
+    "the HTTP protocol", "web browsers", "JSON", "spreadsheets", "statistics", "probability", "public-key cryptography",
+    "geometry", "the Pythagorean theorem", "fractions", "the number zero", "calendars", "time zones", "maps", "the weather forecast",
+    "hurricanes", "tornadoes", "snowflakes", "the Northern Lights", "the Moon", "Mars", "comets", "telescopes", "microscopes",
+    "bacteria", "fungi", "trees", "wheat", "chocolate", "tea", "cheese making", "spices", "street food", "vegetarian cooking",
+    "museums", "theatre", "opera", "film making", "rock music", "classical music", "the guitar", "dance", "architecture", "bridges",
+    "skyscrapers", "cities", "villages", "the postal service", "newspapers", "radio", "television", "advertising", "kindness",
+    "teamwork", "leadership", "curiosity", "patience", "happiness", "stress", "habits", "minimalism", "volunteering", "pets",
 )
 CODE_TASKS = (
     "reverses a string", "computes the factorial of a number", "returns the largest item in a list", "merges two sorted lists",
@@ -77,13 +109,36 @@ CODE_TASKS = (
     "finds the most common element in a list", "removes whitespace from both ends of every line", "computes the average of numbers",
     "checks whether two strings are anagrams", "returns the unique characters of a string", "sums the digits of an integer",
     "splits a list into chunks of a given size", "capitalises the first letter of every word", "computes the greatest common divisor",
+    "reads a JSON file into a dictionary", "writes a list of lines to a text file", "checks whether a year is a leap year",
+    "converts a number to binary", "computes the median of a list", "finds all files with a given extension in a folder",
+    "counts how often each word appears in a text", "validates an email address with a regular expression", "rotates a list by k places",
+    "transposes a matrix", "computes the dot product of two vectors", "generates a random password", "converts a date string to a datetime",
+    "returns the second smallest number in a list", "checks whether a list is sorted", "computes the power set of a set",
+    "implements a simple stack class", "implements a queue with two stacks", "computes the area of a circle", "parses command-line arguments",
+    "downloads a web page with urllib", "measures how long a function takes", "memoizes a slow function", "groups words by their first letter",
+    "finds the intersection of two lists", "converts Roman numerals to integers", "computes the running total of a list",
+    "replaces every vowel-free word with its length", "prints a multiplication table", "simulates rolling two dice",
 )
-CODE_TEMPLATES = ("Write a Python function that {t}.", "How can I write Python code that {t}?", "Show me a short Python example that {t}.")
+CODE_TEMPLATES = ("Write a Python function that {t}.", "How can I write Python code that {t}?", "Show me a short Python example that {t}.",
+                  "Write a Python function that {t}, with a docstring and a usage example.", "Explain step by step how to write a function that {t}.",
+                  "What is the simplest way in Python to do this: a function that {t}?")
 CHAT_EXTRAS = (
     "Hello! How are you today?", "Tell me a joke.", "What should I cook for dinner tonight?", "Can you recommend a good book?",
     "How do I make a cup of tea?", "What is the capital of Japan?", "How many days are in a leap year?", "Translate 'good morning' into Spanish.",
     "Write a thank-you note to a friend.", "Plan a one-day trip to a city by the sea.", "What is 15 times 12?", "Write a limerick about a cat.",
+    "Hi, who are you?", "What can you help me with?", "Give me a fun fact.", "Write a birthday message for my sister.",
+    "How do I apologise to a friend?", "What is the tallest mountain in Africa?", "Write an email asking my manager for a day off.",
+    "What is a good name for a goldfish?", "Tell me a riddle.", "How can I sleep better?", "What is the boiling point of water?",
+    "Write a short speech for a wedding toast.", "How do I tie a tie?", "What is the largest ocean?", "Write a motivational quote.",
+    "Help me plan a small garden.", "What are some good board games for families?", "How do I politely decline an invitation?",
+    "What is the meaning of the word 'serendipity'?", "Write a product description for a reusable water bottle.",
+    "Give me a packing list for a weekend trip.", "How do I change a flat tyre?", "What is the difference between weather and climate?",
+    "Write a short bedtime story.", "How many continents are there?", "What is 144 divided by 12?", "Recommend a movie for a rainy day.",
+    "How do I start learning to draw?",
 )
+# The held-back instructions' subjects: a training prompt that mentions one is dropped, so α on them stays out of sample.
+HELD_BACK_SUBJECTS = ("prime", "tuple", "binary search", "focus", "study", "studying", "season", "autumn", "duplicate", "water cycle",
+                      "exercise", "vowels", " api", "api ", "breakfast")
 
 
 def instruction_prompts() -> list[str]:
@@ -93,21 +148,34 @@ def instruction_prompts() -> list[str]:
 
 
 def stdlib_prompts(count: int, rng: random.Random) -> list[str]:
-    """Requests about short functions of the Python standard library (explain or document them)."""
+    """Requests about the Python standard library: explain, document or review short public functions, or say what a function does."""
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     files = sorted(p for p in stdlib.glob("*.py") if not p.name.startswith("test"))
-    snippets = []
+    snippets, names = [], []
     for f in files:
         lines = f.read_text(encoding="utf-8", errors="replace").splitlines()
         for i, line in enumerate(lines):
             if line.startswith("def ") and not line.startswith("def _"):
+                names.append(f"{f.stem}.{line[4:].split('(')[0]}")
                 body = lines[i:i + 12]
                 snippet = "\n".join(body[: next((j for j in range(1, len(body)) if body[j] and not body[j][0].isspace()), len(body))])
                 if 3 <= snippet.count("\n") <= 11:
                     snippets.append(snippet)
     rng.shuffle(snippets)
+    rng.shuffle(names)
     asks = ("Explain what this Python function does:\n\n{s}", "Write a docstring for this function:\n\n{s}", "Is there a bug in this code?\n\n{s}")
-    return [asks[i % len(asks)].format(s=s) for i, s in enumerate(snippets[:count])]
+    out = [asks[i % len(asks)].format(s=s) for i, s in enumerate(snippets[: count // 2])]
+    name_asks = ("What does the Python function {n} do?", "How do I use {n} in Python? Give an example.")
+    return out + [name_asks[i % len(name_asks)].format(n=n) for i, n in enumerate(names[: count - len(out)])]
+
+
+def training_prompts(args, rng: random.Random) -> list[str]:
+    """2. Every prompt the teacher answers, shuffled; none mentions a held-back instruction's subject."""
+    texts = sorted(set(instruction_prompts() + stdlib_prompts(args.stdlib_prompts, rng)))
+    texts = [t for t in texts if not any(s in t.lower() for s in HELD_BACK_SUBJECTS)]
+    assert not set(texts) & set(INSTRUCTIONS)
+    rng.shuffle(texts)
+    return texts[: args.limit_prompts or None]
 
 
 def chat_ids(tok, text: str) -> list[int]:
@@ -118,54 +186,76 @@ def chat_ids(tok, text: str) -> list[int]:
 # ---------------------------------------------------------------------- 3. teacher data
 
 
+def _next_tokens(logits: torch.Tensor, greedy: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Per row: the argmax where `greedy`, else a draw at temperature 1. logits [R, V], greedy [R] bool -> [R]."""
+    tokens = logits.argmax(-1)
+    hot = (~greedy).nonzero().squeeze(-1)
+    if hot.numel():
+        tokens[hot] = sample(torch.softmax(logits[hot], dim=-1), gen)
+    return tokens
+
+
 @torch.inference_mode()
-def answer_batch(target: CausalLM, prompts: list[list[int]], max_new: int, temperature: float, top_k: int, gen: torch.Generator):
-    """The target's answers to a batch of prompts, with its top-k log-probabilities (temperature 1) at every answer token."""
-    bsz, eos = len(prompts), target.eos_token_id
-    kv = target.new_kv(bsz)
-    logits = target.prefill(kv, prompts)  # [B, V]
-    answers = [[] for _ in range(bsz)]
-    top_lp = [[] for _ in range(bsz)]
-    top_id = [[] for _ in range(bsz)]
-    live = list(range(bsz))
-    for _ in range(max_new):
-        logp = torch.log_softmax(logits.float(), dim=-1)  # [R, V]
-        values, ids = logp.topk(top_k, dim=-1)
-        tokens = logp.argmax(-1) if temperature == 0 else sample(torch.softmax(logits.float() / temperature, -1), gen)
-        still = []
-        for j, b in enumerate(live):
-            answers[b].append(int(tokens[j]))
-            top_lp[b].append(values[j].half())
-            top_id[b].append(ids[j].int())
-            if int(tokens[j]) != eos:
-                still.append(b)
-        live = still
-        if not live:
+def teacher_answers(target: CausalLM, items: list[dict], args, gen: torch.Generator, say) -> list[dict]:
+    """3. The target answers every item's prompt (greedy or at temperature 1, as the item says), keeping the top-k of its
+    log-probabilities at every answer token. Continuous batching: `args.gen_batch` rows decode together and finished rows
+    are refilled from the queue a quarter of the batch at a time, so the batch stays full; the time budget ends it (answers
+    cut short are kept: every position is a valid teacher target)."""
+    queue, slots, cur = list(reversed(items)), [None] * args.gen_batch, {}  # cur: slot -> logits [V] of its next token
+    kv = resize_rows(target, target.new_kv(0), args.gen_batch)
+    start, last_say, produced = time.perf_counter(), 0.0, 0
+    while True:
+        # 1. refill free rows (all of them at the start) once a quarter of the batch is free
+        free = [s for s, it in enumerate(slots) if it is None]
+        in_time = time.perf_counter() - start < 60 * args.teacher_minutes
+        if queue and in_time and (len(free) >= args.gen_batch // 4 or not cur):
+            fresh = [queue.pop() for _ in free[: len(queue)]]
+            rows = free[: len(fresh)]
+            sub = target.new_kv(len(fresh))
+            logits = target.prefill(sub, [it["prompt"] for it in fresh])  # [k, V]
+            kv = put_rows(target, kv, sub, rows)
+            for s, it, row_logits in zip(rows, fresh, logits):
+                slots[s], cur[s] = it, row_logits
+                it.update(answer=[], top_lp=[], top_id=[])
+        if not cur or not in_time:
             break
-        feeds = [[answers[b][-1]] if b in live else [] for b in range(bsz)]
-        logits = target.forward(kv, feeds, [len(f) for f in feeds])
-    return [(answers[b], torch.stack(top_lp[b]), torch.stack(top_id[b])) for b in range(bsz)]
+        # 2. next token of every live row, with the teacher's top-k at that position
+        order = sorted(cur)
+        logits = torch.stack([cur[s] for s in order]).float()  # [R, V]
+        logp = torch.log_softmax(logits, dim=-1)
+        values, ids = logp.topk(args.teacher_top_k, dim=-1)
+        tokens = _next_tokens(logits, torch.tensor([slots[s]["temperature"] == 0 for s in order]), gen).tolist()
+        live = []
+        for j, s in enumerate(order):
+            it = slots[s]
+            it["answer"].append(tokens[j])
+            it["top_lp"].append(values[j].half())
+            it["top_id"].append(ids[j].int())
+            if tokens[j] == target.eos_token_id or len(it["answer"]) >= args.max_new:
+                slots[s] = None
+            else:
+                live.append(s)
+        produced += len(order)
+        # 3. one decode step for the live rows (free rows append nothing)
+        feeds = [[slots[s]["answer"][-1]] if slots[s] is not None else [] for s in range(len(slots))]
+        out = target.forward(kv, feeds, [len(f) for f in feeds]) if live else None
+        cur = {s: out[j] for j, s in enumerate(live)}
+        if time.perf_counter() - last_say > 30:
+            last_say = time.perf_counter()
+            done = sum(1 for it in items if it.get("answer") is not None) - len(live)
+            say(f"teacher: {done}/{len(items)} answers, {produced} answer tokens, {produced / (last_say - start):.0f} tok/s")
+    kept = [it for it in items if it.get("answer")]
+    for it in kept:
+        it["top_lp"], it["top_id"] = torch.stack(it["top_lp"]), torch.stack(it["top_id"])
+    say(f"teacher: {len(kept)} answers ({sum(1 for it in kept if len(it['answer']) < args.max_new and it['answer'][-1] != target.eos_token_id)} "
+        f"cut by the time budget), {produced} answer tokens in {time.perf_counter() - start:.0f} s")
+    return kept
 
 
 def teacher_data(target: CausalLM, texts: list[str], args, say) -> list[dict]:
-    """3. Every prompt answered once (alternately greedy and at temperature 1), batched by prompt length."""
-    tok = target.tokenizer
-    items = [{"prompt": chat_ids(tok, t), "temperature": 0.0 if i % 2 == 0 else 1.0} for i, t in enumerate(texts)]
-    by_temperature = [sorted((it for it in items if it["temperature"] == t), key=lambda it: len(it["prompt"])) for t in (0.0, 1.0)]
-    per_temperature = [[g[k:k + args.gen_batch] for k in range(0, len(g), args.gen_batch)] for g in by_temperature]
-    chunks = [c for pair in itertools.zip_longest(*per_temperature) for c in pair if c]  # alternate greedy and sampled batches
-    gen = torch.Generator().manual_seed(args.seed)
-    start, done, answered = time.perf_counter(), 0, 0
-    for chunk in chunks:
-        if time.perf_counter() - start > 60 * args.teacher_minutes:
-            say(f"teacher: time budget of {args.teacher_minutes} min reached; keeping the {answered} answers so far")
-            break
-        outs = answer_batch(target, [c["prompt"] for c in chunk], args.max_new, chunk[0]["temperature"], args.teacher_top_k, gen)
-        for c, (answer, lp, ids) in zip(chunk, outs):
-            c.update(answer=answer, top_lp=lp, top_id=ids)
-        done, answered = done + sum(len(c["answer"]) for c in chunk), answered + len(chunk)
-        say(f"teacher: {answered}/{len(items)} prompts, {done} answer tokens, {done / (time.perf_counter() - start):.0f} tok/s")
-    return [it for it in items if "answer" in it]
+    """Every prompt through the chat template, alternately answered greedily and at temperature 1."""
+    items = [{"prompt": chat_ids(target.tokenizer, t), "temperature": 0.0 if i % 2 == 0 else 1.0} for i, t in enumerate(texts)]
+    return teacher_answers(target, items, args, torch.Generator().manual_seed(args.seed), say)
 
 
 # ---------------------------------------------------------------------- 4. head vocabulary
@@ -364,9 +454,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=SMOLLM2_DRAFT_DIR)
     parser.add_argument("--init-layers", default="0,10,20,29", help="the target's layers the draft starts from (comma-separated)")
     parser.add_argument("--head-size", type=int, default=8192, help="tokens in the draft's head (0: the whole vocabulary)")
-    parser.add_argument("--stdlib-prompts", type=int, default=150)
-    parser.add_argument("--max-new", type=int, default=160, help="answer tokens per prompt at most")
-    parser.add_argument("--gen-batch", type=int, default=32)
+    parser.add_argument("--stdlib-prompts", type=int, default=600)
+    parser.add_argument("--max-new", type=int, default=128, help="answer tokens per prompt at most")
+    parser.add_argument("--gen-batch", type=int, default=128, help="rows the teacher decodes together")
+    parser.add_argument("--teacher-dtype", default="bfloat16", choices=sorted(DTYPES), help="the teacher's dtype for generating data")
     parser.add_argument("--teacher-top-k", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--teacher-minutes", type=float, default=30, help="stop generating teacher answers after this long")
@@ -376,8 +467,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--cpu-dtype", default="bfloat16", choices=("float32", "bfloat16"), help="the draft's run dtype on CPU (by measurement)")
     parser.add_argument("--eval-tokens", type=int, default=96)
-    parser.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "edgespec-smollm2-teacher.pt",
-                        help="teacher data cache (reused when present)")
+    parser.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "edgespec-smollm2-teacher-v2.pt",
+                        help="teacher data cache (reused and extended when present; --teacher-minutes 0 only reuses it)")
     parser.add_argument("--limit-prompts", type=int, default=0, help="use only this many prompts (a smoke run)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
@@ -389,26 +480,25 @@ def main() -> None:
     t0 = time.perf_counter()
     say = lambda msg: print(f"[{time.perf_counter() - t0:7.1f} s] {msg}", flush=True)  # noqa: E731
 
-    # 1. target
+    # 1. target (float32 for the evaluation; the teacher runs in --teacher-dtype)
     target_dir = args.target or fetch_target(SMOLLM2, say)
     target = CausalLM.load(target_dir, dtype=torch.float32)
-    # 2. prompts (the held-back instructions must not be among them)
-    rng = random.Random(args.seed)
-    texts = instruction_prompts() + stdlib_prompts(args.stdlib_prompts, rng)
-    leaked = set(texts) & set(INSTRUCTIONS)
-    if leaked:
-        raise SystemExit(f"held-back instructions in the training prompts: {sorted(leaked)}")
-    rng.shuffle(texts)
-    texts = texts[: args.limit_prompts or None]
+    # 2. prompts (the held-back instructions and their subjects are not among them)
+    texts = training_prompts(args, random.Random(args.seed))
     say(f"{len(texts)} training prompts")
     # 3. teacher data (cached and extended: generating it is most of the time)
-    items = torch.load(args.data) if args.data.exists() else []
+    cache = torch.load(args.data) if args.data.exists() else {"items": [], "teacher_s": 0.0}
+    items = cache["items"]
     answered = {tuple(it["prompt"]) for it in items}
     todo = [t for t in texts if tuple(chat_ids(target.tokenizer, t)) not in answered]
-    say(f"teacher data: {len(items)} answers cached in {args.data}, {len(todo)} prompts to answer")
-    if todo:
-        items += teacher_data(target, todo, args, say)
-        torch.save(items, args.data)
+    say(f"teacher data: {len(items)} answers cached in {args.data}, {len(todo)} prompts unanswered")
+    if todo and args.teacher_minutes > 0:
+        started = time.perf_counter()
+        teacher = CausalLM.load(target_dir, dtype=DTYPES[args.teacher_dtype])
+        items += teacher_data(teacher, todo, args, say)
+        del teacher
+        cache["teacher_s"] += time.perf_counter() - started
+        torch.save(cache, args.data)
     gen_s = time.perf_counter() - t0
     answer_tokens = sum(len(it["answer"]) for it in items)
     # 4. head vocabulary
@@ -432,7 +522,7 @@ def main() -> None:
     # 6-7. save, assemble exactly as `edgespec models fetch` does, evaluate
     report = {"prompts": len(texts), "answer_tokens": answer_tokens, "teacher_top_k": args.teacher_top_k, "head_coverage": coverage,
               "before": before, "epochs": history, "args": {k: str(v) for k, v in vars(args).items()},
-              "teacher_s": round(gen_s, 1), "distil_s": round(train_s, 1), "cpu": _cpu_name(), "threads": args.threads}
+              "teacher_s": round(cache["teacher_s"], 1), "distil_s": round(train_s, 1), "cpu": _cpu_name(), "threads": args.threads}
     recipe = save(draft, head_ids, args, report, args.out)
     with tempfile.TemporaryDirectory() as tmp:
         assemble_draft(target_dir, args.out / DRAFT_LAYERS, recipe, Path(tmp))
