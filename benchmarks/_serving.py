@@ -15,6 +15,7 @@ Nothing here changes edgespec modules; counting Draft bytes wraps `VerifierLink.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing as mp
 import os
 import resource
@@ -71,7 +72,22 @@ def histogram_totals(registry, name: str) -> dict:
     return out
 
 
-def _verifier_child(conn, config: dict, threads: int, pair: str) -> None:
+def pin(cpus: Optional[set[int]]) -> None:
+    """Restrict this process (every thread) to `cpus`; None leaves it as it is."""
+    if cpus:
+        os.sched_setaffinity(0, cpus)
+
+
+def split_cpus() -> tuple[set[int], set[int]]:
+    """(the verifier's core, everything else's cores): the last CPU for the verifier, the rest for the drafters and clients."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        raise RuntimeError("pinning the verifier to a core of its own needs at least 2 CPUs")
+    return {cpus[-1]}, set(cpus[:-1])
+
+
+def _verifier_child(conn, config: dict, threads: int, cpus: Optional[set[int]] = None, pair: str = "bundled") -> None:
+    pin(cpus)
     import torch
 
     torch.set_num_threads(threads)
@@ -107,10 +123,10 @@ def _verifier_child(conn, config: dict, threads: int, pair: str) -> None:
 class VerifierProcess:
     """A verifier node for the pair's target (default: the bundled one) in a spawned process; `port`, `stats()`, `stop()`."""
 
-    def __init__(self, threads: int = 1, pair: str = "bundled", **config):
+    def __init__(self, threads: int = 1, cpus: Optional[set[int]] = None, pair: str = "bundled", **config):
         ctx = mp.get_context("spawn")
         self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_verifier_child, args=(child, config, threads, pair), daemon=True)
+        self._proc = ctx.Process(target=_verifier_child, args=(child, config, threads, cpus, pair), daemon=True)
         self._proc.start()
         if not self._conn.poll(120):
             raise RuntimeError("the verifier process did not start")
@@ -219,6 +235,7 @@ class Measured:
     drafter_cpu_s: float = 0.0
     draft_thread_cpu_s: Optional[float] = None
     draft_rejections: int = 0
+    ad_rounds: int = 0  # rounds without drafts
     per_request: list = field(default_factory=list)  # (drafted, accepted) of each request
 
     @property
@@ -280,6 +297,7 @@ async def run_workload(engine, prompts: list, w: Workload) -> Measured:
                  sum(o.stats.accepted_tokens for o in outs), sum(o.stats.rounds for o in outs),
                  sum(o.stats.pipeline_hits for o in outs), sum(o.stats.pipeline_misses for o in outs))
     m.draft_rejections = sum(o.stats.draft_rejections for o in outs)
+    m.ad_rounds = sum(o.stats.ad_rounds for o in outs)
     m.per_request = [(o.stats.drafted_tokens, o.stats.accepted_tokens) for o in outs]
     for o in outs:
         n = o.completion_tokens
@@ -292,6 +310,26 @@ async def run_workload(engine, prompts: list, w: Workload) -> Measured:
     if thread0 is not None and thread1 is not None:
         m.draft_thread_cpu_s = thread1 - thread0
     return m
+
+
+@contextlib.asynccontextmanager
+async def edge_nodes(configs: dict, draft, prompts: list):
+    """Drafter nodes in this process by name (EdgeConfig each), connected and warmed up; stopped on exit."""
+    from edgespec.edge import EdgeNode
+
+    nodes = {}
+    try:
+        for name, config in configs.items():
+            node = EdgeNode(config, draft=draft)
+            await node.start()
+            nodes[name] = node
+            if not await node.wait_connected(30.0):
+                raise RuntimeError(f"drafter node {name!r} did not connect to its verifier")
+            await run_workload(node.engine, prompts, Workload(2, 0.0, 16))  # warm-up: threads, allocator, caches
+        yield nodes
+    finally:
+        for node in nodes.values():
+            await node.stop()
 
 
 def edge_config(address: str, **overrides):

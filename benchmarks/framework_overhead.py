@@ -40,7 +40,7 @@ import time
 
 import numpy as np
 
-from _serving import VerifierProcess, Workload, add_pair_argument, edge_config, load_draft, machine, pair_prompts, run_workload
+from _serving import VerifierProcess, Workload, add_pair_argument, edge_config, load_draft, machine, pair_prompts, pin, run_workload, split_cpus
 
 TARGET_MS = 2.0
 TARGET_SESSIONS = 16
@@ -169,7 +169,8 @@ def show(rows: list[dict], args) -> None:
     if at is not None:
         verdict = "meets" if at["overhead_ms_p50"] <= TARGET_MS else "misses"
         console.print(f"At {TARGET_SESSIONS} sessions the p50 overhead per round is {at['overhead_ms_p50']:.2f} ms ({verdict} the ≤ {TARGET_MS:g} ms target).")
-    console.print(f"The machine has {machine()['cpus']} cores; both processes share them.")
+    where = "the verifier pinned to the last core, the drafter node and clients to the others" if args.pin else "both processes share them"
+    console.print(f"The machine has {machine()['cpus']} cores; {where}.")
 
 
 def main(argv=None) -> int:
@@ -179,9 +180,11 @@ def main(argv=None) -> int:
     parser.add_argument("--duration-s", type=float, default=10.0, help="closed-loop time per session count")
     parser.add_argument("--max-tokens", type=int, default=48, help="new tokens per request")
     parser.add_argument("--gamma", type=int, default=4)
-    parser.add_argument("--batch-window-ms", type=float, default=2.0, help="the verifier's batching window (its default)")
+    parser.add_argument("--batch-window-ms", type=float, default=0.0, help="the verifier's batching window (its default)")
     parser.add_argument("--verifier-threads", type=int, default=1)
     parser.add_argument("--drafter-threads", type=int, default=1)
+    parser.add_argument("--no-pin", dest="pin", action="store_false",
+                        help="do not pin (default: the verifier on the last core, this process on the others, as `taskset` would)")
     add_pair_argument(parser)
     args = parser.parse_args(argv)
     args.sessions = [int(x) for x in args.sessions.split(",") if x.strip()]
@@ -189,14 +192,17 @@ def main(argv=None) -> int:
         args.sessions, args.duration_s = [1, TARGET_SESSIONS], 2.5
 
     t0 = time.perf_counter()
+    verifier_cpus, other_cpus = split_cpus() if args.pin else (None, None)
+    pin(other_cpus)
     draft = load_draft(args.drafter_threads, args.pair)
-    with VerifierProcess(args.verifier_threads, args.pair, batch_window_ms=args.batch_window_ms, max_gamma=max(args.gamma, 1)) as verifier:
+    with VerifierProcess(args.verifier_threads, verifier_cpus, pair=args.pair, batch_window_ms=args.batch_window_ms,
+                         max_gamma=max(args.gamma, 1)) as verifier:
         rows = asyncio.run(measure(args, draft, verifier))
     show(rows, args)
     at = next((r for r in rows if r["sessions"] == TARGET_SESSIONS), None)
     result = {"benchmark": "framework_overhead", "quick": args.quick, "gamma": args.gamma, "max_tokens": args.max_tokens,
               "duration_s": args.duration_s, "batch_window_ms": args.batch_window_ms, "verifier_threads": args.verifier_threads,
-              "drafter_threads": args.drafter_threads, "machine": machine(), "rows": rows, "target_ms": TARGET_MS,
+              "drafter_threads": args.drafter_threads, "pinned": args.pin, "machine": machine(), "rows": rows, "target_ms": TARGET_MS,
               "target_sessions": TARGET_SESSIONS, "p50_ms_at_target": at["overhead_ms_p50"] if at else None,
               "met": (at["overhead_ms_p50"] <= TARGET_MS) if at else None, "total_s": time.perf_counter() - t0}
     print(json.dumps(result))

@@ -123,7 +123,7 @@ def main(argv=None) -> int:
 
     t0 = time.perf_counter()
     draft = load_draft(args.drafter_threads, args.pair)
-    with VerifierProcess(args.verifier_threads, args.pair, max_gamma=max(args.gamma, 1)) as verifier:
+    with VerifierProcess(args.verifier_threads, pair=args.pair, max_gamma=max(args.gamma, 1)) as verifier:
         rows = asyncio.run(measure(args, draft, verifier))
     comparison = compare(rows)
     show(rows, comparison, args)

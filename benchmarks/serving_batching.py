@@ -28,25 +28,16 @@ import asyncio
 import json
 import time
 
-from _serving import VerifierProcess, Workload, add_pair_argument, edge_config, load_draft, machine, pair_prompts, run_workload
+from _serving import VerifierProcess, Workload, add_pair_argument, edge_config, edge_nodes, load_draft, machine, pair_prompts, run_workload
 
 MODES = {"batched": 0, "unbatched": 1}  # max_batch_size of the verifier
 
 
 async def measure(args, draft, verifiers: dict) -> list[dict]:
-    from edgespec.edge import EdgeNode
-
     prompts = pair_prompts(draft, args.pair)
     rows = []
-    nodes = {}
-    try:
-        for mode, v in verifiers.items():
-            node = EdgeNode(edge_config(v.address, node_id=f"edge-{mode}", gamma=args.gamma, max_gamma=max(args.gamma, 1)), draft=draft)
-            await node.start()
-            nodes[mode] = node
-            if not await node.wait_connected(30.0):
-                raise RuntimeError(f"the drafter node did not connect to the {mode} verifier")
-            await run_workload(node.engine, prompts, Workload(2, 0.0, 16))  # warm-up: threads, allocator, caches
+    configs = {mode: edge_config(v.address, node_id=f"edge-{mode}", gamma=args.gamma, max_gamma=max(args.gamma, 1)) for mode, v in verifiers.items()}
+    async with edge_nodes(configs, draft, prompts) as nodes:
         for s in args.sessions:
             for mode, v in verifiers.items():
                 before = v.stats()
@@ -64,9 +55,6 @@ async def measure(args, draft, verifiers: dict) -> list[dict]:
                 print(f"  S={s:>2} {mode:<9} {m.tokens_per_s:7.1f} tok/s  batch {row['mean_batch_drafts']:.2f}  "
                       f"drafter {row['drafter_cores']:.2f} cores (draft thread {row['draft_thread_cores'] or 0:.2f})  "
                       f"verifier {row['verifier_cores']:.2f} cores", flush=True)
-    finally:
-        for node in nodes.values():
-            await node.stop()
     return rows
 
 
@@ -125,7 +113,7 @@ def main(argv=None) -> int:
     verifiers = {}
     try:
         for mode, size in MODES.items():
-            verifiers[mode] = VerifierProcess(args.verifier_threads, args.pair, max_batch_size=size, batch_window_ms=args.batch_window_ms,
+            verifiers[mode] = VerifierProcess(args.verifier_threads, pair=args.pair, max_batch_size=size, batch_window_ms=args.batch_window_ms,
                                               max_gamma=max(args.gamma, 1))
         rows = asyncio.run(measure(args, draft, verifiers))
     finally:

@@ -129,7 +129,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     draft = load_draft(args.drafter_threads, args.pair)
     args.vocab_size, args.chat = draft.vocab_size, pair_spec(args.pair).chat
-    with VerifierProcess(args.verifier_threads, args.pair, max_gamma=max(args.gamma, 1), max_top_k=1024) as verifier:
+    with VerifierProcess(args.verifier_threads, pair=args.pair, max_gamma=max(args.gamma, 1), max_top_k=1024) as verifier:
         rows = asyncio.run(measure(args, draft, verifier))
     full = next(r for r in rows if r["label"] == "full")
     top8 = next(r for r in rows if r["label"] == "top-8")

@@ -41,8 +41,9 @@ import torch
 import torch.nn.functional as F
 
 from edgespec.bench.prompts import INSTRUCTIONS
-from edgespec.models.card import DTYPES, read_card
+from edgespec.models.card import read_card
 from edgespec.models.catalog import DRAFT_LAYERS, DRAFT_RECIPE, SMOLLM2, SMOLLM2_DRAFT_DIR, fetch_target
+from edgespec.models.device import DTYPES
 from edgespec.models.draftbuild import assemble_draft, layer_tensors
 from edgespec.models.runtime import CausalLM, put_rows, resize_rows
 from edgespec.spec.sampling import sample

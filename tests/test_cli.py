@@ -46,6 +46,14 @@ def test_generate_sampled_is_seeded(toy_dirs):
     assert a["token_ids"] == b["token_ids"]
 
 
+def test_generate_seed_gives_the_same_text_for_sd_and_ad(toy_dirs):
+    """A seed makes sampled output a function of (seed, prompt): SD at any γ and q mode equals AD; another seed differs."""
+    base = ["generate", "--prompt", "w9 w4", "--temperature", "0.8", "--top-p", "0.95", "--max-tokens", "16", "--json", *toy_dirs]
+    runs = [("ad", "1", "full", "5"), ("sd", "1", "tokens", "5"), ("sd", "4", "topk", "5"), ("ad", "1", "full", "6")]
+    outs = [_last_json(runner.invoke(app, [*base, "--mode", m, "--gamma", g, "--q-mode", q, "--seed", s]).output)["token_ids"] for m, g, q, s in runs]
+    assert outs[0] == outs[1] == outs[2] != outs[3]
+
+
 @pytest.mark.parametrize(
     "args,needle",
     [
@@ -54,6 +62,7 @@ def test_generate_sampled_is_seeded(toy_dirs):
         (["--temperature", "-1"], "--temperature"),
         (["--gamma", "99"], "--gamma"),
         (["--top-p", "0"], "--top-p"),
+        (["--seed", "-1"], "--seed"),
     ],
 )
 def test_generate_bad_options(toy_dirs, args, needle):

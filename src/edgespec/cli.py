@@ -36,14 +36,38 @@ def _console():
     return console
 
 
-def _load_pair(draft: Optional[Path], target: Optional[Path], need_draft: bool = True, pair: str = "bundled"):
-    """Load target (and draft) from directories or GGUF files, defaulting to the named pair's; clear errors on failure."""
+# --device / --dtype / --cuda-graphs of the commands that run models (checked before anything loads)
+DEVICE_HELP = "torch device of the models: cpu, cuda or cuda:N."
+DTYPE_HELP = "model dtype: float32, bfloat16 or float16."
+GRAPHS_HELP = "capture decode/verify steps as CUDA graphs (the default with --device cuda)."
+NO_GRAPHS_HELP = "run every step eagerly on CUDA."
+
+
+def _device_options(device: str, dtype: str, cuda_graphs: bool, no_cuda_graphs: bool):
+    """The checked device options, or exit 2 with one line naming the option."""
+    from edgespec.models.device import DeviceError, device_options
+
+    try:
+        return device_options(device, dtype, cuda_graphs or None, no_cuda_graphs)
+    except DeviceError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2)
+
+
+def _load_pair(draft: Optional[Path], target: Optional[Path], need_draft: bool = True, pair: str = "bundled", opts=None):
+    """Load target (and draft) from directories or GGUF files, defaulting to the named pair's, on `opts` (default: CPU, float32
+    target); clear errors on failure. The draft runs in its own card's CPU dtype unless `opts` names a dtype other than float32."""
+    import torch
+
     from edgespec.models.runtime import CausalLM, ModelLoadError, check_same_tokenizer
 
     draft, target = resolve_pair(pair, draft, target, need_draft)
+    where = {} if opts is None else {"device": opts.device, "cuda_graphs": opts.cuda_graphs}
+    target_dtype = torch.float32 if opts is None else opts.dtype
+    draft_dtype = None if target_dtype == torch.float32 else target_dtype
     try:
-        t = CausalLM.load(target)
-        d = CausalLM.load(draft) if need_draft else None
+        t = CausalLM.load(target, dtype=target_dtype, **where)
+        d = CausalLM.load(draft, dtype=draft_dtype, **where) if need_draft else None
         if d is not None:
             check_same_tokenizer(d, t)
     except (ModelLoadError, FileNotFoundError, ValueError) as exc:
@@ -61,13 +85,20 @@ def generate(
     top_k: int = typer.Option(0, "--top-k", min=0, help="Top-k filter of p (0 = off)."),
     top_p: float = typer.Option(1.0, "--top-p", min=0.0, max=1.0, help="Nucleus filter of p (1 = off)."),
     max_tokens: int = typer.Option(64, "--max-tokens", min=1, help="New tokens to generate."),
-    seed: int = typer.Option(0, "--seed", help="Seed of every random draw."),
+    seed: Optional[int] = typer.Option(
+        None, "--seed", min=0, max=2**64 - 1,
+        help="Seeded sampling: the same text for sd and ad, any --gamma/--q-mode, and a served request with this seed (default: unseeded rejection sampling).",
+    ),
     q_mode: str = typer.Option("full", "--q-mode", help="How q reaches the verifier: full, topk or tokens."),
     q_top_k: int = typer.Option(8, "--q-top-k", min=1, help="K for --q-mode topk."),
     draft: Optional[Path] = typer.Option(None, "--draft", help="Draft model directory or .gguf file (default: the pair's)."),
     target: Optional[Path] = typer.Option(None, "--target", help="Target model directory or .gguf file (default: the pair's)."),
     pair: str = typer.Option("bundled", "--pair", help=pair_option_help),
     chat: bool = typer.Option(False, "--chat", help="Send the prompt as a user message through the model's chat template."),
+    device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
+    dtype: str = typer.Option("float32", "--dtype", help=DTYPE_HELP),
+    cuda_graphs: bool = typer.Option(False, "--cuda-graphs", help=GRAPHS_HELP),
+    no_cuda_graphs: bool = typer.Option(False, "--no-cuda-graphs", help=NO_GRAPHS_HELP),
     json_out: bool = typer.Option(False, "--json", help="End with one JSON object on the last line."),
 ) -> None:
     """Generate in-process with speculative (sd) or autoregressive (ad) decoding."""
@@ -79,11 +110,12 @@ def generate(
         raise typer.BadParameter("must be full, topk or tokens", param_hint="--q-mode")
     if top_p <= 0:
         raise typer.BadParameter("must be in (0, 1]", param_hint="--top-p")
+    opts = _device_options(device, dtype, cuda_graphs, no_cuda_graphs)
     console = _console()
     with console.status("loading models…"):
         from edgespec.api import SpeculativeDecoder
 
-        d, t = _load_pair(draft, target, need_draft=mode == "sd", pair=pair)
+        d, t = _load_pair(draft, target, need_draft=mode == "sd", pair=pair, opts=opts)
         decoder = SpeculativeDecoder(t, d)
     if chat and not decoder.has_chat_template:
         raise typer.BadParameter("this target has no chat template", param_hint="--chat")
@@ -114,18 +146,30 @@ def demo(
     gamma: int = typer.Option(4, "--gamma", min=1, max=32, help="Draft length per round (--in-process)."),
     max_tokens: int = typer.Option(0, "--max-tokens", min=0, help="New tokens per request (default 32 distributed, 64 in-process)."),
     prompts: int = typer.Option(4, "--prompts", min=1, max=8, help="Prompts per drafter node (distributed; each sent greedy and sampled)."),
+    loads: str = typer.Option("1,8,24", "--loads", help="Concurrent sessions at each load of the sweep (distributed), e.g. 1,8,24."),
+    duration_s: float = typer.Option(4.0, "--duration-s", min=0.0, help="Closed-loop time per load and node in the sweep (distributed)."),
     pair: str = typer.Option("bundled", "--pair", help=pair_option_help),
     json_out: bool = typer.Option(False, "--json", help="End with one JSON summary line (distributed)."),
 ) -> None:
-    """Serve a pair over loopback: a verifier node, heterogeneous drafter nodes, live figures, and AD for comparison."""
+    """Serve a pair over loopback: a verifier node and drafter nodes, losslessness, then SD vs AD as the load grows."""
     resolve_pair(pair, None, None)  # a bad name exits 2; a pair not yet cached is fetched here, once
     if in_process:
         _demo_in_process(gamma, max_tokens or 64, pair)
     else:
-        _demo_distributed(max_tokens or 32, prompts, json_out, pair)
+        _demo_distributed(max_tokens or 32, prompts, _positive_ints(loads, "--loads"), duration_s, json_out, pair)
 
 
-def _demo_distributed(max_tokens: int, prompts: int, json_out: bool, pair: str) -> None:
+def _positive_ints(text: str, option: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        values = ()
+    if not values or min(values) < 1:
+        raise typer.BadParameter(f"expected comma-separated whole numbers >= 1, got {text!r}", param_hint=option)
+    return values
+
+
+def _demo_distributed(max_tokens: int, prompts: int, loads: tuple[int, ...], duration_s: float, json_out: bool, pair: str) -> None:
     import json
 
     from edgespec.bench.prompts import prompts_for
@@ -135,7 +179,7 @@ def _demo_distributed(max_tokens: int, prompts: int, json_out: bool, pair: str) 
 
     console = _console()
     chat = pair_spec(pair).chat
-    cfg = DemoConfig(prompts=prompts_for(chat)[:prompts], max_tokens=max_tokens, pair=pair, chat=chat)
+    cfg = DemoConfig(prompts=prompts_for(chat)[:prompts], max_tokens=max_tokens, loads=loads, duration_s=duration_s, pair=pair, chat=chat)
     try:
         report = run_demo(cfg, console, lambda msg: console.print(f"[dim]· {msg}[/dim]"))
     except NodeStartError as exc:
@@ -199,6 +243,10 @@ def bench_sd_vs_ad(
     draft: Optional[Path] = typer.Option(None, "--draft", help="Draft model directory or .gguf file (default: the pair's)."),
     target: Optional[Path] = typer.Option(None, "--target", help="Target model directory or .gguf file (default: the pair's)."),
     pair: str = typer.Option("bundled", "--pair", help=pair_option_help),
+    device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
+    dtype: str = typer.Option("float32", "--dtype", help=DTYPE_HELP),
+    cuda_graphs: bool = typer.Option(False, "--cuda-graphs", help=GRAPHS_HELP),
+    no_cuda_graphs: bool = typer.Option(False, "--no-cuda-graphs", help=NO_GRAPHS_HELP),
     json_out: bool = typer.Option(False, "--json", help="End with one JSON object on the last line."),
 ) -> None:
     """SD vs AD tokens/s of a pair over γ, with α, step times, and Leviathan's and the zero-overhead bounds."""
@@ -214,14 +262,15 @@ def bench_sd_vs_ad(
         raise typer.BadParameter("must be comma-separated integers", param_hint="--gammas")
     if not gamma_list or any(not 1 <= g <= 32 for g in gamma_list):
         raise typer.BadParameter("each γ must be in [1, 32]", param_hint="--gammas")
+    opts = _device_options(device, dtype, cuda_graphs, no_cuda_graphs)
     console = _console()
     with console.status("loading models…"):
-        d, t = _load_pair(draft, target, pair=pair)
+        d, t = _load_pair(draft, target, pair=pair, opts=opts)
     with console.status("measuring…") as status:
         rows = sd_vs_ad.run(d, t, gamma_list, max_tokens, repeats, progress=lambda m: status.update(f"measuring: {m}"),
                             prompts=sd_vs_ad.pair_prompts(t, pair))
     dtypes = "/".join(dict.fromkeys(str(m.dtype).removeprefix("torch.") for m in (t, d)))
-    table = Table(title=f"SD vs AD ({pair if not (draft or target) else 'given'} pair, batch 1, greedy, {dtypes})")
+    table = Table(title=f"SD vs AD ({pair if not (draft or target) else 'given'} pair, batch 1, greedy, {opts.describe()}, {dtypes})")
     for col in ("γ", "α", "α_token", "tok/round", "c", "t_draft ms", "t_target ms", "t_verify ms", "AD tok/s", "SD tok/s",
                 "speedup", "Leviathan", "0-overhead", "of bound"):
         table.add_column(col, justify="right")
@@ -232,6 +281,7 @@ def bench_sd_vs_ad(
                       f"{r.speedup_bound:.2f}×", f"{r.share_of_bound:.0%}")
     console.print(table)
     result = sd_vs_ad.rows_to_json(rows)
+    result.update(device=str(opts.device), dtype=str(opts.dtype).removeprefix("torch."), cuda_graphs=opts.cuda_graphs)
     if json_out:
         print(json.dumps(result))
     else:
@@ -278,7 +328,25 @@ def profile_command(
     max_gamma: Optional[int] = typer.Option(None, "--max-gamma", min=1, max=32,
                                             help="γ of the acceptance runs (default 8, 4 with --quick); γ+1 joins the verify grid."),
     seed: int = typer.Option(0, "--seed", min=0, help="Seed of every random draw of the acceptance runs."),
+    device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
+    dtype: str = typer.Option("float32", "--dtype", help=DTYPE_HELP),
+    cuda_graphs: bool = typer.Option(False, "--cuda-graphs", help=GRAPHS_HELP),
+    no_cuda_graphs: bool = typer.Option(False, "--no-cuda-graphs", help=NO_GRAPHS_HELP),
     json_out: bool = typer.Option(False, "--json", help="End with one JSON summary on the last line."),
+    serving: bool = typer.Option(False, "--serving", help="Profile serving nodes (a verifier and drafter nodes on a testbed, or --attach-*): "
+                                 "writes edgespec-pair-profile/2 with what a round costs beyond bare forwards."),
+    scenario: Optional[Path] = typer.Option(None, "--scenario", help="--serving: take γ, q mode, temperature, answer lengths and CPU quotas from this scenario."),
+    answer_tokens: Optional[str] = typer.Option(None, "--answer-tokens", help="--serving: answer lengths, e.g. 64 or 32,128 (one acceptance curve each)."),
+    temperature: Optional[float] = typer.Option(None, "--temperature", min=0.0, help="--serving: sampling temperature of the workload (0 = greedy)."),
+    q_mode: Optional[str] = typer.Option(None, "--q-mode", help="--serving: how q travels: full, topk or tokens."),
+    top_k: Optional[int] = typer.Option(None, "--top-k", min=1, help="--serving: K for --q-mode topk."),
+    attach_verifier: Optional[str] = typer.Option(None, "--attach-verifier", help="--serving: a running verifier HOST:PORT instead of a testbed."),
+    attach_metrics: Optional[str] = typer.Option(None, "--attach-metrics", help="--serving: that verifier's metrics URL (http://HOST:PORT/metrics)."),
+    attach_drafters: Optional[str] = typer.Option(None, "--attach-drafters", help="--serving: running drafter nodes' HTTP HOST:PORT[,HOST:PORT]."),
+    auth_token_file: Optional[Path] = typer.Option(None, "--auth-token-file", help="--serving with --attach-*: the verifier's bearer token."),
+    max_host_load: Optional[float] = typer.Option(None, "--max-host-load", min=0.0,
+                                                  help="--serving: cores other processes of this host may take during a node phase "
+                                                       "before it is measured again (default 0.1; a larger value accepts a noisier profile)."),
 ) -> None:
     """Measure a draft/target pair on this machine (step and verify times, per-position acceptance) into a pair profile for the simulator."""
     import json
@@ -286,6 +354,25 @@ def profile_command(
     from dataclasses import replace
 
     _check_writable(out, "--out")
+    opts = _device_options(device, dtype, cuda_graphs, no_cuda_graphs)
+    serving_only = {"--scenario": scenario, "--answer-tokens": answer_tokens, "--temperature": temperature, "--q-mode": q_mode,
+                    "--top-k": top_k, "--attach-verifier": attach_verifier, "--attach-metrics": attach_metrics,
+                    "--attach-drafters": attach_drafters, "--auth-token-file": auth_token_file, "--max-host-load": max_host_load}
+    if not serving:
+        for option, value in serving_only.items():
+            if value is not None:
+                raise typer.BadParameter("only with --serving", param_hint=option)
+    else:
+        if device != "cpu":
+            raise typer.BadParameter("--serving profiles CPU nodes (on a testbed or attached); drop --device", param_hint="--device")
+        from edgespec.models.serving_cli import profile_serving
+
+        draft, target = resolve_pair(pair, draft, target)  # the testbed's nodes load the pair's files
+        raise typer.Exit(profile_serving(out=out, draft=draft, target=target, quick=quick, threads=threads, gamma=max_gamma, seed=seed,
+                                         json_out=json_out, scenario=scenario, answer_tokens=answer_tokens, temperature=temperature,
+                                         q_mode=q_mode, top_k=top_k, attach=(attach_verifier, attach_metrics, attach_drafters),
+                                         token_file=auth_token_file, console=_console(), progress_bars=_progress_bars, load_pair=_load_pair,
+                                         max_host_load=0.1 if max_host_load is None else max_host_load))
     console = _console()
     with console.status("loading models…"):
         import torch
@@ -295,12 +382,14 @@ def profile_command(
         from edgespec.plan.pairprofile import write_pair_profile
 
         torch.set_num_threads(threads)
-        d, t = _load_pair(draft, target, pair=pair)
+        d, t = _load_pair(draft, target, pair=pair, opts=opts)
     grid = replace(QUICK_GRID if quick else FULL_GRID, seed=seed)
     grid = grid.with_max_gamma(max_gamma) if max_gamma else grid
-    flags = [("--draft", draft), ("--target", target), ("--pair", pair if pair != "bundled" else None), ("--max-gamma", max_gamma)]
+    flags = [("--draft", draft), ("--target", target), ("--pair", pair if pair != "bundled" else None), ("--max-gamma", max_gamma),
+             ("--device", device if opts.device.type != "cpu" else None), ("--dtype", dtype if opts.dtype != torch.float32 else None)]
+    graphs_flag = ["--cuda-graphs"] * cuda_graphs + ["--no-cuda-graphs"] * no_cuda_graphs
     command = ["edgespec", "profile", "--out", str(out), *(["--quick"] if quick else []), "--threads", str(threads),
-               "--seed", str(seed), *[str(v) for f, v in flags if v is not None for v in (f, v)]]
+               "--seed", str(seed), *[str(v) for f, v in flags if v is not None for v in (f, v)], *graphs_flag]
     with _progress_bars(console) as report:
         pp = measure_pair(d, t, grid, prompts=pair_prompts(t, pair), progress=report, command=shlex.join(command))
     write_pair_profile(pp, out)

@@ -48,3 +48,34 @@ def test_unsupported_models_use_transformers(tmp_path):
     cfg_path = path / "config.json"
     cfg_path.write_text(cfg_path.read_text().replace('"hidden_act": "silu"', '"hidden_act": "gelu"'))
     assert not CausalLM.load(path).fast_path
+
+
+@pytest.mark.parametrize("name", list(SCRIPTS))
+def test_arena_steps_match_transformers(twin, name):
+    """Graph mode's static steps (run eagerly: padded rows, column buckets, in-place writes) give transformers' logits."""
+    from edgespec.models.graphs import GraphConfig
+
+    fast, slow = twin
+    arena = CausalLM.load(fast.path)
+    arena.use_graphs(GraphConfig(capture=False, batch_buckets=(4, 8), column_step=4))
+    for a, b in zip(_run(arena, SCRIPTS[name]), _run(slow, SCRIPTS[name])):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("mask_kind", ["none", "causal", "ragged"])
+def test_folded_gqa_attention_equals_enable_gqa(mask_kind):
+    """The CUDA layout of grouped-query attention (query groups stacked on the KV heads) computes the same attention."""
+    from edgespec.models.fastpath import attend
+
+    gen = torch.Generator().manual_seed(3)
+    bsz, kv_heads, groups, n, cols, d = 3, 2, 4, 3, 7, 8
+    q = torch.randn(bsz, kv_heads * groups, n, d, generator=gen)
+    k, v = (torch.randn(bsz, kv_heads, cols, d, generator=gen) for _ in range(2))
+    q_cols = (cols - n + torch.arange(n))[:, None]
+    causal = torch.arange(cols)[None, :] <= q_cols  # [n, cols]
+    itself = torch.arange(cols)[None, :] == q_cols
+    holes = torch.rand(bsz, 1, 1, cols, generator=gen) > 0.3
+    mask = {"none": None, "causal": causal, "ragged": (causal[None, None] & holes) | itself}[mask_kind]
+    plain = attend(q, k, v, mask, d**-0.5, groups, fold=False)
+    folded = attend(q, k, v, mask, d**-0.5, groups, fold=True)
+    torch.testing.assert_close(folded, plain, atol=1e-6, rtol=1e-5)

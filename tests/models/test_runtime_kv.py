@@ -1,10 +1,14 @@
-"""KV crop: after any append/crop pattern (one row, or several rows at once) each row's cache equals one rebuilt from scratch for its kept prefix."""
+"""KV crop: after any append/crop pattern (one row, or several rows at once) each row's cache equals one rebuilt from scratch for its kept prefix.
+
+Runs on transformers' `DynamicCache` and on the graph mode's KV arena (its static steps run eagerly here).
+"""
 
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from edgespec.models.graphs import GraphConfig
 from edgespec.models.runtime import CausalLM, ModelLoadError
 
 
@@ -20,6 +24,17 @@ def _rebuilt(lm: CausalLM, tokens: list[int]):
     return kv
 
 
+@pytest.fixture(scope="module", params=["dynamic", "arena"])
+def target_lm(request, toy_pair):
+    """The toy target on a `DynamicCache`, or in graph mode with eager static steps (small buckets: steps, growth and wide appends all occur)."""
+    _, target = toy_pair
+    if request.param == "dynamic":
+        return target
+    lm = CausalLM.load(target.path)
+    lm.use_graphs(GraphConfig(capture=False, max_width=4, batch_buckets=(1, 2, 4), column_step=8))
+    return lm
+
+
 ops = st.lists(
     st.tuples(st.integers(0, 3), st.sampled_from(["append", "crop", "crop_rows"]), st.integers(0, 6)),
     min_size=1,
@@ -29,8 +44,8 @@ ops = st.lists(
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(prompt_lens=st.lists(st.integers(1, 9), min_size=1, max_size=4), script=ops, seed=st.integers(0, 10_000))
-def test_crop_equals_rebuild(toy_pair, prompt_lens, script, seed):
-    _, lm = toy_pair
+def test_crop_equals_rebuild(target_lm, prompt_lens, script, seed):
+    lm = target_lm
     gen = torch.Generator().manual_seed(seed)
     rows = len(prompt_lens)
     transcripts = [torch.randint(2, 64, (n,), generator=gen).tolist() for n in prompt_lens]
@@ -62,8 +77,8 @@ def test_crop_equals_rebuild(toy_pair, prompt_lens, script, seed):
         torch.testing.assert_close(probe[r], ref[0], atol=1e-4, rtol=1e-4)
 
 
-def test_single_row_cache_has_no_holes_after_crops(toy_pair):
-    _, lm = toy_pair
+def test_single_row_cache_has_no_holes_after_crops(target_lm):
+    lm = target_lm
     kv = lm.new_kv(1)
     lm.prefill(kv, [[3, 4, 5, 6, 7]])
     lm.forward(kv, [[8, 9, 10]])

@@ -48,9 +48,9 @@ BASE = {
 }
 
 
-def _with(path: str, value) -> dict:
-    """BASE with the field at a dotted path (list indices as integers) set, or deleted when value is ...."""
-    data = copy.deepcopy(BASE)
+def _with(path: str, value, base: dict = BASE) -> dict:
+    """`base` with the field at a dotted path (list indices as integers) set, or deleted when value is ...."""
+    data = copy.deepcopy(base)
     keys = [int(k) if k.isdigit() else k for k in path.split(".")]
     node = data
     for k in keys[:-1]:

@@ -31,6 +31,7 @@ def example_envelopes() -> dict:
         "close": m.close(7),
         "error": m.error(ErrorCode.BAD_DRAFT, "q_probs: rows must sum to 1", session_id=7, effect=ErrorEffect.DRAFT_REJECTED, field="draft.full.probs_fp16"),
         "resume": m.resume(7, [1, 2, 3, 4, 9], 3, m.Sampling(0.0), draft_model_id="draft-a", max_new_tokens=64),
+        "batch": m.batch([m.verdict(7, 3, 1, 9, False), m.verdict(8, 5, 2, 4, True, m.load_hints(1, 5, 2.25))]),
     }
 
 

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from edgespec.protocol import (
     DEFAULT_MAX_MESSAGE_BYTES,
+    FEATURE_COUPLED_SAMPLING,
     PROTOCOL_VERSION,
     ErrorCode,
     ErrorEffect,
@@ -23,6 +24,7 @@ from edgespec.protocol import (
     pb,
     session_id_of,
 )
+from edgespec.protocol import messages as m
 from edgespec.protocol.codec import MESSAGE_KINDS
 
 from protocol_examples import example_envelopes
@@ -183,6 +185,22 @@ def test_bad_sampling_settings(msg, field):
 def test_sampling_defaults():
     assert Sampling.from_message(pb.Sampling()) == Sampling(temperature=0.0, top_k=0, top_p=1.0, seed=None)  # unset top_p is off
     assert Sampling.from_message(Sampling(seed=0).to_message()).seed == 0
+
+
+def test_coupled_sampling_round_trip_and_needs_a_seed():
+    """Sampling.coupled (added within version 1) travels with its seed; coupled without a seed is refused naming sampling.seed."""
+    back = Sampling.from_message(pb.Sampling.FromString(Sampling(0.8, top_p=0.95, seed=2**64 - 1, coupled=True).to_message().SerializeToString()))
+    assert back.coupled and back.seed == 2**64 - 1
+    assert not Sampling.from_message(Sampling(0.8, seed=3).to_message()).coupled  # unset: standard rejection sampling
+    with pytest.raises(ProtocolError) as info:
+        Sampling.from_message(pb.Sampling(temperature=0.8, coupled=True), session_id=4)
+    assert info.value.code is ErrorCode.BAD_MESSAGE and info.value.field == "sampling.seed" and info.value.session_id == 4
+
+
+def test_hello_ack_announces_features():
+    env = decode(encode(m.hello_ack("v", "target", 8, features=[FEATURE_COUPLED_SAMPLING])))
+    assert list(env.hello_ack.features) == ["coupled-sampling"]
+    assert list(decode(encode(m.hello_ack("v", "target", 8))).hello_ack.features) == []  # an older verifier announces none
 
 
 def test_default_limit_fits_a_large_full_q():

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from websockets.asyncio.client import connect as raw_connect
 
-from edgespec.protocol import ErrorCode, ErrorEffect, ProtocolError, connect, decode, encode, pack_q
+from edgespec.protocol import FEATURE_BATCH_FRAMES, ErrorCode, ErrorEffect, ProtocolError, connect, decode, encode, pack_q
 from edgespec.protocol import edgespec_pb2 as pb
 from edgespec.protocol import messages as m
 
@@ -163,3 +163,50 @@ def test_missing_or_wrong_auth_token_is_refused_and_the_right_one_works(toy_pair
 
     assert run(main()) == ad_reference[3]
     _no_tracebacks(caplog)
+
+
+def test_a_batch_frame_is_read_item_by_item_and_verdicts_come_back_batched(toy_pair, ad_reference):
+    """A drafter that reads batches sends its drafts in one Batch frame with a bad item among them: each good one is verified, the bad one alone errs."""
+    draft, target = toy_pair
+
+    async def main():
+        async with running_node(target) as node:
+            async with raw_connect(f"ws://127.0.0.1:{node.port}", compression=None) as ws:
+                p = RawPeer(ws)
+                await p.send(m.hello("batching-edge", features=[FEATURE_BATCH_FRAMES]))
+                ack = await p.recv()
+                assert FEATURE_BATCH_FRAMES in ack.hello_ack.features
+                prompts = PROMPTS[:3]
+                await p.send(m.batch([m.open_session(i + 1, prompt, m.Sampling(0.0)) for i, prompt in enumerate(prompts)]))
+                opened = []
+                while len(opened) < 3:
+                    opened += [x for x in unbatch_frame(await p.recv())]
+                assert sorted(x.session_opened.session_id for x in opened) == [1, 2, 3]
+                drafts = [m.draft(i + 1, len(prompt), [0], pack_q("tokens")) for i, prompt in enumerate(prompts)]
+                drafts.insert(1, m.draft(9, 0, [0], pack_q("tokens")))  # an unknown session among them
+                await p.send(m.batch(drafts))
+                answers, frames = [], 0
+                while len(answers) < 4:
+                    answers += unbatch_frame(await p.recv())
+                    frames += 1
+                kinds = sorted(a.WhichOneof("msg") for a in answers)
+                assert kinds == ["error", "verdict", "verdict", "verdict"]
+                [error] = [a for a in answers if a.WhichOneof("msg") == "error"]
+                assert error.error.code == ErrorCode.UNKNOWN_SESSION and error.error.session_id == 9
+                verdicts = {a.verdict.session_id: a.verdict for a in answers if a.WhichOneof("msg") == "verdict"}
+                for i in range(len(prompts)):  # greedy: token 0 drafted, accepted only where it is AD's; the next token is AD's
+                    v, ref = verdicts[i + 1], ad_reference[i]
+                    assert v.accepted == (ref[0] == 0)
+                    assert v.next_token_id == (ref[1] if v.accepted else ref[0])
+                return frames
+
+    frames = run(main())
+    assert frames <= 3  # the verdicts of one batch travel together (the error may go ahead on its own)
+
+
+def unbatch_frame(envelope) -> list:
+    from edgespec.protocol import unbatch
+
+    items = unbatch(envelope)
+    assert not any(isinstance(x, ProtocolError) for x in items)
+    return items

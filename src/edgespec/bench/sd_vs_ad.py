@@ -1,8 +1,10 @@
 """Benchmark: in-process speculative vs autoregressive decoding of a draft/target pair on this CPU, with the parts that bound it.
 
-Regime: one sequence at a time (batch 1), temperature 0, each model in its run dtype (float32 unless
-its edgespec.json says otherwise), the pair's prompts (short code openings for the bundled pair,
-held-back instructions through the chat template for an instruct pair), a fixed token budget; both modes pay the same prefill. For each γ it measures, in one run:
+Regime: one sequence at a time (batch 1), temperature 0, the models' device and dtype (float32 on the
+CPU by default; a draft may keep the CPU dtype its edgespec.json names), the pair's prompts (short code
+openings for the bundled pair, held-back instructions through the chat template for an instruct pair), a
+fixed token budget; both modes pay the same prefill. On a GPU a step is timed from an idle device to the
+end of its last kernel (`edgespec.models.device.timed_s`). For each γ it measures, in one run:
 - α (accepted / drafted, vLLM's acceptance rate), the mean tokens E emitted per round, and α_token,
   the per-token acceptance of Leviathan's i.i.d. model that gives the same E;
 - t_draft (one draft decode step), t_target (one target decode step), t_verify(γ) (one target pass
@@ -18,7 +20,6 @@ AD, SD and the step timings run in alternating passes so machine noise falls on 
 from __future__ import annotations
 
 import statistics
-import time
 from dataclasses import asdict, dataclass
 from typing import Callable, Optional, Sequence
 
@@ -26,6 +27,7 @@ import torch
 
 from edgespec.models.decoder import GenerationConfig, GenerationResult, generate_ad, generate_sd
 from edgespec.bench.prompts import PROMPTS, prompts_for
+from edgespec.models.device import timed_s
 from edgespec.models.prompting import encode_chat, encode_text
 from edgespec.models.runtime import CausalLM
 from edgespec.spec.theory import fit_alpha
@@ -80,9 +82,7 @@ def _step_samples(draft: CausalLM, target: CausalLM, context: list[int], gammas:
     for _ in range(repeats):
         for key, lm, n in kinds:
             kv = caches[id(lm)]
-            t0 = time.perf_counter()
-            lm.forward(kv, [context[-n:]], [n])
-            samples[key].append(time.perf_counter() - t0)
+            samples[key].append(timed_s(lambda: lm.forward(kv, [context[-n:]], [n]), lm.device))
             lm.crop(kv, 0, len(context))
     return samples
 

@@ -34,10 +34,21 @@ def edge_command(
     http_port: int = typer.Option(8000, "--http-port", min=0, max=65535, help="HTTP port (0: any free port)."),
     q_mode: str = typer.Option("topk", "--q-mode", help="q on the wire: full | topk | tokens (temperature 0 always sends tokens)."),
     top_k: int = typer.Option(8, "--top-k", min=1, help="K for --q-mode topk."),
-    gamma_policy: str = typer.Option("heuristic", "--gamma-policy", help="γ policy: static | heuristic | confidence | odld | leviathan."),
-    gamma: int = typer.Option(4, "--gamma", min=0, max=32, help="γ of the static policy, start of the heuristic."),
+    gamma_policy: str = typer.Option(
+        "adaptive", "--gamma-policy",
+        help="γ policy: adaptive (AWC, γ = 0 where the verifier's load makes speculating lose) | static | heuristic | confidence | odld | "
+             "leviathan | goodput | awc | awc_analytic | awc_solo.",
+    ),
+    gamma: int = typer.Option(4, "--gamma", min=0, max=32, help="γ of the static policy, start of the adaptive ones."),
     max_gamma: int = typer.Option(16, "--max-gamma", min=0, max=32, help="Upper bound on γ for every policy."),
+    load_aware: bool = typer.Option(
+        False, "--load-aware/--no-load-aware", help="Put the chosen policy behind the speculation gate (γ = 0 where speculating loses); adaptive always is."
+    ),
     pipeline: bool = typer.Option(False, "--pipeline/--no-pipeline", help="Pipelined drafting: draft the next block while this one is verified."),
+    pipeline_min_hit_rate: float = typer.Option(
+        0.5, "--pipeline-min-hit-rate", min=0.0, max=1.0,
+        help="With --pipeline, a session drafts speculatively while the draft model has other sessions' blocks to draft only at this hit rate (0: always).",
+    ),
     auth_token_file: Optional[Path] = typer.Option(None, "--auth-token-file", help="File holding the verifiers' bearer token."),
     tls_ca_file: Optional[Path] = typer.Option(
         None, "--tls-ca-file", exists=True, dir_okay=False, help="PEM CA certificate(s) to trust for wss:// verifiers (default: the system's trust store)."
@@ -56,7 +67,8 @@ def edge_command(
     try:
         config = EdgeConfig(
             verifiers=parse_verifiers(verifier), draft_dir=draft, http_host=http_host, http_port=http_port, q_mode=q_mode,
-            top_k=top_k, gamma_policy=gamma_policy, gamma=gamma, max_gamma=max_gamma, pipeline=pipeline,
+            top_k=top_k, gamma_policy=gamma_policy, gamma=gamma, max_gamma=max_gamma, load_aware=load_aware, pipeline=pipeline,
+            pipeline_min_hit_rate=pipeline_min_hit_rate,
             auth_token=_read_token(auth_token_file), tls_ca_file=tls_ca_file, node_id=node_id, seed=seed,
         )
         config.engine_config()

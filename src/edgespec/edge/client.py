@@ -27,6 +27,8 @@ from typing import Optional, Protocol, Union
 from edgespec.edge.drafting import DraftedBlock
 from edgespec.edge.routing import VerifierLoad, choose_shortest_queue
 from edgespec.protocol import (
+    FEATURE_BATCH_FRAMES,
+    FEATURE_COUPLED_SAMPLING,
     DrafterConnection,
     ErrorCode,
     ErrorEffect,
@@ -36,7 +38,9 @@ from edgespec.protocol import (
     ServerLimits,
     Transport,
     TransportClosed,
+    batch_frames,
     connect,
+    unbatch,
 )
 from edgespec.protocol import edgespec_pb2 as pb
 from edgespec.protocol import messages as m
@@ -154,6 +158,10 @@ class VerifierLink:
     def limits(self) -> Optional[ServerLimits]:
         return self.conn.limits if self.conn is not None else None
 
+    def can_serve(self, session: RemoteSession) -> bool:
+        """False for a seeded (coupled) session when this verifier's HelloAck does not announce coupled sampling."""
+        return not session.sampling.coupled or (self.hello_ack is not None and FEATURE_COUPLED_SAMPLING in self.hello_ack.features)
+
     def send(self, envelope: pb.Envelope) -> None:
         """Apply `envelope` to the state machine and queue it (raises `LocalProtocolError` on a caller bug)."""
         if not self._ready or self.conn is None:
@@ -209,7 +217,8 @@ class VerifierLink:
             raise ConnectionError(f"TLS: {self.url} presented a certificate this node does not trust ({exc.verify_message}); pass its CA with --tls-ca-file") from None
         conn = DrafterConnection()
         try:
-            await transport.send(conn.send(m.hello(cfg.node_id, [cfg.draft_model_id] if cfg.draft_model_id else [], agent="edgespec-edge")))
+            hello = m.hello(cfg.node_id, [cfg.draft_model_id] if cfg.draft_model_id else [], agent="edgespec-edge", features=[FEATURE_BATCH_FRAMES])
+            await transport.send(conn.send(hello))
             event = conn.receive(await asyncio.wait_for(transport.recv(), cfg.connect_timeout_s))
             if event is None or event.kind != "hello_ack":
                 if event is not None and event.kind == "error":
@@ -235,13 +244,16 @@ class VerifierLink:
                 except ProtocolError as exc:  # a message we cannot decode: ignore it, keep the connection
                     log.warning("verifier %s: bad message: %s", self.address, exc)
                     continue
-                try:
-                    event = self.conn.receive(envelope)
-                except ProtocolError as exc:  # the verifier broke the rules: drop the connection, resume elsewhere
-                    log.warning("verifier %s: protocol violation, reconnecting: %s", self.address, exc)
-                    return
-                if event is not None:
-                    self.pool._on_event(self, event)
+                for item in unbatch(envelope):  # a Batch frame's messages, each as if it had come alone
+                    try:
+                        if isinstance(item, ProtocolError):
+                            raise item
+                        event = self.conn.receive(item)
+                    except ProtocolError as exc:  # the verifier broke the rules: drop the connection, resume elsewhere
+                        log.warning("verifier %s: protocol violation, reconnecting: %s", self.address, exc)
+                        return
+                    if event is not None:
+                        self.pool._on_event(self, event)
                 if writer.done():
                     return
         except TransportClosed:
@@ -250,14 +262,21 @@ class VerifierLink:
             writer.cancel()
 
     async def _write(self) -> None:
+        """Send the outbox in order; what queued up meanwhile (a draft pass's blocks) goes in Batch frames where the verifier reads them."""
+        outbox = self._outbox
+        batches = self.hello_ack is not None and FEATURE_BATCH_FRAMES in self.hello_ack.features
         while True:
-            envelope = await self._outbox.get()
-            try:
-                await self.transport.send(envelope)
-            except TransportClosed:
-                return
-            except LocalProtocolError as exc:  # e.g. over the size limit: a bug or a misconfiguration
-                log.error("verifier %s: cannot send %s: %s", self.address, envelope.WhichOneof("msg"), exc)
+            queued = [await outbox.get()]
+            while batches and not outbox.empty():
+                queued.append(outbox.get_nowait())
+            frames = batch_frames(queued, max_message_bytes=self.transport.max_message_bytes) if len(queued) > 1 else queued
+            for frame in frames:
+                try:
+                    await self.transport.send(frame)
+                except TransportClosed:
+                    return
+                except LocalProtocolError as exc:  # e.g. over the size limit: a bug or a misconfiguration
+                    log.error("verifier %s: cannot send %s: %s", self.address, frame.WhichOneof("msg"), exc)
 
     async def _lost(self) -> None:
         self._ready = False
@@ -410,7 +429,11 @@ class VerifierPool:
             if now - p.pending_since > self.config.unavailable_timeout_s:
                 self._fail(p, VerifierUnavailable(f"no verifier took the session within {self.config.unavailable_timeout_s:g} s (verifiers: {', '.join(self.config.verifiers)})"))
                 continue
-            candidates = [link for link in links if link.busy_until <= now]
+            able = [link for link in links if link.can_serve(p.session)]
+            if not able and len(links) == len(self.links):
+                self._fail(p, VerifierUnavailable(f"seeded sampling ('seed') needs a verifier that announces {FEATURE_COUPLED_SAMPLING!r}; none of {', '.join(self.config.verifiers)} does (upgrade them)"))
+                continue
+            candidates = [link for link in able if link.busy_until <= now]
             if p.not_before > now or not candidates:
                 continue
             link = candidates[choose_shortest_queue([c.load for c in candidates])]

@@ -4,7 +4,9 @@ Like `edgespec.models.decoder.draft_blocks`, but each block's q is what the veri
 full and top-K probabilities are quantised to fp16 first and the token is sampled from those values
 (renormalised), so the q on the wire *is* the distribution the token came from (DESIGN §3; a token whose
 fp32 probability underflows fp16 can never be drafted). Temperature 0 drafts the argmax and sends
-tokens only. Each drafted token also reports its confidence q(x) (SLED's stopping rule).
+tokens only. Each drafted token also reports its confidence q(x) (SLED's stopping rule). Seeded sessions
+(`draft_rows_coupled`) draft by Gumbel-max with their position-keyed noise and send tokens only
+(`edgespec.spec.coupling`: their verification needs no q).
 """
 
 from __future__ import annotations
@@ -15,13 +17,14 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from edgespec.models.decoder import draft_loop, sync_row
+from edgespec.models.coupled import CoupledDraw
+from edgespec.models.decoder import DraftRows, draft_loop, sync_row
 from edgespec.models.runtime import CausalLM, RaggedKV
 from edgespec.protocol import pack_q
 from edgespec.protocol.drafts import QMessage
 from edgespec.spec.sampling import SamplingParams, greedy_tokens, probs_from_logits, sample, sparsify_topk
 
-__all__ = ["DraftedBlock", "sync_row", "draft_rows"]
+__all__ = ["DraftedBlock", "sync_row", "draft_rows", "draft_rows_coupled"]
 
 
 @dataclass(frozen=True)
@@ -91,13 +94,37 @@ def draft_rows(
     One batched draft forward per step; q_mode is forced to "tokens" at temperature 0.
     """
     q_mode = "tokens" if params.greedy else q_mode
-    rows = kv.batch_size
-    if len(transcripts) != rows or len(gammas) != rows:
-        raise ValueError(f"need a transcript and a γ for each of the {rows} rows")
+    _check_rows(kv, transcripts, gammas)
     drafted = draft_loop(lm, kv, transcripts, gammas, lambda logits: _draw(logits, params, q_mode, top_k, gen))
+    return _blocks(drafted, gammas, q_mode)
+
+
+def draft_rows_coupled(
+    lm: CausalLM,
+    kv: RaggedKV,
+    transcripts: Sequence[Optional[Sequence[int]]],
+    gammas: Sequence[int],
+    params: SamplingParams,
+    seeds: Sequence[int],
+) -> list[Optional[DraftedBlock]]:
+    """Like `draft_rows` for seeded sessions: row b's token at transcript position j is argmax (log q + G_{seeds[b], j});
+    blocks carry tokens only."""
+    _check_rows(kv, transcripts, gammas)
+    starts = [len(t) if t is not None else 0 for t in transcripts]
+    drafted = draft_loop(lm, kv, transcripts, gammas, CoupledDraw(params, seeds, starts, gammas))
+    return _blocks(drafted, gammas, "tokens")
+
+
+def _check_rows(kv: RaggedKV, transcripts: Sequence, gammas: Sequence[int]) -> None:
+    if len(transcripts) != kv.batch_size or len(gammas) != kv.batch_size:
+        raise ValueError(f"need a transcript and a γ for each of the {kv.batch_size} rows")
+
+
+def _blocks(drafted: DraftRows, gammas: Sequence[int], q_mode: str) -> list[Optional[DraftedBlock]]:
+    """One `DraftedBlock` per row with γ > 0 (None for the others), q as numpy wire arrays."""
     out: list[Optional[DraftedBlock]] = []
-    for b in range(rows):
-        if gammas[b] <= 0:
+    for b, gamma in enumerate(gammas):
+        if gamma <= 0:
             out.append(None)
             continue
         q_probs = torch.stack(drafted.q_rows[b]).cpu().numpy() if drafted.q_rows[b] else None

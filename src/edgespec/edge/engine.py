@@ -26,19 +26,21 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
-from typing import AsyncIterator, Optional, Union
+from typing import AsyncIterator, Callable, NamedTuple, Optional, Union
 
 import torch
 
 from edgespec.edge.client import ClientConfig, RemoteSession, VerifierPool
-from edgespec.edge.drafting import DraftedBlock, draft_rows
+from edgespec.edge.drafting import DraftedBlock, draft_rows, draft_rows_coupled
 from edgespec.edge.kvrows import KVRows
 from edgespec.edge.policies import make_gamma_policy
 from edgespec.edge.text import TextAssembler
 from edgespec.models.runtime import CausalLM
 from edgespec.policy.gamma import RoundObservation
+from edgespec.policy.pipelining import PipelineGate
 from edgespec.protocol import Q_MODES, ErrorCode, Sampling
 from edgespec.protocol import edgespec_pb2 as pb
+from edgespec.protocol.messages import verifier_hints
 from edgespec.spec.sampling import GREEDY, SamplingParams
 
 __all__ = [
@@ -51,6 +53,7 @@ __all__ = [
     "Failed",
     "GenerationFailed",
     "RequestHandle",
+    "RunningRequest",
     "DraftEngine",
 ]
 
@@ -66,11 +69,14 @@ class EngineConfig:
 
     q_mode: str = "topk"  # "full" | "topk" | "tokens" (temperature 0 always sends tokens only)
     top_k: int = 8  # K for q_mode "topk"
-    gamma_policy: str = "heuristic"
-    gamma: int = 4  # static γ, or the starting γ of the heuristic
+    gamma_policy: str = "adaptive"  # AWC behind the speculation gate: γ = 0 where the verifier's load makes drafting lose
+    gamma: int = 4  # static γ, or the starting γ of the adaptive policies
+    load_aware: bool = False  # put any other policy behind the speculation gate too ("adaptive" always is)
+    probe_every: int = 0  # while the gate is closed, speculate once every this many AD rounds (0: never)
     max_gamma: int = 16
     confidence_threshold: float = 0.3  # SLED's c_th for the "confidence" policy
     pipeline: bool = False
+    pipeline_min_hit_rate: float = 0.5  # a session speculates while the draft pass has other work only at this hit rate (0: always)
     seed: int = 0  # the draft sampler's generator (drafts only; the verifier's randomness decides the output)
     max_draft_rejections: int = 2  # consecutive rejected drafts of a session before it falls back to γ = 0
 
@@ -81,6 +87,10 @@ class EngineConfig:
             raise ValueError(f"top_k must be >= 1, got {self.top_k}")
         if not 0 <= self.max_gamma <= MAX_GAMMA:
             raise ValueError(f"max_gamma must be in [0, {MAX_GAMMA}], got {self.max_gamma}")
+        if self.probe_every < 0:
+            raise ValueError(f"probe_every must be >= 0, got {self.probe_every}")
+        if not 0.0 <= self.pipeline_min_hit_rate <= 1.0:
+            raise ValueError(f"pipeline_min_hit_rate must be in [0, 1], got {self.pipeline_min_hit_rate}")
         make_gamma_policy(self.gamma_policy, self.gamma, self.max_gamma, self.confidence_threshold)  # validates
 
 
@@ -94,10 +104,13 @@ class GenerationRequest:
     seed: Optional[int] = None  # passed to the verifier (its randomness decides the output)
     stop: tuple[str, ...] = ()
     stop_at_eos: bool = True
+    coupled: bool = False  # seeded sampling: the output is a function of (seed, prompt), equal to AD with that seed (needs a seed)
 
     def __post_init__(self) -> None:
         if not self.prompt_ids:
             raise ValueError("the prompt has no tokens")
+        if self.coupled and self.seed is None:
+            raise ValueError("coupled (seeded) sampling needs a seed")
         if self.max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
 
@@ -107,6 +120,7 @@ class RequestStats:
     """Speculative-decoding counters of one request."""
 
     rounds: int = 0
+    ad_rounds: int = 0  # rounds without drafts (γ = 0: the speculation gate closed, the last token, or after rejected drafts)
     drafted_tokens: int = 0
     accepted_tokens: int = 0
     pipeline_hits: int = 0
@@ -201,6 +215,7 @@ class _Session:
     drafting: bool = False
     done: bool = False
     rejections_in_row: int = 0
+    pipeline_gate: PipelineGate = field(default_factory=PipelineGate)
 
     @property
     def transcript(self) -> list[int]:
@@ -284,11 +299,25 @@ class EngineStats:
         return out
 
 
+def _draws_deterministically(request: GenerationRequest) -> bool:
+    """Greedy and seeded (coupled) sessions draft the verifier's own choice when they agree, so a pipelined block's
+    bonus guess is simply their next drafted token."""
+    return request.sampling.greedy or request.coupled
+
+
 def _percentile_ms(ordered: list[float], q: float) -> Optional[float]:
     """The q-quantile (nearest rank) of ascending seconds, in milliseconds; None without samples."""
     if not ordered:
         return None
     return 1000.0 * ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+class RunningRequest(NamedTuple):
+    """A request being generated, as `DraftEngine.running()` reports it."""
+
+    key: int
+    stats: RequestStats
+    completion_tokens: int
 
 
 class DraftEngine:
@@ -303,11 +332,14 @@ class DraftEngine:
         self._gen = torch.Generator().manual_seed(config.seed)
         self._sessions: dict[int, _Session] = {}
         self._policy_state: dict = {}  # what this node's sessions' γ policies pool (AWC: acceptance, wire floor, shared γ)
+        self._observed: list[tuple[object, RoundObservation]] = []  # verdicts' observations, fed to the policies at the next plan
+        self._last_hints: tuple = (b"", None)  # (serialized LoadHints, parsed): a batch's verdicts share theirs
         self._keys = itertools.count(1)
         self._releases: list[int] = []
         self._wake: Optional[asyncio.Event] = None
         self._task: Optional[asyncio.Task] = None
         self.stats = EngineStats()
+        self.on_round: Optional[Callable[[int, int, float], None]] = None  # (γ, accepted, round trip s) per verdict, e.g. EdgeMetrics.observe_round
 
     # ------------------------------------------------------------ life cycle
 
@@ -332,16 +364,23 @@ class DraftEngine:
     def active_sessions(self) -> int:
         return len(self._sessions)
 
+    def running(self) -> list[RunningRequest]:
+        """The requests being generated, oldest first."""
+        return [RunningRequest(s.key, s.stats, s.completion_tokens) for s in self._sessions.values()]
+
     # ------------------------------------------------------------ requests
 
     def submit(self, request: GenerationRequest) -> RequestHandle:
         """Start generating for `request`; events arrive on the returned handle."""
         key = next(self._keys)
-        sampling = Sampling(request.sampling.temperature, request.sampling.top_k, request.sampling.top_p, request.seed)
+        coupled = request.coupled and not request.sampling.greedy  # temperature 0 is greedy whatever the seed
+        sampling = Sampling(request.sampling.temperature, request.sampling.top_k, request.sampling.top_p, request.seed, coupled)
         remote = RemoteSession(key, list(request.prompt_ids), len(request.prompt_ids), sampling, request.max_tokens)
         cfg = self.config
-        policy = make_gamma_policy(cfg.gamma_policy, cfg.gamma, cfg.max_gamma, cfg.confidence_threshold, node_state=self._policy_state)
-        session = _Session(key, request, remote, policy, TextAssembler(self.draft.detokenize, request.stop), asyncio.Queue(), time.perf_counter())
+        policy = make_gamma_policy(cfg.gamma_policy, cfg.gamma, cfg.max_gamma, cfg.confidence_threshold, node_state=self._policy_state,
+                                   load_aware=cfg.load_aware, probe_every=cfg.probe_every)
+        session = _Session(key, request, remote, policy, TextAssembler(self.draft.detokenize, request.stop), asyncio.Queue(), time.perf_counter(),
+                           pipeline_gate=PipelineGate(min_hit_rate=cfg.pipeline_min_hit_rate))
         self._sessions[key] = session
         self.pool.open(remote)
         self._wake.set()
@@ -371,6 +410,7 @@ class DraftEngine:
         loop = asyncio.get_running_loop()
         while True:
             await self._wake.wait()
+            await asyncio.sleep(0)  # first send what the last pass drafted and read the verdicts that came meanwhile
             self._wake.clear()
             jobs = self._plan()
             releases, self._releases = self._releases, []
@@ -413,7 +453,11 @@ class DraftEngine:
         return min(k, limits.max_top_k) if limits is not None and limits.max_top_k else k
 
     def _plan(self) -> list[_Job]:
-        jobs = []
+        """Jobs for this pass: a fresh block for every session that needs one, then (pipelining) speculative blocks its gate allows."""
+        observed, self._observed = self._observed, []
+        for policy, obs in observed:  # the verdicts' lessons, before any γ is chosen (one node-wide γ update for all of them)
+            policy.observe(obs)
+        jobs, waiting = [], []
         for s in self._sessions.values():
             if s.done or s.drafting:
                 continue
@@ -425,12 +469,17 @@ class DraftEngine:
                 gamma = self._gamma(s, len(transcript))
                 jobs.append(_Job(s, list(transcript), len(transcript), (), gamma, self._top_k(s)))
             elif self.config.pipeline and s.prepared is None and s.spec_for is not s.inflight:
-                block = s.inflight
-                s.spec_for = block
-                gamma = self._gamma(s, len(transcript) + block.gamma + 1)
-                if gamma >= 1:
-                    tokens = block.drafted.tokens
-                    jobs.append(_Job(s, list(transcript) + list(tokens), len(transcript), tuple(tokens), gamma, self._top_k(s), speculative=True))
+                waiting.append(s)
+        busy = any(job.gamma > 0 for job in jobs)  # the pass drafts for other sessions anyway: speculation takes their compute
+        for s in waiting:
+            block = s.inflight
+            s.spec_for = block
+            if not s.pipeline_gate.allow(busy):
+                continue
+            gamma = self._gamma(s, len(s.transcript) + block.gamma + 1)
+            if gamma >= 1:
+                tokens = block.drafted.tokens
+                jobs.append(_Job(s, list(s.transcript) + list(tokens), len(s.transcript), tuple(tokens), gamma, self._top_k(s), speculative=True))
         return jobs
 
     def _draft(self, jobs: list[_Job], releases: list[int]) -> list[tuple[DraftedBlock, Optional[int]]]:
@@ -446,8 +495,8 @@ class DraftEngine:
         transcripts = {i: jobs[i].transcript for i in work}
         guesses: dict[int, int] = {}
         # 1. pipelined jobs guess the bonus token: the draft's most likely next token (sampled sessions only;
-        #    greedy sessions draft it as the first token of their own pass below)
-        sampled_spec = [i for i in work if jobs[i].speculative and not jobs[i].session.request.sampling.greedy]
+        #    greedy and seeded sessions draft it, deterministically, as the first token of their own pass below)
+        sampled_spec = [i for i in work if jobs[i].speculative and not _draws_deterministically(jobs[i].session.request)]
         if sampled_spec:
             ts, gs = [None] * size, [0] * size
             for i in sampled_spec:
@@ -459,18 +508,22 @@ class DraftEngine:
         # 2. one pass per sampling setting
         groups: dict[tuple, list[int]] = {}
         for i in work:
-            params = jobs[i].session.request.sampling
-            q_mode = "tokens" if params.greedy else self.config.q_mode
-            groups.setdefault((params, q_mode, jobs[i].top_k if q_mode == "topk" else 0), []).append(i)
-        for (params, q_mode, top_k), members in groups.items():
-            ts, gs = [None] * size, [0] * size
+            request = jobs[i].session.request
+            coupled = request.coupled and not request.sampling.greedy
+            q_mode = "tokens" if request.sampling.greedy or coupled else self.config.q_mode
+            groups.setdefault((request.sampling, q_mode, jobs[i].top_k if q_mode == "topk" else 0, coupled), []).append(i)
+        for (params, q_mode, top_k, coupled), members in groups.items():
+            ts, gs, seeds = [None] * size, [0] * size, [0] * size
             lead = {i: 1 if jobs[i].speculative and i not in guesses else 0 for i in members}
             for i in members:
-                ts[rows[i]], gs[rows[i]] = transcripts[i], jobs[i].gamma + lead[i]
-            drafted = draft_rows(self.draft, self._rows.kv, ts, gs, params, q_mode, max(top_k, 1), self._gen)
+                ts[rows[i]], gs[rows[i]], seeds[rows[i]] = transcripts[i], jobs[i].gamma + lead[i], jobs[i].session.request.seed or 0
+            if coupled:
+                drafted = draft_rows_coupled(self.draft, self._rows.kv, ts, gs, params, seeds)
+            else:
+                drafted = draft_rows(self.draft, self._rows.kv, ts, gs, params, q_mode, max(top_k, 1), self._gen)
             for i in members:
                 block = drafted[rows[i]]
-                if lead[i]:  # greedy: the first drafted token is the bonus guess
+                if lead[i]:  # greedy or seeded: the first drafted token is the bonus guess
                     guesses[i] = block.tokens[0]
                     block = DraftedBlock(block.tokens[1:], "tokens", None, None, block.confidence[1:])
                 out[i] = (block, guesses.get(i))
@@ -499,6 +552,7 @@ class DraftEngine:
         if not block.valid_for(s.transcript):
             if block.assumed:
                 s.stats.pipeline_misses += 1
+                s.pipeline_gate.observe(False)
             s.prepared = None
             self._wake.set()
             return False
@@ -515,6 +569,7 @@ class DraftEngine:
             return False
         if block.assumed:
             s.stats.pipeline_hits += 1
+            s.pipeline_gate.observe(True)
             self.stats.pipeline_hits += 1
         s.prepared, s.inflight = None, block
         return True
@@ -584,12 +639,14 @@ class DraftEngine:
             upload_s: Optional[float] = max(0.0, rtt_s - timing.server_us / 1e6)
         else:
             upload_s = max(0.0, rtt_s - verify_s) if verify_s is not None else None
+        s.stats.ad_rounds += block.gamma == 0
         for stats in (s.stats, self.stats):
             stats.rounds += 1
             stats.drafted_tokens += block.gamma
             stats.accepted_tokens += n
         s.rejections_in_row = 0
-        s.policy.observe(RoundObservation(
+        load = self._hints(verdict.load) if verdict.HasField("load") else None
+        self._observed.append((s.policy, RoundObservation(  # the policy learns at the next plan, off the verdict path
             drafted=block.gamma,
             accepted=n,
             now_s=time.monotonic(),
@@ -597,13 +654,25 @@ class DraftEngine:
             upload_time_s=upload_s,
             verify_time_s=verify_s,
             rtt_s=rtt_s,
-            queue_depth=int(verdict.load.queue_depth) if verdict.HasField("load") else None,
-        ))
+            queue_depth=load.queue_depth if load is not None else None,
+            forward_s=timing.forward_us / 1e6 if timing is not None else None,
+            busy_wait_s=timing.busy_wait_us / 1e6 if timing is not None else None,
+            hints=load,
+        )))
+        if self.on_round is not None:
+            self.on_round(block.gamma, n, rtt_s)
         self._emit(s, list(block.drafted.tokens[:n]) + [int(verdict.next_token_id)])
         if timing is not None:
             self._record_overhead(time.perf_counter() - block.sent_at, timing)
         if not s.done and not self._try_send(s):
             self._wake.set()
+
+    def _hints(self, hints: pb.LoadHints):
+        """The verdict's load hints as `VerifierHints`; the verdicts of one batch carry the same, parsed once."""
+        raw = hints.SerializeToString()
+        if raw != self._last_hints[0]:
+            self._last_hints = (raw, verifier_hints(hints))
+        return self._last_hints[1]
 
     def _record_overhead(self, round_s: float, timing: pb.RoundTiming) -> None:
         """One round's time outside model forwards (sent → applied, less forwards and waiting behind them) and the verifier's share."""

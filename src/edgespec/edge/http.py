@@ -236,7 +236,7 @@ class OpenAIFrontend:
         include_usage = _boolean(options or {}, "include_usage", False)
         ignore_eos = _boolean(body, "ignore_eos", False)
         sampling = SamplingParams(temperature=temperature, top_k=max(top_k, 0), top_p=top_p)
-        request = GenerationRequest(tuple(prompt_ids), max_tokens, sampling, seed, _stop(body), stop_at_eos=not ignore_eos)
+        request = GenerationRequest(tuple(prompt_ids), max_tokens, sampling, seed, _stop(body), stop_at_eos=not ignore_eos, coupled=seed is not None)
         return _Parsed(request, stream, include_usage)
 
     # ------------------------------------------------------------ completions

@@ -15,6 +15,7 @@ import uvicorn
 from edgespec.edge.client import ClientConfig
 from edgespec.edge.engine import DraftEngine, EngineConfig
 from edgespec.edge.http import create_app
+from edgespec.edge.metrics import EdgeMetrics
 from edgespec.models.runtime import CausalLM
 
 __all__ = ["EdgeConfig", "EdgeNode", "parse_verifiers"]
@@ -46,10 +47,13 @@ class EdgeConfig:
     http_port: int = 8000  # 0: an ephemeral port (see EdgeNode.http_port)
     q_mode: str = "topk"
     top_k: int = 8
-    gamma_policy: str = "heuristic"
+    gamma_policy: str = "adaptive"
     gamma: int = 4
     max_gamma: int = 16
+    load_aware: bool = False  # put a policy other than "adaptive" behind the speculation gate too
+    probe_every: int = 0
     pipeline: bool = False
+    pipeline_min_hit_rate: float = 0.5
     auth_token: Optional[str] = None
     tls_ca_file: Optional[Path] = None  # CA trusted for wss:// verifiers (None: the system's trust store)
     node_id: str = "edge"
@@ -69,7 +73,9 @@ class EdgeConfig:
 
     def engine_config(self) -> EngineConfig:
         return EngineConfig(q_mode=self.q_mode, top_k=self.top_k, gamma_policy=self.gamma_policy, gamma=self.gamma,
-                            max_gamma=self.max_gamma, pipeline=self.pipeline, seed=self.seed)
+                            max_gamma=self.max_gamma, load_aware=self.load_aware, probe_every=self.probe_every, pipeline=self.pipeline,
+                            pipeline_min_hit_rate=self.pipeline_min_hit_rate,
+                            seed=self.seed)
 
     def client_config(self, draft_model_id: str) -> ClientConfig:
         return ClientConfig(verifiers=tuple(self.verifiers), auth_token=self.auth_token, tls_ca_file=self.tls_ca_file, node_id=self.node_id, draft_model_id=draft_model_id,
@@ -92,6 +98,7 @@ class EdgeNode:
         self.config = config
         self.draft = draft
         self.engine: Optional[DraftEngine] = None
+        self.metrics: Optional[EdgeMetrics] = None  # Prometheus, served at /metrics on the HTTP port
         self._server: Optional[_Server] = None
         self._serve_task: Optional[asyncio.Task] = None
 
@@ -139,6 +146,9 @@ class EdgeNode:
         await self.engine.start()
         context = int(getattr(self.draft.config, "max_position_embeddings", 0) or 2048)
         app = create_app(self.engine, self.model_id, context, self.health, self.stats)
+        self.metrics = EdgeMetrics(self.engine)
+        self.engine.on_round = self.metrics.observe_round
+        app.router.routes.append(self.metrics.route())
         uv_config = uvicorn.Config(app, host=self.config.http_host, port=self.config.http_port, log_level="warning",
                                    lifespan="off", access_log=False, timeout_graceful_shutdown=2)
         try:  # bind here, so a taken port is an OSError for the caller (uvicorn would sys.exit)

@@ -18,11 +18,12 @@ from typing import Optional
 
 import torch
 
+from edgespec.models.device import DTYPES
+
 __all__ = ["CARD_FILE", "ModelCard", "read_card", "write_card"]
 
 CARD_FILE = "edgespec.json"
 FORMAT = "edgespec-model/1"
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass(frozen=True)

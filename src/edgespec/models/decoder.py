@@ -6,6 +6,12 @@ SD round for every unfinished sequence (ragged: each has its own γ, 0 allowed):
   3. verify all blocks in one target forward over Σ(pending_i + γ_i) tokens (`edgespec.spec.verify`);
   4. append accepted + 1 tokens (recovered or bonus), stopping at EOS or the token budget.
 The transcript is the truth; both caches are rebuilt lazily from it, so they only ever get cropped.
+With `GenerationConfig.coupled` (seeded sampling, `edgespec.spec.coupling`) AD draws by Gumbel-max with each
+sequence's position-keyed noise, SD drafts and verifies with the same noise, and both emit the same tokens.
+
+On a GPU the host waits for the device once per draft step (the drafted tokens feed the next step)
+and once per round (the verdict); everything else is queued without waiting: the draft is validated
+before the target forward is launched, and verification runs on the device.
 """
 
 from __future__ import annotations
@@ -16,11 +22,13 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
+from edgespec.models.coupled import CoupledDraw
 from edgespec.models.runtime import CausalLM, RaggedKV, check_same_tokenizer
+from edgespec.spec.coupling import block_noise, coupled_tokens, noise_rows, verify_coupled
 from edgespec.spec.sampling import SamplingParams, greedy_tokens, probs_from_logits, sample, sparsify_topk
-from edgespec.spec.verify import DraftBatch, DraftLimits, verify
+from edgespec.spec.verify import DraftBatch, DraftLimits, validate_draft, verify_validated
 
-__all__ = ["GenerationConfig", "GenerationResult", "generate_ad", "generate_sd", "draft_blocks", "DraftOutput", "RoundHook"]
+__all__ = ["GenerationConfig", "GenerationResult", "generate_ad", "generate_sd", "draft_blocks", "draft_blocks_coupled", "DraftOutput", "RoundHook"]
 
 
 @dataclass(frozen=True)
@@ -34,6 +42,12 @@ class GenerationConfig:
     q_top_k: int = 8
     seed: int = 0
     stop_at_eos: bool = True
+    coupled: bool = False  # seeded sampling: Gumbel-max coupling keyed by (seed, position); AD and SD emit the same tokens
+
+    @property
+    def is_coupled(self) -> bool:
+        """Coupled sampling applies (temperature 0 is greedy whatever the seed)."""
+        return self.coupled and not self.sampling.greedy
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -144,11 +158,12 @@ def draft_loop(draft: CausalLM, kv: RaggedKV, transcripts: Sequence, gammas: Seq
         live = [b for b in range(rows) if gammas[b] > step]
         logits = draft.forward(kv, feeds, [1 if gammas[b] > step else 0 for b in range(rows)])  # [len(live), V]
         tokens, q, qi, top = draw(logits)
+        host_tokens, host_top = torch.stack([tokens.double(), top.double()]).tolist()  # one transfer per step
         feeds = [[] for _ in range(rows)]
         for j, b in enumerate(live):
-            tok = int(tokens[j])
+            tok = int(host_tokens[j])
             out.tokens[b].append(tok)
-            out.confidence[b].append(float(top[j]))
+            out.confidence[b].append(host_top[j])
             if q is not None:
                 out.q_rows[b].append(q[j])
             if qi is not None:
@@ -201,9 +216,13 @@ def _texts(lm: CausalLM, results: list[GenerationResult]) -> list[GenerationResu
 # ---------------------------------------------------------------- AD
 
 
-def generate_ad(target: CausalLM, prompts: Sequence[Sequence[int]], cfg: GenerationConfig) -> list[GenerationResult]:
-    """Autoregressive decoding: one target forward per token, sampling from p = probs_from_logits(·, cfg.sampling)."""
+def generate_ad(target: CausalLM, prompts: Sequence[Sequence[int]], cfg: GenerationConfig, seeds: Optional[Sequence[int]] = None) -> list[GenerationResult]:
+    """Autoregressive decoding: one target forward per token, sampling from p = probs_from_logits(·, cfg.sampling).
+
+    `seeds` (coupled sampling only): one per sequence instead of cfg.seed for all.
+    """
     _check_prompts(prompts)
+    seeds = _seeds(cfg, seeds, len(prompts))
     start = time.perf_counter()
     gen = torch.Generator().manual_seed(cfg.seed)
     results = [GenerationResult("ad", list(p)) for p in prompts]
@@ -213,14 +232,18 @@ def generate_ad(target: CausalLM, prompts: Sequence[Sequence[int]], cfg: Generat
     while live:
         if cfg.sampling.greedy:
             tokens = greedy_tokens(logits)
+        elif cfg.is_coupled:
+            noise = noise_rows([seeds[b] for b in live], [len(prompts[b]) + len(results[b].token_ids) for b in live], logits.shape[-1], logits.device)
+            tokens = coupled_tokens(probs_from_logits(logits, cfg.sampling), noise)
         else:
             tokens = sample(probs_from_logits(logits, cfg.sampling), gen)
+        tokens = tokens.tolist()  # the one wait per step
         still = []
         for j, b in enumerate(live):
             results[b].num_rounds += 1
             if results[b].num_rounds == 1:
                 results[b].ttft_s = time.perf_counter() - start
-            if not _finish(results[b], [int(tokens[j])], cfg, target.eos_token_id):
+            if not _finish(results[b], [tokens[j]], cfg, target.eos_token_id):
                 still.append(b)
         live = still
         if live:
@@ -242,8 +265,10 @@ def generate_sd(
     cfg: GenerationConfig,
     gammas: Optional[Sequence[int]] = None,
     on_round: Optional[RoundHook] = None,
+    seeds: Optional[Sequence[int]] = None,
 ) -> list[GenerationResult]:
-    """Speculative decoding, lossless w.r.t. `cfg.sampling`; `gammas` overrides cfg.gamma per sequence.
+    """Speculative decoding, lossless w.r.t. `cfg.sampling`; `gammas` overrides cfg.gamma per sequence, `seeds`
+    cfg.seed per sequence (coupled sampling only).
 
     `on_round(sequence, gamma, accepted)` is called after every verified round of every sequence
     (γ as drafted that round, after the budget cap); it only observes.
@@ -253,6 +278,7 @@ def generate_sd(
     start = time.perf_counter()
     gen = torch.Generator().manual_seed(cfg.seed)
     bsz = len(prompts)
+    seeds = _seeds(cfg, seeds, bsz)
     base_gamma = list(gammas) if gammas is not None else [cfg.gamma] * bsz
     results = [GenerationResult("sd", list(p)) for p in prompts]
     for r, g in zip(results, base_gamma):
@@ -266,18 +292,27 @@ def generate_sd(
         round_gamma = [0] * bsz
         for b in live:
             round_gamma[b] = min(base_gamma[b], cfg.max_new_tokens - len(results[b].token_ids) - 1)
-        drafted = draft_blocks(draft, kv_d, transcripts, round_gamma, cfg.sampling, cfg.q_mode, cfg.q_top_k, gen)
-        # 3. verify every live block in one target forward
+        if cfg.is_coupled:
+            drafted = draft_blocks_coupled(draft, kv_d, transcripts, round_gamma, cfg.sampling, seeds)
+        else:
+            drafted = draft_blocks(draft, kv_d, transcripts, round_gamma, cfg.sampling, cfg.q_mode, cfg.q_top_k, gen)
+        # 3. verify every live block in one target forward (the draft checked before the forward is queued)
+        batch = drafted.batch(live)
+        validate_draft(batch, target.vocab_size)
         feeds = [[] for _ in range(bsz)]
         for b in live:
             feeds[b] = sync_row(target, kv_t, b, transcripts[b]) + drafted.blocks[b]
         logits = target.forward(kv_t, feeds, [round_gamma[b] + 1 if b in live else 0 for b in range(bsz)])
-        verdict = verify(logits, drafted.batch(live), cfg.sampling, gen)
+        if cfg.is_coupled:
+            verdict = _verify_coupled(logits, batch, cfg.sampling, [seeds[b] for b in live], [len(transcripts[b]) for b in live])
+        else:
+            verdict = verify_validated(logits, batch, cfg.sampling, gen)
+        accepted, next_tokens = torch.stack([verdict.num_accepted, verdict.next_tokens]).tolist()  # the one wait per round
         # 4. apply
         still = []
         for j, b in enumerate(live):
-            n = int(verdict.num_accepted[j])
-            emitted = drafted.blocks[b][:n] + [int(verdict.next_tokens[j])]
+            n = accepted[j]
+            emitted = drafted.blocks[b][:n] + [next_tokens[j]]
             _count_round(results[b], round_gamma[b], n)
             if on_round is not None:
                 on_round(b, round_gamma[b], n)
@@ -292,6 +327,30 @@ def generate_sd(
     for r in results:
         r.wall_s = wall
     return _texts(target, results)
+
+
+def draft_blocks_coupled(
+    draft: CausalLM, kv: RaggedKV, transcripts: Sequence[list[int]], gammas: Sequence[int], params: SamplingParams, seeds: Sequence[int]
+) -> DraftOutput:
+    """Draft γ_b tokens for every row b by Gumbel-max with row b's seed at its transcript positions (tokens only, no q)."""
+    draw = CoupledDraw(params, seeds, [len(t) for t in transcripts], gammas)
+    rows = draft_loop(draft, kv, transcripts, gammas, draw)
+    return DraftOutput(rows.tokens, "tokens", None, None, rows.confidence)
+
+
+def _verify_coupled(logits: torch.Tensor, batch: DraftBatch, params: SamplingParams, seeds: list[int], positions: list[int]):
+    """Coupled verification of the live blocks: logits [N + B, V], block i starting at transcript position positions[i]."""
+    validate_draft(batch, logits.shape[-1])
+    noise = block_noise(batch, seeds, positions, logits.shape[-1], logits.device)
+    return verify_coupled(probs_from_logits(logits, params), batch, noise)
+
+
+def _seeds(cfg: GenerationConfig, seeds: Optional[Sequence[int]], count: int) -> list[int]:
+    if seeds is None:
+        return [cfg.seed] * count
+    if len(seeds) != count:
+        raise ValueError(f"need one seed per prompt ({count}), got {len(seeds)}")
+    return [int(s) for s in seeds]
 
 
 def _count_round(result: GenerationResult, gamma: int, accepted: int) -> None:

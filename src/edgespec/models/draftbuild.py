@@ -23,7 +23,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig
 
-from edgespec.models.card import DTYPES, ModelCard, write_card
+from edgespec.models.card import ModelCard, write_card
+from edgespec.models.device import DTYPES
 
 __all__ = ["EMBED_KEY", "TOKENIZER_FILES", "assemble_draft", "layer_tensors"]
 

@@ -16,7 +16,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-__all__ = ["supports", "llama_hidden"]
+__all__ = ["supports", "llama_hidden", "attend"]
 
 
 def supports(model) -> bool:
@@ -73,6 +73,7 @@ def llama_hidden(model, ids: torch.Tensor, mask: Optional[torch.Tensor], positio
     scale = head_dim**-0.5
     x = F.embedding(ids, decoder.embed_tokens.weight)  # [B, n, H]
     cos, sin = _rope(decoder, positions, x.dtype)
+    attn_mask = mask
     for i, layer in enumerate(decoder.layers):
         # 1. attention block
         attn = layer.self_attn
@@ -82,14 +83,36 @@ def llama_hidden(model, ids: torch.Tensor, mask: Optional[torch.Tensor], positio
         v = _linear(attn.v_proj, h).view(bsz, n, -1, head_dim).transpose(1, 2)
         q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
         k, v = cache.update(k, v, i)  # [B, kv_heads, C + n, d]
-        attn_mask = mask if mask is not None else _causal_tail(n, k.shape[2], x.device)
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale, enable_gqa=groups > 1)
+        if attn_mask is None and i == 0:
+            attn_mask = _causal_tail(n, k.shape[2], x.device)  # the same for every layer
+        o = attend(q, k, v, attn_mask, scale, groups)
         x = x + _linear(attn.o_proj, o.transpose(1, 2).reshape(bsz, n, -1))
         # 2. MLP block
         mlp = layer.mlp
         h = _rms_norm(x, layer.post_attention_layernorm.weight, layer.post_attention_layernorm.variance_epsilon)
         x = x + _linear(mlp.down_proj, F.silu(_linear(mlp.gate_proj, h)) * _linear(mlp.up_proj, h))
     return _rms_norm(x, decoder.norm.weight, decoder.norm.variance_epsilon)
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor], scale: float, groups: int,
+           fold: Optional[bool] = None) -> torch.Tensor:
+    """Attention of q [B, heads, n, d] over k, v [B, kv_heads, C, d] (heads = groups × kv_heads) under a bool mask [.., n, C].
+
+    `fold` (default: on CUDA with grouped queries) runs grouped-query attention as plain attention over
+    the KV heads, each KV head's `groups` query heads stacked along the query axis: CUDA's fused kernels
+    take a mask but not `enable_gqa`, for which PyTorch falls back to its math kernel and copies K/V per
+    group. Same result either way (tests/models/test_fastpath.py checks it on the CPU).
+    """
+    fold = (q.is_cuda and groups > 1) if fold is None else fold and groups > 1
+    if not fold:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=groups > 1)
+    bsz, heads, n, d = q.shape
+    kv_heads = k.shape[1]
+    stacked = q.reshape(bsz, kv_heads, groups * n, d)  # head h = kv_head·groups + j -> row j·n + t of its KV head
+    if mask is not None:
+        mask = mask.reshape((1,) * (4 - mask.dim()) + tuple(mask.shape)).repeat(1, 1, groups, 1)  # [.., groups·n, C]
+    out = F.scaled_dot_product_attention(stacked, k, v, attn_mask=mask, scale=scale)
+    return out.reshape(bsz, heads, n, d)
 
 
 def _causal_tail(n: int, total: int, device) -> Optional[torch.Tensor]:

@@ -31,6 +31,7 @@ import torch
 
 from edgespec.bench.sd_vs_ad import prompt_ids
 from edgespec.models.decoder import GenerationConfig, generate_sd
+from edgespec.models.device import timed_s
 from edgespec.models.runtime import CausalLM, check_same_tokenizer
 from edgespec.plan.pairprofile import AcceptanceCurve, PairProfile, curve_from_rounds, setting_label
 from edgespec.plan.profile import Profile, StepTable
@@ -113,10 +114,8 @@ def _text_ids(lm: CausalLM, length: int) -> list[int]:
     return (stream * (length // len(stream) + 1))[:length]
 
 
-def _timed(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+def _timed(fn: Callable[[], object], device: torch.device) -> float:
+    return timed_s(fn, device)  # on a GPU: from an idle device to the end of the last kernel
 
 
 def _sweeps(cells: list, run_cell: Callable, grid: ProfileGrid, phase: str, progress: Progress) -> dict:
@@ -160,7 +159,7 @@ def _step_medians(lm: CausalLM, text: list[int], grid: ProfileGrid, tokens: Sequ
 
     def run_cell(b: int, n: int) -> float:
         kv = caches[b]
-        seconds = _timed(lambda: lm.forward(kv, [feed[:n]] * b))
+        seconds = _timed(lambda: lm.forward(kv, [feed[:n]] * b), lm.device)
         for row in range(b):
             lm.crop(kv, row, grid.context_tokens)
         return seconds
@@ -171,7 +170,7 @@ def _step_medians(lm: CausalLM, text: list[int], grid: ProfileGrid, tokens: Sequ
 def _prefill_medians(lm: CausalLM, text: list[int], grid: ProfileGrid, phase: str, progress: Progress) -> dict:
     def run_cell(b: int, p: int) -> float:
         kv = lm.new_kv(b)
-        return _timed(lambda: lm.prefill(kv, [text[:p]] * b))
+        return _timed(lambda: lm.prefill(kv, [text[:p]] * b), lm.device)
 
     return _sweeps(list(product(grid.prefill_batch_sizes, grid.prefill_tokens)), run_cell, grid, phase, progress)
 
@@ -212,9 +211,9 @@ def measure_step_profile(lm: CausalLM, grid: ProfileGrid, tokens: Sequence[int],
 
 def measure_acceptance(
     draft: CausalLM, target: CausalLM, setting: AcceptanceSetting, prompts: Sequence[Sequence[int]], grid: ProfileGrid,
-    progress: Progress,
+    progress: Progress, per_sequence: Optional[dict] = None,
 ) -> AcceptanceCurve:
-    """Static-γ SD of all prompts as one batch; the curve from every round's (γ, accepted)."""
+    """Static-γ SD of all prompts as one batch; the curve from every round's (γ, accepted) (also by prompt into `per_sequence`)."""
     cfg = GenerationConfig(
         max_new_tokens=grid.new_tokens, sampling=SamplingParams(temperature=setting.temperature), gamma=grid.max_gamma,
         q_mode=setting.q_mode, q_top_k=setting.top_k or 8, seed=grid.seed, stop_at_eos=False,
@@ -223,8 +222,10 @@ def measure_acceptance(
     emitted, total = [0], grid.new_tokens * len(prompts)
     phase = f"acceptance {setting.label()}"
 
-    def on_round(_sequence: int, gamma: int, accepted: int) -> None:
+    def on_round(sequence: int, gamma: int, accepted: int) -> None:
         rounds.append((gamma, accepted))
+        if per_sequence is not None:
+            per_sequence.setdefault(sequence, []).append((gamma, accepted))
         emitted[0] += accepted + 1
         progress(phase, min(emitted[0], total), total)
 

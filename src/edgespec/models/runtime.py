@@ -7,6 +7,14 @@ a row's keys and values are exactly those of its kept prefix wherever they sit i
 pass our own 4-D attention mask (causal on columns AND valid). Columns that no row uses are trimmed
 and heavily holed caches are compacted, so a single row (B = 1) never has holes and runs on
 transformers' plain causal path.
+
+Devices: the validity mask and the row lengths are bookkeeping and always live on the host; only
+keys/values and activations live on the model's device. Every decision (which path, what to crop,
+trim or compact) is taken from host tensors, and the host data a forward needs (ids, positions,
+validity, gather indices) is uploaded without a stream sync (`edgespec.models.device.upload`), so a
+forward on a GPU never waits for the GPU. With graphs on (`CausalLM.use_graphs`, the default on CUDA)
+the cache lives in a preallocated arena and decode/verify steps replay CUDA graphs
+(`edgespec.models.graphs`).
 """
 
 from __future__ import annotations
@@ -25,6 +33,8 @@ from edgespec.models import fastpath
 from edgespec.models.card import read_card
 from edgespec.models.gguf import GGUFError, resolve_model_dir
 from edgespec.models.subvocab import SubVocabHead
+from edgespec.models.device import resolve_device, resolve_dtype, upload
+from edgespec.models.graphs import GraphConfig, StaticCache
 
 __all__ = [
     "CausalLM", "RaggedKV", "ModelLoadError", "TokenizerMismatchError", "check_same_tokenizer",
@@ -47,9 +57,9 @@ class TokenizerMismatchError(ValueError):
 class RaggedKV:
     """KV cache of B sequences; `valid[b, c]` says whether column c holds a token of row b."""
 
-    cache: DynamicCache
-    valid: torch.Tensor  # [B, C] bool
-    lengths: torch.Tensor  # [B] int64, valid tokens per row (= next position id)
+    cache: DynamicCache  # or a `StaticCache` (graph mode): keys/values on the model's device
+    valid: torch.Tensor  # [B, C] bool, on the host
+    lengths: torch.Tensor  # [B] int64 on the host, valid tokens per row (= next position id)
 
     @property
     def batch_size(self) -> int:
@@ -96,15 +106,38 @@ class CausalLM:
         self.fast_path = self._plain_head and self._sdpa and fastpath.supports(model)
         # the KV cache's keyword: `cache` in newer transformers, `past_key_values` (deprecated there) before
         self._cache_kw = "cache" if "cache" in inspect.signature(type(self._decoder).forward).parameters else "past_key_values"
+        self.graphs: Optional[GraphConfig] = None  # see `use_graphs`
+        self._arenas: list = []
+
+    def use_graphs(self, cfg: Optional[GraphConfig]) -> None:
+        """Store caches made from now on in KV arenas and run decode/verify steps as captured CUDA graphs (None: off).
+
+        `GraphConfig(capture=False)` runs the same static steps eagerly (any device). Needs the lean
+        Llama forward; capture needs a CUDA device.
+        """
+        if cfg is not None and not self.fast_path:
+            raise ValueError("CUDA graphs need a plain Llama model (the lean forward); this model runs transformers' forward")
+        if cfg is not None and cfg.capture and self.device.type != "cuda":
+            raise ValueError(f"CUDA graphs need a CUDA device, the model is on {self.device}")
+        self.graphs, self._arenas = cfg, []
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def load(cls, path: str | Path, device: str | torch.device = "cpu", dtype: Optional[torch.dtype] = None) -> "CausalLM":
+    def load(
+        cls, path: str | Path, device: str | torch.device = "cpu", dtype: Optional[str | torch.dtype] = None,
+        cuda_graphs: Optional[bool] = None,
+    ) -> "CausalLM":
         """Load weights (safetensors), config and tokenizer from a local directory; never touches a hub.
 
         `path` may also be a GGUF file or a directory holding one (converted once and cached: `edgespec.models.gguf`).
-        dtype None: the directory's `edgespec.json` choice on a CPU, else float32 (`edgespec.models.card`).
+        `device` "cpu" | "cuda" | "cuda:N" and `dtype` "float32" | "bfloat16" | "float16" are checked first
+        (`DeviceError`, a ValueError, when unusable); dtype None: the directory's `edgespec.json` choice on a CPU,
+        else float32 (`edgespec.models.card`). `cuda_graphs` (default: on for CUDA) captures the decode and verify
+        steps as CUDA graphs where the model runs the lean forward.
         """
+        device, dtype = resolve_device(device), (None if dtype is None else resolve_dtype(dtype))
+        if cuda_graphs and device.type != "cuda":
+            raise ValueError("CUDA graphs need a CUDA device")
         path = _resolve(path)
         if not path.is_dir():
             raise ModelLoadError(f"model directory not found: {path}")
@@ -122,7 +155,13 @@ class CausalLM:
         lm = cls(model.to(device), tokenizer, path)
         if card.head_token_ids is not None:
             lm._lm_head = SubVocabHead(lm._lm_head.weight, torch.tensor(card.head_token_ids))
+        lm.default_graphs(cuda_graphs)
         return lm
+
+    def default_graphs(self, cuda_graphs: Optional[bool] = None) -> None:
+        """Graphs as `load` sets them: CUDA graphs on a CUDA device unless `cuda_graphs` is False (only on the lean forward)."""
+        if (self.device.type == "cuda" if cuda_graphs is None else cuda_graphs) and self.fast_path:
+            self.use_graphs(GraphConfig())
 
     @property
     def eos_token_id(self) -> Optional[int]:
@@ -140,11 +179,22 @@ class CausalLM:
 
     # ------------------------------------------------------------------ KV cache
     def new_kv(self, batch_size: int) -> RaggedKV:
+        cache = self._arena_cache(batch_size) if self.graphs is not None else None
         return RaggedKV(
-            cache=DynamicCache(config=self.config),
-            valid=torch.zeros(batch_size, 0, dtype=torch.bool, device=self.device),
-            lengths=torch.zeros(batch_size, dtype=torch.long, device=self.device),
+            cache=cache if cache is not None else DynamicCache(config=self.config),
+            valid=torch.zeros(batch_size, 0, dtype=torch.bool),
+            lengths=torch.zeros(batch_size, dtype=torch.long),
         )
+
+    def _arena_cache(self, batch_size: int) -> Optional[StaticCache]:
+        """A cache in a free arena (made if fewer than `max_arenas` exist); None when every arena is in use."""
+        from edgespec.models.graphs import Arena
+
+        arena = next((a for a in self._arenas if a.free), None)
+        if arena is None and len(self._arenas) < self.graphs.max_arenas:
+            arena = Arena(self.model, self.graphs, self.device, self.dtype)
+            self._arenas.append(arena)
+        return arena.bind(batch_size) if arena is not None else None
 
     @torch.inference_mode()
     def crop(self, kv: RaggedKV, row: int, keep_tokens: int) -> None:
@@ -177,17 +227,17 @@ class CausalLM:
     def _compact(self, kv: RaggedKV) -> None:
         """Move each row's valid columns to the front, in order; keys/values are gathered, not recomputed."""
         width = int(kv.lengths.max())
-        order = torch.sort((~kv.valid).to(torch.int8), dim=1, stable=True).indices[:, :width]  # [B, W]
+        order = upload(torch.sort((~kv.valid).to(torch.int8), dim=1, stable=True).indices[:, :width], self.device)  # [B, W]
         for layer in _layers(kv.cache):
             idx = order[:, None, :, None].expand(-1, layer.keys.shape[1], -1, layer.keys.shape[-1])
             layer.keys, layer.values = layer.keys.gather(2, idx), layer.values.gather(2, idx)
-        kv.valid = torch.arange(width, device=kv.valid.device)[None, :] < kv.lengths[:, None]
+        kv.valid = torch.arange(width)[None, :] < kv.lengths[:, None]
 
     # ------------------------------------------------------------------ forward
     def _mask(self, kv: RaggedKV, new_valid: torch.Tensor) -> torch.Tensor:
-        """[B, 1, n, C + n] mask: causal over columns AND valid; each new column also sees itself (no empty rows)."""
+        """[B, 1, n, C + n] mask on the device: causal over columns AND valid; each new column also sees itself (no empty rows)."""
         past, n = kv.columns, new_valid.shape[1]
-        valid = torch.cat([kv.valid, new_valid], dim=1)  # [B, C + n]
+        valid = upload(torch.cat([kv.valid, new_valid], dim=1), self.device)  # [B, C + n]
         cols = torch.arange(past + n, device=self.device)
         q_cols = past + torch.arange(n, device=self.device)
         causal = cols[None, :] <= q_cols[:, None]  # [n, C + n]
@@ -211,40 +261,77 @@ class CausalLM:
             raise ValueError("last_n must be between 0 and the number of appended tokens of each row")
         width = max(counts)
         if width == 0:
-            return torch.zeros(0, self.vocab_size)
+            return torch.zeros(0, self.vocab_size, device=self.device)
+        if self._graph_step_fits(kv, width):
+            return self._forward_graph(kv, new_tokens, counts, last_n, width)
         if len(set(counts)) == 1 and len(set(last_n)) == 1 and bool(kv.valid.all()):
             return self._forward_plain(kv, new_tokens, width, last_n[0])
         return self._forward_ragged(kv, new_tokens, counts, last_n, width)
 
     def _forward_plain(self, kv: RaggedKV, new_tokens, n: int, m: int) -> torch.Tensor:
         """Every row appends n tokens to a hole-free cache: transformers' own causal path, no mask."""
-        ids = torch.tensor([list(t) for t in new_tokens], dtype=torch.long, device=self.device)  # [B, n]
-        positions = kv.lengths[:, None] + torch.arange(n, device=self.device)[None, :] if self.fast_path else None
+        ids = upload(torch.tensor([list(t) for t in new_tokens], dtype=torch.long), self.device)  # [B, n]
+        positions = upload(kv.lengths[:, None] + torch.arange(n)[None, :], self.device) if self.fast_path else None
         hidden = self._hidden(ids, None, positions, kv.cache)  # [B, n, H]
-        kv.valid = torch.ones(kv.batch_size, kv.columns + n, dtype=torch.bool, device=self.device)
+        kv.valid = torch.ones(kv.batch_size, kv.columns + n, dtype=torch.bool)
         kv.lengths = kv.lengths + n
         selected = hidden[:, n - m :].reshape(kv.batch_size * m, hidden.shape[-1])
         return (self._lm_head(selected) if self._plain_head else selected).float()
 
     def _forward_ragged(self, kv: RaggedKV, new_tokens, counts: list[int], last_n: list[int], width: int) -> torch.Tensor:
-        # 1. right-padded input, per-row positions and validity of the new columns
-        ids = torch.tensor([list(t) + [0] * (width - len(t)) for t in new_tokens], dtype=torch.long, device=self.device)
-        count_t = torch.tensor(counts, device=self.device)
-        new_valid = torch.arange(width, device=self.device)[None, :] < count_t[:, None]  # [B, n]
-        positions = kv.lengths[:, None] + torch.arange(width, device=self.device)[None, :]
+        # 1. right-padded input, per-row positions and validity of the new columns (host)
+        ids = _padded(new_tokens, width)  # [B, n]
+        count_t = torch.tensor(counts)
+        new_valid = torch.arange(width)[None, :] < count_t[:, None]  # [B, n]
+        positions = kv.lengths[:, None] + torch.arange(width)[None, :]
         # 2. one forward under our own mask
-        hidden = self._hidden(ids, self._mask(kv, new_valid), positions, kv.cache)  # [B, n, H]
+        mask = self._mask(kv, new_valid)
+        hidden = self._hidden(upload(ids, self.device), mask, upload(positions, self.device), kv.cache)  # [B, n, H]
         # 3. bookkeeping: validity and lengths; drop columns nobody uses
         kv.valid = torch.cat([kv.valid, new_valid], dim=1)
         kv.lengths = kv.lengths + count_t
         # 4. logits only where asked
-        rows = torch.repeat_interleave(torch.arange(kv.batch_size), torch.tensor(last_n))
-        cols = torch.cat([torch.arange(c - m, c) for c, m in zip(counts, last_n)])
-        logits = self._logits(hidden, rows.to(self.device), cols.to(self.device))
+        logits = self._logits(hidden, *_asked(counts, last_n, self.device))
+        self._trim(kv)
+        return logits
+
+    def _graph_step_fits(self, kv: RaggedKV, width: int) -> bool:
+        """Graph mode, a cache in an arena, a decode/verify-sized step and a batch within the buckets."""
+        cfg = self.graphs
+        return (cfg is not None and isinstance(kv.cache, StaticCache) and width <= cfg.max_width
+                and cfg.batch_bucket(kv.batch_size) is not None)
+
+    def _forward_graph(self, kv: RaggedKV, new_tokens, counts: list[int], last_n: list[int], width: int) -> torch.Tensor:
+        """The step as its bucket's static step (a CUDA graph replay when capturing); same results as `_forward_ragged`."""
+        from edgespec.models.graphs import StepInputs
+
+        cfg, cache = self.graphs, kv.cache
+        bsz, past = kv.batch_size, kv.columns
+        rows, cols = cfg.batch_bucket(bsz), cfg.column_bucket(past + width)
+        cache.arena.reserve(rows, cols)
+        # 1. host inputs padded to the bucket: padded rows hold no valid column, so they see only themselves
+        count_t = torch.tensor(counts)
+        new_valid = torch.arange(width)[None, :] < count_t[:, None]  # [B, n]
+        ids = torch.zeros(rows, width, dtype=torch.long)
+        ids[:bsz] = _padded(new_tokens, width)
+        positions = torch.arange(width).repeat(rows, 1)
+        positions[:bsz] += kv.lengths[:, None]
+        valid = torch.zeros(rows, cols, dtype=torch.bool)
+        valid[:bsz, :past] = kv.valid
+        valid[:bsz, past : past + width] = new_valid
+        # 2. the step: keys/values written at columns past..past+width-1 of the arena
+        step = cache.arena.step(rows, width, cols)
+        hidden = step.run(StepInputs(ids, positions, valid, past + torch.arange(width)))  # [rows, n, H]
+        # 3. bookkeeping, then logits where asked (the output head runs eagerly, as in the other paths)
+        cache.set_columns(past + width)
+        kv.valid = torch.cat([kv.valid, new_valid], dim=1)
+        kv.lengths = kv.lengths + count_t
+        logits = self._logits(hidden, *_asked(counts, last_n, self.device))
         self._trim(kv)
         return logits
 
     def _hidden(self, ids, mask, positions, cache) -> torch.Tensor:
+        """Final hidden states [B, n, H] (logits where the head is not plain); all inputs on the device."""
         if self.fast_path:
             return fastpath.llama_hidden(self.model, ids, mask, positions, cache)
         kwargs = {"input_ids": ids, "attention_mask": mask, "position_ids": positions, self._cache_kw: cache, "use_cache": True}
@@ -268,12 +355,26 @@ class CausalLM:
         return self.forward(kv, [[t] for t in tokens])
 
 
+def _padded(new_tokens: Sequence[Sequence[int]], width: int) -> torch.Tensor:
+    """Token lists right-padded with 0 to `width`: [B, width] int64 on the host."""
+    return torch.tensor([list(t) + [0] * (width - len(t)) for t in new_tokens], dtype=torch.long)
+
+
+def _asked(counts: list[int], last_n: list[int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row, column) of every position whose logits were asked for, rows in batch order, on the device."""
+    rows = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(last_n))
+    cols = torch.cat([torch.arange(c - m, c) for c, m in zip(counts, last_n)])
+    return upload(rows, device), upload(cols, device)
+
+
 # ---------------------------------------------------------------------- row surgery
 # A `RaggedKV` with one row per session slot: grow or shrink the rows, take a subset out and put it
 # back. Keys and values are gathered, never recomputed, so a row's cache stays exactly that of its
-# prefix; columns a row does not use are masked by `valid`, whatever they hold.
+# prefix; columns a row does not use are masked by `valid`, whatever they hold. Like the forwards, they
+# run in inference mode: an arena's buffers are written in place, and are inference tensors.
 
 
+@torch.inference_mode()
 def drop_unused_columns(kv: RaggedKV) -> RaggedKV:
     """Drop trailing columns that no row uses."""
     used = kv.valid.any(dim=0).nonzero()
@@ -290,11 +391,17 @@ def _from_tensors(lm: CausalLM, keys: list[torch.Tensor], values: list[torch.Ten
     return RaggedKV(cache=cache, valid=valid, lengths=lengths)
 
 
+@torch.inference_mode()
 def resize_rows(lm: CausalLM, kv: RaggedKV, rows: int) -> RaggedKV:
     """`kv` with `rows` rows: new rows are empty; dropped rows (trailing) must hold no tokens."""
     old = kv.batch_size
     if rows < old and int(kv.lengths[rows:].sum()):
         raise ValueError("cannot drop rows that still hold tokens")
+    if isinstance(kv.cache, StaticCache):  # the arena keeps its buffers: only the row count changes
+        kv.cache.set_rows(rows)
+        kv.valid = torch.cat([kv.valid, kv.valid.new_zeros((max(0, rows - old), kv.columns))], dim=0)[:rows].contiguous()
+        kv.lengths = torch.cat([kv.lengths, kv.lengths.new_zeros(max(0, rows - old))], dim=0)[:rows].contiguous()
+        return kv
     layers = _layers(kv.cache)
     if rows == 0 or not layers:  # nothing cached (columns appear only with the tensors of a forward)
         return lm.new_kv(rows)
@@ -312,21 +419,25 @@ def resize_rows(lm: CausalLM, kv: RaggedKV, rows: int) -> RaggedKV:
     return kv
 
 
+@torch.inference_mode()
 def take_rows(lm: CausalLM, kv: RaggedKV, rows: Sequence[int]) -> RaggedKV:
     """A new cache holding copies of `rows` (in that order); `kv` is unchanged."""
-    idx = torch.tensor(list(rows), dtype=torch.long, device=kv.valid.device)
+    idx = torch.tensor(list(rows), dtype=torch.long)
+    dev_idx = upload(idx, lm.device)
     layers = _layers(kv.cache)
-    keys = [layer.keys.index_select(0, idx) for layer in layers]
-    values = [layer.values.index_select(0, idx) for layer in layers]
+    keys = [layer.keys.index_select(0, dev_idx) for layer in layers]
+    values = [layer.values.index_select(0, dev_idx) for layer in layers]
     return _from_tensors(lm, keys, values, kv.valid.index_select(0, idx), kv.lengths.index_select(0, idx))
 
 
+@torch.inference_mode()
 def put_rows(lm: CausalLM, kv: RaggedKV, sub: RaggedKV, rows: Sequence[int]) -> RaggedKV:
     """`kv` with `rows` replaced by the rows of `sub` (as `take_rows` took them, then extended); columns are padded to fit both."""
-    idx = torch.tensor(list(rows), dtype=torch.long, device=kv.valid.device)
+    idx = torch.tensor(list(rows), dtype=torch.long)
+    dev_idx = upload(idx, lm.device)
     width = max(kv.columns, sub.columns)
     sub_layers, main_layers = _layers(sub.cache), _layers(kv.cache)
-    valid = torch.zeros(kv.batch_size, width, dtype=torch.bool, device=kv.valid.device)
+    valid = torch.zeros(kv.batch_size, width, dtype=torch.bool)
     valid[:, : kv.columns] = kv.valid
     valid[idx] = False
     valid[idx, : sub.columns] = sub.valid
@@ -335,6 +446,14 @@ def put_rows(lm: CausalLM, kv: RaggedKV, sub: RaggedKV, rows: Sequence[int]) -> 
     if not sub_layers:  # nothing was ever computed
         kv.valid, kv.lengths = valid, lengths
         return kv
+    if isinstance(kv.cache, StaticCache):  # write the rows into the arena in place
+        kv.cache.arena.reserve(kv.batch_size, width)
+        for main, s in zip(main_layers, sub_layers):
+            main.cols = width  # columns the other rows lack are masked by `valid`
+            main.keys[dev_idx, :, : sub.columns] = s.keys
+            main.values[dev_idx, :, : sub.columns] = s.values
+        kv.valid, kv.lengths = valid, lengths
+        return drop_unused_columns(kv)
     keys, values = [], []
     for j, s in enumerate(sub_layers):
         shape = (kv.batch_size, s.keys.shape[1], width, s.keys.shape[3])
@@ -343,7 +462,7 @@ def put_rows(lm: CausalLM, kv: RaggedKV, sub: RaggedKV, rows: Sequence[int]) -> 
             if main_layers:
                 main = getattr(main_layers[j], name)
                 merged[:, :, : main.shape[2]] = main
-            merged[idx, :, : sub.columns] = getattr(s, name)
+            merged[dev_idx, :, : sub.columns] = getattr(s, name)
             out.append(merged)
     if main_layers:
         for layer, k, v in zip(main_layers, keys, values):

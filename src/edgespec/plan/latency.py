@@ -25,18 +25,29 @@ is listed in docs/planner.md and marked A1…A12 here):
   draft and target prefills run in parallel, prefill = max(draft prefill, forward + target prefill).
 - A8 Batches run one after another in plan order; batch m starts when the previous one has ended
   and all its prompts have been uploaded. A task completes when its batch completes.
+- A13 Serving terms (a serving profile, `ServingSystem.serving`; each measured, each zero changes nothing):
+  forwards as the serving processes run them (their tables replace the nodes' step times); per round, the
+  drafter node's and the wire's framework time (per sequence, on the draft stage) and the verifier's
+  (per batch, on the verify stage); the session open as a round trip of its own (the prompt goes up with
+  the open, the first block leaves when `session opened` is back), plus its measured handling; the user's
+  HTTP request; the target's prefill in the first verification (not beside the draft prefill).
+- A14 Several drafter nodes (`node_latencies`): devices that share CPU cores share them by processor sharing,
+  each capped by its quota, starting their passes when their verdicts arrive (`shared_core_durations_s`); the
+  number of rounds is random (`rounds_distribution`), which gives the p90 as well as the mean.
+- A15 The shared verifier (`verifier_queue`): one session per node in closed loop; a batch takes in the drafts
+  that arrived during the last one (Poisson), a draft waits for the rest of the batch it finds running.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from edgespec.plan.profile import profile_prefill_time_s, profile_step_time_s
-from edgespec.plan.scenario import ModelShape, NodeSpec, ServingSystem, SpecConfig, Task
+from edgespec.plan.scenario import LinkSpec, ModelShape, NodeSpec, ServingSystem, SpecConfig, Task
 
 __all__ = [
     "param_count",
@@ -50,6 +61,8 @@ __all__ = [
     "expected_tokens",
     "rounds_needed",
     "RoundTimes",
+    "draft_step_s",
+    "verify_step_s",
     "round_times",
     "serve_time_s",
     "batch_prefill_s",
@@ -63,6 +76,13 @@ __all__ = [
     "BatchTiming",
     "PlanLatency",
     "evaluate_plan",
+    "rounds_distribution",
+    "shared_core_durations_s",
+    "DeviceNode",
+    "NodeLatency",
+    "VerifierQueue",
+    "verifier_queue",
+    "node_latencies",
 ]
 
 
@@ -163,16 +183,33 @@ class RoundTimes:
     downlink_s: Any
 
 
+def draft_step_s(system: ServingSystem, group_size: Any, context_tokens: Any) -> np.ndarray:
+    """One draft step of a group: the serving profile's pass per drafted token when there is one (A13), else the drafter's."""
+    if system.serving is not None:
+        return profile_step_time_s(system.serving.draft_step, group_size, 1)
+    return step_time_s(system.drafter, group_size, 1, context_tokens)
+
+
+def verify_step_s(system: ServingSystem, group_size: Any, new_tokens: Any, context_tokens: Any) -> np.ndarray:
+    """One verification of a group: the serving process's forwards plus its framework time per batch (A13), else the verifier's step."""
+    sv = system.serving
+    if sv is not None:
+        return profile_step_time_s(sv.target_forward, group_size, new_tokens) + sv.verifier_framework.at(group_size)
+    return step_time_s(system.verifier, group_size, new_tokens, context_tokens)
+
+
 def round_times(system: ServingSystem, group_size: Any, gamma: Any, context_tokens: Any) -> RoundTimes:
-    """Draft, draft-transfer, verify and verdict-downlink times of one round for a group (A4, A6 for γ = 0)."""
+    """Draft, draft-transfer, verify and verdict-downlink times of one round for a group (A4, A6 for γ = 0, A13)."""
     g = np.asarray(group_size, dtype=float)
     gam = np.asarray(gamma, dtype=float)
     link, spec = system.link, system.speculation
     sd = gam > 0
-    draft = gam * step_time_s(system.drafter, g, 1, context_tokens)
+    draft = gam * draft_step_s(system, g, context_tokens)
+    if system.serving is not None:  # the drafter node's and the wire's time per round and sequence (A13)
+        draft = draft + np.where(sd, g * system.serving.drafter_framework.at(g), 0.0)
     payload_bytes = g * gam * draft_bytes_per_token(spec, system.verifier.model.vocab) + spec.message_overhead_bytes
     transfer = np.where(sd, link.latency_s + 8.0 * payload_bytes / link.uplink_bps, 0.0)
-    verify = step_time_s(system.verifier, g, gam + 1.0, context_tokens)
+    verify = verify_step_s(system, g, gam + 1.0, context_tokens)
     verdict_bytes = g * spec.verdict_bytes + spec.message_overhead_bytes
     downlink = link.latency_s + 8.0 * verdict_bytes / link.downlink_bps + 0.0 * g
     return RoundTimes(draft, transfer, verify, downlink)
@@ -195,12 +232,24 @@ def serve_time_s(rt: RoundTimes, rounds: Any, gamma: Any, pipelined: Any) -> np.
 
 
 def batch_prefill_s(system: ServingSystem, batch_size: Any, max_input: Any, sum_input: Any, gamma: Any) -> np.ndarray:
-    """Prefill of a batch (A7): forward prompts and prefill the target, in parallel with the draft prefill (SD only)."""
+    """Prefill of a batch (A7): forward prompts and prefill the target, in parallel with the draft prefill (SD only).
+
+    With serving terms (A13): the user's HTTP request, then the later of the draft prefill and the open's
+    round trip less the first round's draft (the first block waits for `session opened`), then the target's
+    prefill in the serving process (it runs in the first verification).
+    """
     link, spec = system.link, system.speculation
     forward = link.latency_s + 8.0 * (np.asarray(sum_input, dtype=float) * spec.id_bytes + spec.message_overhead_bytes) / link.uplink_bps
-    target = forward + prefill_time_s(system.verifier, batch_size, max_input)
     draft = prefill_time_s(system.drafter, batch_size, max_input)
-    return np.where(np.asarray(gamma) > 0, np.maximum(draft, target), target)
+    sv = system.serving
+    if sv is None:
+        target = forward + prefill_time_s(system.verifier, batch_size, max_input)
+        return np.where(np.asarray(gamma) > 0, np.maximum(draft, target), target)
+    opened = forward + sv.open_s + link.latency_s + 8.0 * (spec.verdict_bytes + spec.message_overhead_bytes) / link.downlink_bps
+    first_draft = round_times(system, batch_size, gamma, max_input).draft_s
+    target = profile_prefill_time_s(sv.target_forward, batch_size, max_input)
+    sd = np.maximum(draft, opened - first_draft) + target
+    return sv.request_s + np.where(np.asarray(gamma) > 0, sd, opened + target)
 
 
 def batch_cost_s(
@@ -396,3 +445,173 @@ def _task_breakdown(upload: float, queue: float, d: BatchBreakdown, end: float) 
         pipeline_stall_s=d.pipeline_stall_s,
         total_s=end,
     )
+
+
+# ----------------------------------------------------------------------------- several drafter nodes (A14)
+
+
+def rounds_distribution(output_tokens: int, per_position: Sequence[float], gamma: int) -> np.ndarray:
+    """P(R = r) for r = 0..output_tokens: rounds one sequence needs to emit `output_tokens` tokens.
+
+    Per round, draft position i is accepted with a_i given 1..i−1 were (`per_position`, the last value
+    repeating), the round emits accepted + 1 tokens, and γ is capped at the tokens left − 1 (as the drafter
+    node does), so the last rounds draft less. Exact under independent rounds (a dynamic programme).
+    """
+    curve = list(per_position) or [0.0]
+    a = [curve[min(i, len(curve) - 1)] for i in range(max(gamma, 0))]
+    dist = [np.zeros(output_tokens + 1) for _ in range(output_tokens + 1)]  # dist[t][r]: from t tokens emitted
+    dist[output_tokens][0] = 1.0
+    for t in range(output_tokens - 1, -1, -1):
+        g = max(0, min(gamma, output_tokens - t - 1))
+        survive = 1.0
+        for k in range(g + 1):  # k draft tokens accepted, then the first rejection (or all g accepted)
+            p_k = survive * (1.0 - a[k]) if k < g else survive
+            if p_k > 0:
+                dist[t][1:] += p_k * dist[min(output_tokens, t + k + 1)][:-1]
+            if k < g:
+                survive *= a[k]
+    return dist[0]
+
+
+def shared_core_durations_s(starts_s: Sequence[float], work_s: Sequence[float], caps: Sequence[float], cores: float = 1.0,
+                            efficiency: float = 1.0) -> np.ndarray:
+    """How long each job takes when jobs share `cores` CPU cores by processor sharing (A14).
+
+    Job i starts at `starts_s[i]` with `work_s[i]` seconds of one whole core's work and runs at most at `caps[i]`
+    cores (a CPU quota); while more jobs run than there are cores the capacity is `cores · efficiency`, shared
+    equally with what a capped job leaves going to the others (water-filling). One job alone takes work/cap.
+    """
+    from edgespec.sim.cores import share_rates  # the simulator's rule, the same arithmetic
+
+    n = len(starts_s)
+    remaining = [max(float(w), 0.0) for w in work_s]
+    end = [math.nan] * n
+    pending = sorted(range(n), key=lambda i: starts_s[i])
+    running: list[int] = []
+    now = float(starts_s[pending[0]]) if n else 0.0
+    while pending or running:
+        while pending and starts_s[pending[0]] <= now + 1e-15:
+            running.append(pending.pop(0))
+        if not running:
+            now = float(starts_s[pending[0]])
+            continue
+        capacity = cores * (efficiency if len(running) > cores else 1.0)
+        rates = share_rates([float(caps[i]) for i in running], capacity)
+        to_end = min(remaining[i] / r for i, r in zip(running, rates))
+        to_start = float(starts_s[pending[0]]) - now if pending else math.inf
+        step = min(to_end, to_start)
+        for i, r in zip(running, rates):
+            remaining[i] -= r * step
+        now += step
+        for i in [i for i in running if remaining[i] <= 1e-12 * max(1.0, work_s[i])]:
+            end[i] = now
+            running.remove(i)
+    return np.asarray(end) - np.asarray(starts_s, dtype=float)
+
+
+@dataclass(frozen=True)
+class DeviceNode:
+    """One drafter node of several: its name, its link to the verifier and its device's slowdown (a CPU quota on shared cores)."""
+
+    name: str
+    link: LinkSpec
+    slowdown: float = 1.0
+
+
+@dataclass(frozen=True)
+class NodeLatency:
+    """One node's predicted request latency (mean and a quantile), TTFT, and what a round costs there."""
+
+    name: str
+    mean_latency_s: float
+    quantile_latency_s: float
+    ttft_s: float
+    round_s: float
+    draft_s: float
+    verify_s: float
+    rounds_mean: float
+    rounds_quantile: float
+
+
+@dataclass(frozen=True)
+class VerifierQueue:
+    """A15: the shared verifier in steady state — mean batch, batch time, utilisation, and a draft's wait before its batch."""
+
+    batch: float
+    batch_s: float
+    utilisation: float
+    wait_s: float
+
+
+def verifier_queue(cycle_s: Sequence[float], batch_s: Callable[[float, float, float], float]) -> VerifierQueue:
+    """A15: one verifier serving one session of each node in closed loop (a fixed point, no constant fitted).
+
+    Node i's draft comes back every `cycle_s[i]` (its round outside the verifier) + wait + batch time, so drafts
+    arrive at λ = Σ 1/round_i; a batch takes in the drafts that arrived during the last one, about Poisson(a = λ·v)
+    of them, so its mean size is b = E[max(1, N)] = a + e^(−a); the verifier is busy U = λ·v/b of the time, and a
+    draft waits on average for the rest of the batch it finds running, U·v/2. `batch_s(b, a, U)` is the time of a
+    batch of b drafts during which a drafts arrive, back to back a fraction U of the time.
+    """
+    b, a, u, wait = 1.0, 0.0, 0.0, 0.0
+    v = batch_s(1.0, 0.0, 0.0)
+    for _ in range(500):
+        lam = sum(1.0 / (c + wait + v) for c in cycle_s)
+        a = lam * v
+        b = a + math.exp(-a)
+        u = min(1.0, a / b)
+        v_new = batch_s(b, a, u)
+        wait_new = u * v_new / 2.0
+        if abs(v_new - v) < 1e-9 and abs(wait_new - wait) < 1e-9:
+            break
+        v, wait = 0.5 * (v + v_new), 0.5 * (wait + wait_new)
+    return VerifierQueue(b, v, u, wait)
+
+
+def node_latencies(system: ServingSystem, nodes: Sequence[DeviceNode], *, input_tokens: int, output_tokens: int, gamma: int,
+                   per_position: Sequence[float], device_cores: int = 0, quantile: float = 0.9,
+                   per_prompt: Sequence[Sequence[float]] = ()) -> dict[str, NodeLatency]:
+    """The latency model per drafter node when several share one verifier (A14, A15 with A7 and A13 per node).
+
+    Node i's round is its draft (γ steps, plus the serving framework time; on shared cores the processor-sharing
+    duration of that work, started when its verdict arrives, next to the device work off its path, else the work ×
+    its slowdown), its upload, the wait for the verifier and the verification of the verifier's mean batch (A15),
+    and its downlink. Its first round adds the prefill (A7/A13); a request of R rounds takes first round + (R − 1)
+    rounds, R from `rounds_distribution` — of `per_position`, or the mixture over `per_prompt` (single prompts'
+    measured curves: a request's prompt is one of them, equally likely).
+    """
+    n, ctx = len(nodes), input_tokens + output_tokens / 2.0
+    sv = system.serving
+    systems = [replace(system, link=d.link) for d in nodes]
+    times = [round_times(s, 1, gamma, ctx) for s in systems]
+    work = [float(t.draft_s) for t in times]  # one device's draft stage at a whole core
+    if device_cores > 0:  # each node's draft work, and the device work off its path, from its verdict's arrival
+        caps = [sv.quota_cap(d.slowdown) if sv is not None else 1.0 / d.slowdown for d in nodes]
+        efficiency = sv.core_efficiency(n) if sv is not None else 1.0
+        starts = [float(t.downlink_s) for t in times]
+        background = [sv.drafter_background_s if sv is not None else 0.0] * n
+        draft = shared_core_durations_s(starts + starts, work + background, caps + caps, device_cores, efficiency)[:n]
+    else:
+        draft = np.array([w * d.slowdown for w, d in zip(work, nodes)])
+
+    def batch_s(b: float, arrivals: float, busy: float) -> float:
+        cost = float(verify_step_s(system, b, gamma + 1, ctx))
+        if sv is not None:  # drafts arriving and verdicts leaving during the batch (A13)
+            cost += sv.overlap_s * arrivals + sv.verdict_overlap_s * b * busy
+        return cost
+
+    queue = verifier_queue([float(dr) + float(t.transfer_s) + float(t.downlink_s) for dr, t in zip(draft, times)], batch_s)
+    verify = queue.wait_s + queue.batch_s
+    curves = list(per_prompt) or [per_position]
+    dist = sum(rounds_distribution(output_tokens, c, gamma) for c in curves) / len(curves)
+    r_mean = float(np.dot(np.arange(len(dist)), dist))
+    r_q = float(np.searchsorted(np.cumsum(dist), quantile - 1e-12))
+    out = {}
+    for d, s, t, dr in zip(nodes, systems, times, draft):
+        round_s = float(dr) + float(t.transfer_s) + verify + float(t.downlink_s)
+        prefill = float(batch_prefill_s(s, 1, input_tokens, input_tokens, gamma))
+        if sv is None:  # the model's draft prefill runs on the device: the same slowdown as its draft
+            prefill = max(prefill, float(prefill_time_s(s.drafter, 1, input_tokens)) * d.slowdown)
+        first = prefill + round_s
+        out[d.name] = NodeLatency(d.name, first + (r_mean - 1) * round_s, first + (r_q - 1) * round_s, first, round_s, float(dr),
+                                  verify, r_mean, r_q)
+    return out

@@ -17,7 +17,13 @@ Format (``"format": "edgespec-pair-profile/1"``), documented in docs/profile.md:
 a_i = P(draft token i accepted | tokens 1..i-1 accepted), estimated over the rounds that drafted
 position i; `alpha` is Leviathan's i.i.d. acceptance fitted to the same rounds' tokens per round.
 `top_k` is present only for the "topk" q-mode; temperature 0 means greedy, where the q encoding
-does not matter (greedy verification compares tokens only).
+does not matter (greedy verification compares tokens only). A curve may say the answer length it was
+measured on (`answer_tokens`); one setting may then have a curve per length; and the same estimate for each
+prompt alone (`per_prompt`), which says how acceptance spreads across requests.
+
+``"format": "edgespec-pair-profile/2"`` (`edgespec profile --serving`) adds a required `serving` object:
+what the serving nodes cost beyond bare forwards (`edgespec.plan.servingprofile`). Both versions load;
+`PairProfile.serving` is None for /1.
 """
 
 from __future__ import annotations
@@ -28,12 +34,14 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from edgespec.plan.profile import (
-    Profile, ProfileError, check_format, profile_from_dict, profile_to_dict, read_json, write_json,
+    Profile, ProfileError, profile_from_dict, profile_to_dict, read_json, write_json,
 )
+from edgespec.plan.servingprofile import SERVING_FORMAT, ServingProfile, serving_profile_from_dict, serving_profile_to_dict
 from edgespec.spec.theory import fit_alpha
 
 __all__ = [
     "PAIR_PROFILE_FORMAT",
+    "PAIR_PROFILE_FORMATS",
     "Q_MODES",
     "PairProfileError",
     "AcceptanceCurve",
@@ -48,6 +56,7 @@ __all__ = [
 ]
 
 PAIR_PROFILE_FORMAT = "edgespec-pair-profile/1"
+PAIR_PROFILE_FORMATS = (PAIR_PROFILE_FORMAT, SERVING_FORMAT)  # /2 = /1 + the serving nodes' costs
 Q_MODES = ("full", "topk", "tokens")
 
 
@@ -66,6 +75,8 @@ class AcceptanceCurve:
     rounds: int
     drafted_tokens: int
     top_k: Optional[int] = None  # only for q_mode "topk"
+    answer_tokens: Optional[int] = None  # the answer length the rounds came from, when recorded
+    per_prompt: tuple[tuple[float, ...], ...] = ()  # the same estimate for each prompt alone (how acceptance spreads), when recorded
 
     @property
     def greedy(self) -> bool:
@@ -98,6 +109,11 @@ class PairProfile:
     target: Profile
     acceptance: tuple[AcceptanceCurve, ...]
     meta: dict = field(default_factory=dict)
+    serving: Optional[ServingProfile] = None  # edgespec-pair-profile/2: the serving nodes' costs beyond bare forwards
+
+    @property
+    def format(self) -> str:
+        return SERVING_FORMAT if self.serving is not None else PAIR_PROFILE_FORMAT
 
 
 # ---------------------------------------------------------------- building curves
@@ -138,13 +154,19 @@ def setting_label(q_mode: str, temperature: float, top_k: Optional[int] = None) 
     return f"{mode} T={temperature:g}"
 
 
-def acceptance_curve(pp: PairProfile, q_mode: str, temperature: float, top_k: Optional[int] = None) -> AcceptanceCurve:
-    """The curve measured for exactly this setting; at temperature 0 the greedy curve whatever the q-mode."""
-    for curve in pp.acceptance:
-        if math.isclose(curve.temperature, temperature, abs_tol=1e-9) and (
-            curve.greedy or (curve.q_mode == q_mode and (q_mode != "topk" or curve.top_k == top_k))
-        ):
-            return curve
+def acceptance_curve(pp: PairProfile, q_mode: str, temperature: float, top_k: Optional[int] = None,
+                     answer_tokens: Optional[int] = None) -> AcceptanceCurve:
+    """The curve measured for exactly this setting; at temperature 0 the greedy curve whatever the q-mode.
+
+    Where the setting has curves for several answer lengths, the one measured on the length nearest
+    `answer_tokens` (the first when it is None).
+    """
+    found = [curve for curve in pp.acceptance if math.isclose(curve.temperature, temperature, abs_tol=1e-9) and (
+        curve.greedy or (curve.q_mode == q_mode and (q_mode != "topk" or curve.top_k == top_k)))]
+    if found:
+        if answer_tokens is None:
+            return found[0]
+        return min(found, key=lambda c: abs((c.answer_tokens or answer_tokens) - answer_tokens))
     asked = f"q_mode={q_mode!r}" + (f", top_k={top_k}" if q_mode == "topk" else "") + f", temperature={temperature:g}"
     measured = ", ".join(c.label for c in pp.acceptance)
     raise PairProfileError(f"acceptance: no curve for {asked}; measured: {measured}")
@@ -168,7 +190,7 @@ def _count(value: Any, where: str, low: int) -> int:
 def _curve_from_dict(data: Any, where: str) -> AcceptanceCurve:
     if not isinstance(data, dict):
         raise PairProfileError(f"{where}: must be an object")
-    known = {"q_mode", "top_k", "temperature", "per_position", "alpha", "rounds", "drafted_tokens"}
+    known = {"q_mode", "top_k", "temperature", "per_position", "alpha", "rounds", "drafted_tokens", "answer_tokens", "per_prompt"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise PairProfileError(f"{where}.{unknown[0]}: unknown field")
@@ -184,6 +206,13 @@ def _curve_from_dict(data: Any, where: str) -> AcceptanceCurve:
     if not isinstance(positions, list) or not positions:
         raise PairProfileError(f"{where}.per_position: must be a non-empty list of probabilities")
     per_position = tuple(_number(a, f"{where}.per_position[{i}]", 0.0, 1.0) for i, a in enumerate(positions))
+    answer_tokens = data.get("answer_tokens")
+    if answer_tokens is not None:
+        answer_tokens = _count(answer_tokens, f"{where}.answer_tokens", 1)
+    raw = data.get("per_prompt", [])
+    if not isinstance(raw, list) or any(not isinstance(c, list) or not c for c in raw):
+        raise PairProfileError(f"{where}.per_prompt: must be a list of per-position curves (non-empty lists of probabilities)")
+    per_prompt = tuple(tuple(_number(a, f"{where}.per_prompt[{k}][{i}]", 0.0, 1.0) for i, a in enumerate(c)) for k, c in enumerate(raw))
     return AcceptanceCurve(
         q_mode=q_mode,
         temperature=_number(data.get("temperature"), f"{where}.temperature", 0.0, math.inf),
@@ -192,6 +221,8 @@ def _curve_from_dict(data: Any, where: str) -> AcceptanceCurve:
         rounds=_count(data.get("rounds"), f"{where}.rounds", 1),
         drafted_tokens=_count(data.get("drafted_tokens"), f"{where}.drafted_tokens", 0),
         top_k=top_k,
+        answer_tokens=answer_tokens,
+        per_prompt=per_prompt,
     )
 
 
@@ -213,23 +244,44 @@ def _acceptance(data: dict) -> tuple[AcceptanceCurve, ...]:
     curves = tuple(_curve_from_dict(c, f"acceptance[{i}]") for i, c in enumerate(raw))
     seen: dict[tuple, int] = {}
     for i, c in enumerate(curves):
-        key = ("greedy",) if c.greedy else (c.q_mode, c.top_k, c.temperature)
+        key = (("greedy",) if c.greedy else (c.q_mode, c.top_k, c.temperature)) + (c.answer_tokens,)
         if key in seen:
             raise PairProfileError(f"acceptance[{i}]: same setting as acceptance[{seen[key]}] ({c.label})")
         seen[key] = i
     return curves
 
 
+def _check_version(data: Any) -> str:
+    """The file's format, one of PAIR_PROFILE_FORMATS; any other is refused with what this edgespec reads."""
+    if not isinstance(data, dict):
+        raise PairProfileError("pair profile must be a JSON object")
+    fmt = data.get("format")
+    if fmt not in PAIR_PROFILE_FORMATS:
+        family = "edgespec-pair-profile/"
+        what = (f"version {fmt[len(family):]!r} of the pair-profile format is not one this edgespec reads"
+                if isinstance(fmt, str) and fmt.startswith(family) else f"must be one of {', '.join(map(repr, PAIR_PROFILE_FORMATS))}")
+        raise PairProfileError(f"format: {what}, got {fmt!r} (this edgespec reads {' and '.join(PAIR_PROFILE_FORMATS)}; "
+                               "take the profile again with `edgespec profile`, or use the edgespec that wrote it)")
+    return fmt
+
+
 def pair_profile_from_dict(data: Any) -> PairProfile:
-    """Validate a decoded pair-profile JSON object and build a PairProfile."""
-    check_format(data, PAIR_PROFILE_FORMAT, "pair profile", PairProfileError)
-    unknown = sorted(set(data) - {"format", "draft", "target", "acceptance", "meta"})
+    """Validate a decoded pair-profile JSON object (format /1, or /2 with its serving part) and build a PairProfile."""
+    fmt = _check_version(data)
+    fields_ = {"format", "draft", "target", "acceptance", "meta"} | ({"serving"} if fmt == SERVING_FORMAT else set())
+    unknown = sorted(set(data) - fields_)
     if unknown:
-        raise PairProfileError(f"{unknown[0]}: unknown field")
+        hint = f" ({PAIR_PROFILE_FORMAT} has no serving part; a serving profile is {SERVING_FORMAT})" if unknown[0] == "serving" else ""
+        raise PairProfileError(f"{unknown[0]}: unknown field{hint}")
     meta = data.get("meta", {})
     if not isinstance(meta, dict):
         raise PairProfileError("meta: must be an object")
-    return PairProfile(_model_profile(data, "draft"), _model_profile(data, "target"), _acceptance(data), meta)
+    serving = None
+    if fmt == SERVING_FORMAT:
+        if "serving" not in data:
+            raise PairProfileError(f"serving: missing ({SERVING_FORMAT} is a pair profile with the serving nodes' costs)")
+        serving = serving_profile_from_dict(data["serving"])
+    return PairProfile(_model_profile(data, "draft"), _model_profile(data, "target"), _acceptance(data), meta, serving)
 
 
 def _curve_to_dict(curve: AcceptanceCurve) -> dict:
@@ -238,17 +290,23 @@ def _curve_to_dict(curve: AcceptanceCurve) -> dict:
         out["top_k"] = curve.top_k
     out.update(temperature=curve.temperature, per_position=list(curve.per_position), alpha=curve.alpha,
                rounds=curve.rounds, drafted_tokens=curve.drafted_tokens)
+    if curve.answer_tokens is not None:
+        out["answer_tokens"] = curve.answer_tokens
+    if curve.per_prompt:
+        out["per_prompt"] = [list(c) for c in curve.per_prompt]
     return out
 
 
 def pair_profile_to_dict(pp: PairProfile) -> dict:
     """The JSON object for a PairProfile (inverse of pair_profile_from_dict)."""
     out = {
-        "format": PAIR_PROFILE_FORMAT,
+        "format": pp.format,
         "draft": profile_to_dict(pp.draft),
         "target": profile_to_dict(pp.target),
         "acceptance": [_curve_to_dict(c) for c in pp.acceptance],
     }
+    if pp.serving is not None:
+        out["serving"] = serving_profile_to_dict(pp.serving)
     if pp.meta:
         out["meta"] = pp.meta
     return out

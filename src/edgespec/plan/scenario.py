@@ -21,6 +21,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from edgespec.plan.profile import Profile, ProfileError, load_profile
+from edgespec.plan.servingprofile import ServingProfile, load_serving_profile
 
 __all__ = [
     "ScenarioError",
@@ -146,12 +147,13 @@ class Task:
 
 @dataclass(frozen=True)
 class ServingSystem:
-    """Everything the per-batch latency depends on besides the tasks: nodes, link and wire format."""
+    """Everything the per-batch latency depends on besides the tasks: nodes, link and wire format, and the serving nodes' costs."""
 
     drafter: NodeSpec
     verifier: NodeSpec
     link: LinkSpec
     speculation: SpecConfig
+    serving: Optional[ServingProfile] = None  # a serving profile's terms (docs/planner.md, A13); None: forwards only
 
 
 @dataclass(frozen=True)
@@ -332,14 +334,18 @@ def _model(sec: _Section) -> ModelShape:
     return shape
 
 
+def _resolve(name: str, ctx: _Ctx) -> Path:
+    """A file named in the scenario: relative to the scenario's folder."""
+    path = Path(name)
+    return path if path.is_absolute() or ctx.base_dir is None else ctx.base_dir / path
+
+
 def _node(sec: _Section, ctx: _Ctx) -> NodeSpec:
     model = _model(sec.sub("model"))
     profile = None
     profile_path = sec.string("profile", None)
     if profile_path is not None:
-        p = Path(profile_path)
-        if not p.is_absolute() and ctx.base_dir is not None:
-            p = ctx.base_dir / p
+        p = _resolve(profile_path, ctx)
         try:
             profile = load_profile(p)
         except (OSError, ProfileError) as exc:
@@ -356,6 +362,19 @@ def _node(sec: _Section, ctx: _Ctx) -> NodeSpec:
     )
     sec.done()
     return node
+
+
+def _serving(sec: Optional[_Section], ctx: _Ctx) -> Optional[ServingProfile]:
+    """`[serving] profile`: the serving part of an edgespec-pair-profile/2 (`edgespec profile --serving`)."""
+    if sec is None:
+        return None
+    path = _resolve(sec.string("profile"), ctx)
+    try:
+        serving = load_serving_profile(path)
+    except (OSError, ProfileError) as exc:
+        sec.fail("profile", f"cannot use serving profile {str(path)!r}: {exc}")
+    sec.done()
+    return serving
 
 
 def _uplink(sec: _Section) -> UplinkSpec:
@@ -534,6 +553,7 @@ def _scenario_from_data(data: dict, ctx: _Ctx, source: Optional[Path]) -> Scenar
     link = _link(root.sub("link"))
     spec = _speculation(root.sub("speculation"), vocab=verifier.model.vocab)
     planner = _planner(root.sub("planner", required=False))
+    serving = _serving(root.sub("serving", required=False), ctx)
     root.used.update({"task", "task_generator", "sim"})  # [sim]: the simulator's tables (edgespec.sim.scenario)
     tasks: list[Task] = []
     if "task" in data:
@@ -543,7 +563,7 @@ def _scenario_from_data(data: dict, ctx: _Ctx, source: Optional[Path]) -> Scenar
     if not tasks:
         ctx.fail(("task",), "no tasks: add [[task]] tables or a [task_generator] table")
     root.done()
-    system = ServingSystem(drafter=drafter, verifier=verifier, link=link, speculation=spec)
+    system = ServingSystem(drafter=drafter, verifier=verifier, link=link, speculation=spec, serving=serving)
     _check_fits(tasks, system, ctx, planner)
     return Scenario(name, system, uplink, planner, tuple(tasks), description, source)
 

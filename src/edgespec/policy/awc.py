@@ -93,6 +93,9 @@ class AwcSnapshot:
     verify_slope_s: float = 0.0
     verify_slope_weight: float = 0.0
     busy_share: Optional[float] = None  # share of recent verdicts after which the verifier had drafts queued (None: no queue hints)
+    # what one more drafted token per row adds to the verify pass by the verifier's own forward-time model (per-position
+    # cost × rows per forward, from its load hints); None when the verifier sends no model
+    hinted_slope_s: Optional[float] = None
 
     @property
     def wait_s(self) -> float:
@@ -262,6 +265,7 @@ class AwcFeatures:
         self.queue_trend = 0.0
         self._last_queue: Optional[int] = None
         self.busy_share: Optional[float] = None
+        self.hinted_slope_s: Optional[float] = None
         self.net_floor_s: Optional[float] = None  # the least rtt − t_v seen: wire time without waiting
         self._recent: deque[tuple[float, int, float]] = deque(maxlen=RECENT_ROUNDS)
         self._seen_times = 0  # verdicts seen (the first one's times are provisional)
@@ -320,6 +324,10 @@ class AwcFeatures:
         if ok(obs.upload_time_s):
             self.upload_s = ema(self.upload_s, obs.upload_time_s)
         self._seen_times += 1
+        hints = obs.hints
+        if hints is not None and hints.forward_cost is not None:
+            slope = hints.forward_cost.per_position_s * max(hints.batch_rows or 1.0, 1.0)
+            self.hinted_slope_s = slope if self.hinted_slope_s is None else self._ema(self.hinted_slope_s, slope)
         if obs.queue_depth is not None and obs.queue_depth >= 0:
             q = int(obs.queue_depth)
             if self._last_queue is not None:
@@ -348,7 +356,8 @@ class AwcFeatures:
     def snapshot(self) -> AwcSnapshot:
         slope, weight = self.node.verify_slope() if self.node is not None else (0.0, 0.0)
         return AwcSnapshot(self.rounds, self.alpha, self.gamma_obs, self.draft_per_token_s, self.verify_s, self.rtt_s,
-                           self.upload_s, self.queue, self.queue_trend, tuple(self._recent), slope, weight, self.busy_share)
+                           self.upload_s, self.queue, self.queue_trend, tuple(self._recent), slope, weight, self.busy_share,
+                           self.hinted_slope_s)
 
 
 # ----------------------------------------------------------------------------- the analytic model
@@ -425,13 +434,18 @@ def ready_shifts_s(snap: AwcSnapshot, lo: int, hi: int, t_tok: float, period_s: 
 
 
 def verify_per_token_s(snap: AwcSnapshot, t_v: float) -> float:
-    """What one more drafted token adds to the session's verify pass: the node's regression, else (no node) the queue proxy.
+    """What one more drafted token adds to the session's verify pass: the verifier's forward-time model, else the node's regression, else (no node) the queue proxy.
+
+    The verifier's model (its load hints) knows what a session cannot see from its own rounds: how a
+    forward's time grows with the positions of every row it pads to the widest draft.
 
     Queue proxy: the pass counts as fixed-cost (memory-bound) with an empty queue and increasingly
     token-proportional as the queue, the batch-size proxy, grows: t_v·f/(γ̄ + 1), f = q̂/(q̂ + q_half).
     The regression sees what the queue cannot: a batch padded to a longer draft of another session
     does not grow with this session's γ.
     """
+    if snap.hinted_slope_s is not None:
+        return snap.hinted_slope_s
     w = min(max(snap.verify_slope_weight, 0.0), 1.0)
     if w > 0.0:  # a node's regression, shrunk towards no growth while it rests on little spread of γ
         return w * snap.verify_slope_s

@@ -18,6 +18,7 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
+from edgespec.policy.load import VerifierHints
 from edgespec.spec.theory import as2_choice, leviathan_speedup, tkslt_speedup
 
 __all__ = [
@@ -47,6 +48,9 @@ class RoundObservation:
     verify_time_s: Optional[float] = None  # one target forward (the verification pass)
     rtt_s: Optional[float] = None  # the block sent → its verdict back, as the drafter saw it (wire, queue and verify)
     queue_depth: Optional[int] = None  # drafts waiting at the verifier, from the verdict's load hints
+    forward_s: Optional[float] = None  # the target forwards of the batch that verified the block (the verdict's RoundTiming)
+    busy_wait_s: Optional[float] = None  # the block's wait at the verifier while other batches' forwards ran (RoundTiming)
+    hints: Optional[VerifierHints] = None  # the verdict's load hints: batch shape and the verifier's forward-time model
 
     def __post_init__(self) -> None:
         if self.drafted < 0 or not (0 <= self.accepted <= self.drafted):
@@ -267,20 +271,41 @@ class GoodputGamma(GammaPolicy):
         self.current = best_g
 
 
-GAMMA_POLICIES: tuple[str, ...] = ("static", "heuristic", "confidence", "odld", "leviathan", "goodput", "awc", "awc_analytic", "awc_solo")
+GAMMA_POLICIES: tuple[str, ...] = ("adaptive", "static", "heuristic", "confidence", "odld", "leviathan", "goodput", "awc", "awc_analytic",
+                                   "awc_solo")
 
 
 def make_gamma_policy(name: str, gamma: int = 4, max_gamma: int = 16, confidence_threshold: float = 0.3,
-                      node_state: Optional[dict] = None, request_class: Optional[str] = None) -> GammaPolicy:
+                      node_state: Optional[dict] = None, request_class: Optional[str] = None, load_aware: bool = False,
+                      probe_every: int = 0) -> GammaPolicy:
     """A fresh γ policy: `gamma` is the static value (static) or the starting value (heuristic, goodput, awc); `max_gamma` bounds all of them.
 
+    "adaptive" is the drafter node's default (`edgespec.policy.gate`): the speculation gate's own model
+    picks γ (Leviathan's optimum priced with the verifier's announced forward-time model and the
+    node's measured draft time and overheads) where speculating pays at the verifier's load, and γ = 0
+    (autoregressive rounds) where it does not. `load_aware` puts any other policy behind the same gate;
+    `probe_every` is the gate's probe period (0: no probes).
     "awc" uses the shipped learned weights (edgespec/policy/awc_weights.json) with its analytic fallback;
     "awc_analytic" is AWC's hand-tuned fallback alone (no weights), for ablations; "awc_solo" is that
     fallback with every session learning alone (no node pool), for ablations too.
     `node_state` is one dict per drafter node, the same for all its sessions (the real node and the
     simulator each keep one): AWC pools its statistics there, per `request_class` where the caller
-    knows the request's class, and its sessions draft one γ. Without it every session learns alone.
+    knows the request's class, and its sessions draft one γ; the gate decides there for the whole node.
+    Without it every session learns and decides alone.
     """
+    from edgespec.policy.gate import LoadAwareGamma, ModelGamma, SpeculationGate  # gate imports this module
+
+    if name == "adaptive":
+        gate = SpeculationGate.of(node_state)
+        return LoadAwareGamma(ModelGamma(gate, max(max_gamma, 1), min(max(gamma, 1), max(max_gamma, 1))), gate, probe_every=probe_every)
+    policy = _base_policy(name, gamma, max_gamma, confidence_threshold, node_state, request_class)
+    if not load_aware:
+        return policy
+    return LoadAwareGamma(policy, SpeculationGate.of(node_state), probe_every=probe_every)
+
+
+def _base_policy(name: str, gamma: int, max_gamma: int, confidence_threshold: float, node_state: Optional[dict],
+                 request_class: Optional[str]) -> GammaPolicy:
     if not 0 <= gamma <= max_gamma:
         raise ValueError(f"need 0 <= gamma <= max_gamma, got gamma={gamma}, max_gamma={max_gamma}")
     if name == "static":

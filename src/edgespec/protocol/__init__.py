@@ -12,10 +12,10 @@ See docs/protocol.md for the rules and a worked exchange.
 
 from edgespec.protocol import edgespec_pb2 as pb
 from edgespec.protocol import messages
-from edgespec.protocol.codec import DEFAULT_MAX_MESSAGE_BYTES, PROTOCOL_VERSION, decode, encode, message_kind, session_id_of
+from edgespec.protocol.codec import DEFAULT_MAX_MESSAGE_BYTES, PROTOCOL_VERSION, batch_frames, decode, encode, message_kind, session_id_of, unbatch
 from edgespec.protocol.drafts import Q_MODES, DraftBlock, pack_draft, pack_full_q, pack_q, pack_topk_q, quantize_fp16, unpack_draft
 from edgespec.protocol.errors import ErrorCode, ErrorEffect, LocalProtocolError, ProtocolError
-from edgespec.protocol.messages import Sampling, ServerLimits
+from edgespec.protocol.messages import FEATURE_BATCH_FRAMES, FEATURE_COUPLED_SAMPLING, Sampling, ServerLimits
 from edgespec.protocol.session import (
     MAX_OUTSTANDING_DRAFTS,
     DrafterConnection,
@@ -36,6 +36,8 @@ __all__ = [
     "decode",
     "message_kind",
     "session_id_of",
+    "unbatch",
+    "batch_frames",
     "Q_MODES",
     "DraftBlock",
     "quantize_fp16",
@@ -48,6 +50,8 @@ __all__ = [
     "ErrorEffect",
     "ProtocolError",
     "LocalProtocolError",
+    "FEATURE_COUPLED_SAMPLING",
+    "FEATURE_BATCH_FRAMES",
     "Sampling",
     "ServerLimits",
     "MAX_OUTSTANDING_DRAFTS",

@@ -22,6 +22,8 @@ __all__ = [
     "decode",
     "message_kind",
     "session_id_of",
+    "unbatch",
+    "batch_frames",
 ]
 
 PROTOCOL_VERSION: int = pb.PROTOCOL_VERSION_CURRENT
@@ -30,6 +32,8 @@ DEFAULT_MAX_MESSAGE_BYTES: int = 8 * 2**20
 
 MESSAGE_KINDS: tuple[str, ...] = tuple(f.name for f in pb.Envelope.DESCRIPTOR.oneofs_by_name["msg"].fields)
 VERSIONED_KINDS: frozenset[str] = frozenset({"hello", "hello_ack", "open_session", "resume"})
+UNBATCHABLE_KINDS: frozenset[str] = frozenset({"batch", "hello", "hello_ack"})  # never items of a Batch
+_ITEM_FRAMING_BYTES = 6  # a Batch item's tag and length prefix, at most (messages under 2^28 bytes)
 
 
 def message_kind(envelope: pb.Envelope) -> str:
@@ -38,9 +42,9 @@ def message_kind(envelope: pb.Envelope) -> str:
 
 
 def session_id_of(envelope: pb.Envelope) -> int | None:
-    """The session an envelope is about, or None (hello, hello_ack, and errors without a session)."""
+    """The session an envelope is about, or None (hello, hello_ack, batch, and errors without a session)."""
     kind = message_kind(envelope)
-    if kind in ("", "hello", "hello_ack"):
+    if kind in ("", "hello", "hello_ack", "batch"):
         return None
     inner = getattr(envelope, kind)
     if kind == "error" and not inner.HasField("session_id"):
@@ -90,3 +94,55 @@ def decode(data: bytes, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -
         raise ProtocolError(ErrorCode.BAD_MESSAGE, f"empty Envelope: no known message set ({len(data)} bytes)")
     _check_version(envelope, kind)
     return envelope
+
+
+def unbatch(envelope: pb.Envelope) -> list[pb.Envelope | ProtocolError]:
+    """The messages one decoded frame carries, in order: the envelope itself, or a Batch's items.
+
+    Each item is checked as `decode` checks a frame (one message set, a supported version); a bad
+    item comes back as its `ProtocolError` in its place, and its siblings stand.
+    """
+    if message_kind(envelope) != "batch":
+        return [envelope]
+    out: list[pb.Envelope | ProtocolError] = []
+    for item in envelope.batch.items:
+        kind = message_kind(item)
+        if not kind:
+            out.append(ProtocolError(ErrorCode.BAD_MESSAGE, "empty Envelope in a batch: no known message set"))
+        elif kind in UNBATCHABLE_KINDS:
+            out.append(ProtocolError(ErrorCode.BAD_MESSAGE, f"a batch cannot carry {kind} messages", field="batch.items"))
+        else:
+            try:
+                _check_version(item, kind)
+                out.append(item)
+            except ProtocolError as exc:
+                out.append(exc)
+    if not out:
+        out.append(ProtocolError(ErrorCode.BAD_MESSAGE, "empty batch: no items", field="batch.items"))
+    return out
+
+
+def batch_frames(envelopes: list[pb.Envelope], *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> list[pb.Envelope]:
+    """Pack envelopes (in order) into as few frames as the size limit allows: a lone envelope stays as it is, runs become Batches.
+
+    An envelope that is alone over the limit is returned as it is (sending it fails as it would have).
+    """
+    frames: list[pb.Envelope] = []
+    run: list[pb.Envelope] = []
+    size = _ITEM_FRAMING_BYTES  # the Batch field's own tag and length
+
+    def flush() -> None:
+        if len(run) == 1:
+            frames.append(run[0])
+        elif run:
+            frames.append(pb.Envelope(batch=pb.Batch(items=run)))
+
+    for envelope in envelopes:
+        item = envelope.ByteSize() + _ITEM_FRAMING_BYTES
+        if run and size + item > max_message_bytes:
+            flush()
+            run, size = [], _ITEM_FRAMING_BYTES
+        run.append(envelope)
+        size += item
+    flush()
+    return frames

@@ -15,7 +15,7 @@ PROTOCOL_VERSION_UNSPECIFIED: ProtocolVersion
 PROTOCOL_VERSION_CURRENT: ProtocolVersion
 
 class Envelope(_message.Message):
-    __slots__ = ("hello", "hello_ack", "open_session", "session_opened", "draft", "verdict", "close", "error", "resume")
+    __slots__ = ("hello", "hello_ack", "open_session", "session_opened", "draft", "verdict", "close", "error", "resume", "batch")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     HELLO_ACK_FIELD_NUMBER: _ClassVar[int]
     OPEN_SESSION_FIELD_NUMBER: _ClassVar[int]
@@ -25,6 +25,7 @@ class Envelope(_message.Message):
     CLOSE_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     RESUME_FIELD_NUMBER: _ClassVar[int]
+    BATCH_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     hello_ack: HelloAck
     open_session: OpenSession
@@ -34,19 +35,28 @@ class Envelope(_message.Message):
     close: Close
     error: Error
     resume: Resume
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., hello_ack: _Optional[_Union[HelloAck, _Mapping]] = ..., open_session: _Optional[_Union[OpenSession, _Mapping]] = ..., session_opened: _Optional[_Union[SessionOpened, _Mapping]] = ..., draft: _Optional[_Union[Draft, _Mapping]] = ..., verdict: _Optional[_Union[Verdict, _Mapping]] = ..., close: _Optional[_Union[Close, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., resume: _Optional[_Union[Resume, _Mapping]] = ...) -> None: ...
+    batch: Batch
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., hello_ack: _Optional[_Union[HelloAck, _Mapping]] = ..., open_session: _Optional[_Union[OpenSession, _Mapping]] = ..., session_opened: _Optional[_Union[SessionOpened, _Mapping]] = ..., draft: _Optional[_Union[Draft, _Mapping]] = ..., verdict: _Optional[_Union[Verdict, _Mapping]] = ..., close: _Optional[_Union[Close, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., resume: _Optional[_Union[Resume, _Mapping]] = ..., batch: _Optional[_Union[Batch, _Mapping]] = ...) -> None: ...
+
+class Batch(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[Envelope]
+    def __init__(self, items: _Optional[_Iterable[_Union[Envelope, _Mapping]]] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("protocol_version", "node_id", "draft_model_ids", "agent")
+    __slots__ = ("protocol_version", "node_id", "draft_model_ids", "agent", "features")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     DRAFT_MODEL_IDS_FIELD_NUMBER: _ClassVar[int]
     AGENT_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     node_id: str
     draft_model_ids: _containers.RepeatedScalarFieldContainer[str]
     agent: str
-    def __init__(self, protocol_version: _Optional[int] = ..., node_id: _Optional[str] = ..., draft_model_ids: _Optional[_Iterable[str]] = ..., agent: _Optional[str] = ...) -> None: ...
+    features: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, protocol_version: _Optional[int] = ..., node_id: _Optional[str] = ..., draft_model_ids: _Optional[_Iterable[str]] = ..., agent: _Optional[str] = ..., features: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Limits(_message.Message):
     __slots__ = ("max_gamma", "max_top_k", "max_message_bytes", "max_sessions")
@@ -61,30 +71,34 @@ class Limits(_message.Message):
     def __init__(self, max_gamma: _Optional[int] = ..., max_top_k: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_sessions: _Optional[int] = ...) -> None: ...
 
 class HelloAck(_message.Message):
-    __slots__ = ("protocol_version", "node_id", "target_model_id", "vocab_size", "limits")
+    __slots__ = ("protocol_version", "node_id", "target_model_id", "vocab_size", "limits", "features")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     TARGET_MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     VOCAB_SIZE_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     node_id: str
     target_model_id: str
     vocab_size: int
     limits: Limits
-    def __init__(self, protocol_version: _Optional[int] = ..., node_id: _Optional[str] = ..., target_model_id: _Optional[str] = ..., vocab_size: _Optional[int] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ...) -> None: ...
+    features: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, protocol_version: _Optional[int] = ..., node_id: _Optional[str] = ..., target_model_id: _Optional[str] = ..., vocab_size: _Optional[int] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., features: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Sampling(_message.Message):
-    __slots__ = ("temperature", "top_k", "top_p", "seed")
+    __slots__ = ("temperature", "top_k", "top_p", "seed", "coupled")
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     TOP_P_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
+    COUPLED_FIELD_NUMBER: _ClassVar[int]
     temperature: float
     top_k: int
     top_p: float
     seed: int
-    def __init__(self, temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ...) -> None: ...
+    coupled: bool
+    def __init__(self, temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ..., coupled: _Optional[bool] = ...) -> None: ...
 
 class OpenSession(_message.Message):
     __slots__ = ("protocol_version", "session_id", "prompt_token_ids", "sampling", "draft_model_id", "max_new_tokens")
@@ -121,14 +135,30 @@ class Resume(_message.Message):
     def __init__(self, protocol_version: _Optional[int] = ..., session_id: _Optional[int] = ..., transcript_token_ids: _Optional[_Iterable[int]] = ..., num_prompt_tokens: _Optional[int] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., draft_model_id: _Optional[str] = ..., max_new_tokens: _Optional[int] = ...) -> None: ...
 
 class LoadHints(_message.Message):
-    __slots__ = ("queue_depth", "active_sessions", "verify_ms")
+    __slots__ = ("queue_depth", "active_sessions", "verify_ms", "batch_rows", "batch_width", "forward_cost")
     QUEUE_DEPTH_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_SESSIONS_FIELD_NUMBER: _ClassVar[int]
     VERIFY_MS_FIELD_NUMBER: _ClassVar[int]
+    BATCH_ROWS_FIELD_NUMBER: _ClassVar[int]
+    BATCH_WIDTH_FIELD_NUMBER: _ClassVar[int]
+    FORWARD_COST_FIELD_NUMBER: _ClassVar[int]
     queue_depth: int
     active_sessions: int
     verify_ms: float
-    def __init__(self, queue_depth: _Optional[int] = ..., active_sessions: _Optional[int] = ..., verify_ms: _Optional[float] = ...) -> None: ...
+    batch_rows: float
+    batch_width: float
+    forward_cost: ForwardCost
+    def __init__(self, queue_depth: _Optional[int] = ..., active_sessions: _Optional[int] = ..., verify_ms: _Optional[float] = ..., batch_rows: _Optional[float] = ..., batch_width: _Optional[float] = ..., forward_cost: _Optional[_Union[ForwardCost, _Mapping]] = ...) -> None: ...
+
+class ForwardCost(_message.Message):
+    __slots__ = ("base_us", "per_position_us", "per_row_us")
+    BASE_US_FIELD_NUMBER: _ClassVar[int]
+    PER_POSITION_US_FIELD_NUMBER: _ClassVar[int]
+    PER_ROW_US_FIELD_NUMBER: _ClassVar[int]
+    base_us: float
+    per_position_us: float
+    per_row_us: float
+    def __init__(self, base_us: _Optional[float] = ..., per_position_us: _Optional[float] = ..., per_row_us: _Optional[float] = ...) -> None: ...
 
 class SessionOpened(_message.Message):
     __slots__ = ("session_id", "position", "load")

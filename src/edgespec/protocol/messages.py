@@ -15,10 +15,14 @@ from edgespec.protocol import edgespec_pb2 as pb
 from edgespec.protocol.codec import DEFAULT_MAX_MESSAGE_BYTES, PROTOCOL_VERSION
 from edgespec.protocol.drafts import QMessage, pack_draft
 from edgespec.protocol.errors import ErrorCode, ErrorEffect, ProtocolError
+from edgespec.policy.load import ForwardCost, VerifierHints
 
 __all__ = [
+    "FEATURE_COUPLED_SAMPLING",
+    "FEATURE_BATCH_FRAMES",
     "Sampling",
     "ServerLimits",
+    "batch",
     "hello",
     "hello_ack",
     "open_session",
@@ -33,19 +37,23 @@ __all__ = [
 ]
 
 _MAX_UINT32 = (1 << 32) - 1
+FEATURE_COUPLED_SAMPLING = "coupled-sampling"  # HelloAck.features: the verifier implements Sampling.coupled
+FEATURE_BATCH_FRAMES = "batch-frames"  # Hello.features / HelloAck.features: this side reads Batch frames
 
 
 @dataclass(frozen=True)
 class Sampling:
-    """Sampling settings of a session (temperature 0 = greedy; top_k 0 = off; top_p 1 = off; seed None = verifier's choice)."""
+    """Sampling settings of a session (temperature 0 = greedy; top_k 0 = off; top_p 1 = off; seed None = verifier's choice;
+    coupled: seeded sampling by Gumbel-max coupling, needs a seed)."""
 
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
     seed: Optional[int] = None
+    coupled: bool = False
 
     def to_message(self) -> pb.Sampling:
-        msg = pb.Sampling(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
+        msg = pb.Sampling(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, coupled=self.coupled)
         if self.seed is not None:
             msg.seed = self.seed
         return msg
@@ -59,7 +67,9 @@ class Sampling:
         if not 0.0 < top_p <= 1.0:  # also false for NaN
             raise ProtocolError(ErrorCode.BAD_MESSAGE, f"must be in (0, 1], got {msg.top_p}", session_id=session_id, field=f"{field}.top_p")
         seed = msg.seed if msg.HasField("seed") else None
-        return cls(temperature=msg.temperature, top_k=msg.top_k, top_p=top_p, seed=seed)
+        if msg.coupled and seed is None:
+            raise ProtocolError(ErrorCode.BAD_MESSAGE, "coupled sampling needs a seed", session_id=session_id, field=f"{field}.seed")
+        return cls(temperature=msg.temperature, top_k=msg.top_k, top_p=top_p, seed=seed, coupled=msg.coupled)
 
 
 @dataclass(frozen=True)
@@ -79,9 +89,31 @@ class ServerLimits:
         return cls(msg.max_gamma, msg.max_top_k, msg.max_message_bytes, msg.max_sessions)
 
 
-def load_hints(queue_depth: int = 0, active_sessions: int = 0, verify_ms: float = 0.0) -> pb.LoadHints:
-    """Load hints a verifier attaches to `SessionOpened` and `Verdict`."""
-    return pb.LoadHints(queue_depth=queue_depth, active_sessions=active_sessions, verify_ms=verify_ms)
+def load_hints(queue_depth: int = 0, active_sessions: int = 0, verify_ms: float = 0.0, batch_rows: float = 0.0, batch_width: float = 0.0,
+               forward_cost: Optional[ForwardCost] = None) -> pb.LoadHints:
+    """Load hints a verifier attaches to `SessionOpened` and `Verdict` (its forward-time model in microseconds on the wire)."""
+    hints = pb.LoadHints(queue_depth=queue_depth, active_sessions=active_sessions, verify_ms=verify_ms, batch_rows=batch_rows,
+                         batch_width=batch_width)
+    if forward_cost is not None:
+        hints.forward_cost.CopyFrom(pb.ForwardCost(base_us=1e6 * forward_cost.base_s, per_position_us=1e6 * forward_cost.per_position_s,
+                                                   per_row_us=1e6 * forward_cost.per_row_s))
+    return hints
+
+
+def verifier_hints(hints: pb.LoadHints) -> VerifierHints:
+    """The facts in a verdict's load hints; fields a verifier left unset, or sent out of range (not finite, < 0), are None."""
+    def positive(value: float) -> Optional[float]:
+        return float(value) if math.isfinite(value) and value > 0.0 else None
+
+    cost = None
+    if hints.HasField("forward_cost"):
+        c = hints.forward_cost
+        values = (c.base_us, c.per_position_us, c.per_row_us)
+        if all(math.isfinite(v) and v >= 0.0 for v in values) and any(v > 0.0 for v in values):
+            cost = ForwardCost(*(v / 1e6 for v in values))
+    verify_ms = positive(hints.verify_ms)
+    return VerifierHints(int(hints.queue_depth), int(hints.active_sessions), verify_ms / 1000.0 if verify_ms else None,
+                        positive(hints.batch_rows), positive(hints.batch_width), cost)
 
 
 def round_timing(server_s: float, forward_s: float, busy_wait_s: float) -> pb.RoundTiming:
@@ -93,14 +125,21 @@ def _micros(seconds: float) -> int:
     return min(_MAX_UINT32, max(0, int(seconds * 1e6)))
 
 
-def hello(node_id: str, draft_model_ids: Iterable[str] = (), agent: str = "") -> pb.Envelope:
-    """Drafter -> verifier, the first message on a connection."""
-    return pb.Envelope(hello=pb.Hello(protocol_version=PROTOCOL_VERSION, node_id=node_id, draft_model_ids=list(draft_model_ids), agent=agent))
+def batch(items: Iterable[pb.Envelope]) -> pb.Envelope:
+    """Several messages in one frame (either direction, to a peer that reads batches; see `codec.batch_frames`)."""
+    return pb.Envelope(batch=pb.Batch(items=list(items)))
 
 
-def hello_ack(node_id: str, target_model_id: str, vocab_size: int, limits: ServerLimits = ServerLimits()) -> pb.Envelope:
-    """Verifier -> drafter, the answer to `hello`."""
-    ack = pb.HelloAck(protocol_version=PROTOCOL_VERSION, node_id=node_id, target_model_id=target_model_id, vocab_size=vocab_size, limits=limits.to_message())
+def hello(node_id: str, draft_model_ids: Iterable[str] = (), agent: str = "", features: Iterable[str] = ()) -> pb.Envelope:
+    """Drafter -> verifier, the first message on a connection (`features`: e.g. `FEATURE_BATCH_FRAMES`)."""
+    return pb.Envelope(hello=pb.Hello(protocol_version=PROTOCOL_VERSION, node_id=node_id, draft_model_ids=list(draft_model_ids), agent=agent,
+                                      features=list(features)))
+
+
+def hello_ack(node_id: str, target_model_id: str, vocab_size: int, limits: ServerLimits = ServerLimits(), features: Iterable[str] = ()) -> pb.Envelope:
+    """Verifier -> drafter, the answer to `hello` (`features`: e.g. `FEATURE_COUPLED_SAMPLING`, `FEATURE_BATCH_FRAMES`)."""
+    ack = pb.HelloAck(protocol_version=PROTOCOL_VERSION, node_id=node_id, target_model_id=target_model_id, vocab_size=vocab_size, limits=limits.to_message(),
+                      features=list(features))
     return pb.Envelope(hello_ack=ack)
 
 

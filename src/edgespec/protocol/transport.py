@@ -5,7 +5,8 @@ A `Transport` is one ordered, message-oriented, bidirectional connection: `send(
 carries one serialized Envelope per binary frame, without compression. Authentication happens in the
 opening handshake: the client sends `Authorization: Bearer <token>` and a server with a token refuses a
 missing or wrong one with HTTP 401 (the client sees `ProtocolError(AUTH)`). Pass `ssl` contexts and a
-`wss://` URL for TLS.
+`wss://` URL for TLS. With per-node tokens (`serve(node_tokens={node id: token})`) the token also says who the
+peer is: the server-side transport's `authenticated_node` is the node id whose token was presented.
 
 Size limits: messages over `max_message_bytes` are refused by `recv()` with `ProtocolError(LIMITS)` and
 the connection stays up; frames over twice that close the connection (code 1009) before they are read
@@ -19,7 +20,7 @@ import hmac
 import logging
 import ssl as ssl_lib
 from http import HTTPStatus
-from typing import Awaitable, Callable, Optional
+from typing import Awaitable, Callable, Mapping, Optional
 
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
@@ -53,6 +54,7 @@ class Transport(abc.ABC):
     """One ordered, bidirectional connection carrying Envelopes (replaceable: WebSocket today)."""
 
     peer: str = ""  # the other end, for logs and metrics labels
+    authenticated_node: Optional[str] = None  # server side with per-node tokens: the node id whose token the peer presented
     messages_sent: int = 0
     messages_received: int = 0
     bytes_sent: int = 0
@@ -91,6 +93,7 @@ class WebSocketTransport(Transport):
         self.max_message_bytes = max_message_bytes
         address = ws.remote_address
         self.peer = f"{address[0]}:{address[1]}" if address else "?"
+        self.authenticated_node = getattr(ws, "username", None)  # set by the handshake's per-node token check
 
     async def send(self, envelope: pb.Envelope) -> None:
         data = encode(envelope, max_message_bytes=self.max_message_bytes)
@@ -123,13 +126,18 @@ class WebSocketTransport(Transport):
 Handler = Callable[[Transport], Awaitable[None]]
 
 
-def _bearer_auth(token: str) -> Callable[[ServerConnection, Request], Optional[Response]]:
-    """A websockets `process_request` hook that refuses the handshake with 401 unless the bearer token matches."""
-    expected = token.encode()
+def _bearer_auth(identities: Mapping[str, Optional[str]]) -> Callable[[ServerConnection, Request], Optional[Response]]:
+    """A websockets `process_request` hook that refuses the handshake with 401 unless the bearer token is one of
+    `identities` (token -> node id, None for a shared token); a node id is stored as `connection.username`."""
+    expected = [(token.encode(), node) for token, node in identities.items()]
 
     def process_request(connection: ServerConnection, request: Request) -> Optional[Response]:
         scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() == "bearer" and hmac.compare_digest(presented.strip().encode(errors="surrogateescape"), expected):
+        given = presented.strip().encode(errors="surrogateescape")
+        matches = [node for token, node in expected if hmac.compare_digest(given, token)]  # every token compared: constant time
+        if scheme.lower() == "bearer" and matches:
+            if matches[0] is not None:
+                connection.username = matches[0]
             return None
         response = connection.respond(HTTPStatus.UNAUTHORIZED, "missing or invalid bearer token\n")
         response.headers["WWW-Authenticate"] = 'Bearer realm="edgespec"'
@@ -178,10 +186,13 @@ async def serve(
     auth_token: Optional[str] = None,
     ssl: Optional[ssl_lib.SSLContext] = None,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    node_tokens: Optional[Mapping[str, str]] = None,
 ) -> TransportServer:
     """Listen on host:port and run `await handler(transport)` for every accepted connection.
 
     With `auth_token`, handshakes without `Authorization: Bearer <auth_token>` are refused with HTTP 401.
+    With `node_tokens` (node id -> token; not together with `auth_token`) the token must be one of them, and
+    the handler's transport has `authenticated_node` set to that token's node id.
     The handler returning ends the connection; `TransportClosed` raised in it ends it quietly, and a
     `ProtocolError` is logged on one line and closes the connection with code 1002.
     """
@@ -196,11 +207,14 @@ async def serve(
             log.warning("closing connection from %s: %s", transport.peer, exc)
             await transport.abort(str(exc))
 
+    if auth_token is not None and node_tokens:
+        raise ValueError("give auth_token or node_tokens, not both")
+    identities = {auth_token: None} if auth_token is not None else {token: node for node, token in (node_tokens or {}).items()}
     server = await ws_serve(
         run,
         host,
         port,
-        process_request=_bearer_auth(auth_token) if auth_token is not None else None,
+        process_request=_bearer_auth(identities) if identities else None,
         ssl=ssl,
         compression=None,
         max_size=HARD_LIMIT_FACTOR * max_message_bytes,

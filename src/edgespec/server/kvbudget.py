@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
-from typing import Hashable, Optional
+from typing import Hashable, Mapping, Optional, Union
 
 __all__ = ["KvBudget", "Admission", "NodeLimits", "NodeQuotas", "is_loopback_host", "missing_auth_error"]
 
@@ -20,13 +20,15 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
-def missing_auth_error(host: str, auth_token: Optional[str], allow_no_auth: bool) -> Optional[str]:
-    """Why a verifier may not listen on `host` this way (beyond loopback with no token and no opt-out), or None."""
+def missing_auth_error(host: str, auth_token: Union[str, Mapping[str, str], None], allow_no_auth: bool) -> Optional[str]:
+    """Why a verifier may not listen on `host` this way (beyond loopback with no token and no opt-out), or None.
+
+    `auth_token`: the shared token, or the per-node tokens (node id -> token)."""
     if auth_token or allow_no_auth or is_loopback_host(host):
         return None
     return (
         f"refusing to listen on {host!r} without an auth token: any host that can reach it could use this verifier. "
-        "Set a token (--auth-token-file; VerifierConfig.auth_token), listen on a loopback address (127.0.0.1, ::1, localhost), "
+        "Set a token (--auth-token-file or --node-tokens-file; VerifierConfig.auth_token or node_tokens), listen on a loopback address (127.0.0.1, ::1, localhost), "
         "or, on a network you trust, opt out with --allow-no-auth (allow_no_auth=True)"
     )
 

@@ -72,15 +72,35 @@ class VerifierMetrics:
         self.errors = Counter("edgespec_verifier_errors", "Errors sent to drafter nodes, by code.", ["node", "code"], registry=r)
         self.kv_tokens_reserved = Gauge("edgespec_verifier_kv_tokens_reserved", "KV tokens reserved by open sessions.", registry=r)
         self.kv_tokens_in_use = Gauge("edgespec_verifier_kv_tokens_in_use", "KV tokens held in the cache.", registry=r)
+        self._round_children: dict = {}  # node -> its labelled series of `record_round`
+        self._overhead_children: dict = {}
+        self.forward_cost = Gauge(
+            "edgespec_verifier_forward_cost_seconds",
+            "The forward-time model sent in load hints: base + per_position·rows·width + per_row·rows, seconds per term.", ["term"], registry=r,
+        )
 
     def record_round(self, node: str, gamma: int, accepted: int) -> None:
         """One verified draft block of `gamma` tokens of which the first `accepted` were accepted."""
-        self.num_drafts.labels(node).inc()
-        self.num_draft_tokens.labels(node).inc(gamma)
-        self.num_accepted_tokens.labels(node).inc(accepted)
-        self.num_emitted_tokens.labels(node).inc(accepted + 1)
+        children = self._round_children.get(node)
+        if children is None:  # a label lookup costs more than the increment: keep each node's series at hand
+            children = self._round_children[node] = (self.num_drafts.labels(node), self.num_draft_tokens.labels(node),
+                                                     self.num_accepted_tokens.labels(node), self.num_emitted_tokens.labels(node), [])
+        drafts, draft_tokens, accepted_tokens, emitted, per_pos = children
+        drafts.inc()
+        draft_tokens.inc(gamma)
+        accepted_tokens.inc(accepted)
+        emitted.inc(accepted + 1)
+        while len(per_pos) < gamma:
+            per_pos.append(self.accepted_per_pos.labels(node, str(len(per_pos))))
         for pos in range(gamma):
-            self.accepted_per_pos.labels(node, str(pos)).inc(1 if pos < accepted else 0)
+            per_pos[pos].inc(1 if pos < accepted else 0)
+
+    def observe_round_overhead(self, node: str, seconds: float) -> None:
+        """The verifier's time on one draft outside target forwards (see `round_overhead_seconds`)."""
+        child = self._overhead_children.get(node)
+        if child is None:
+            child = self._overhead_children[node] = self.round_overhead_seconds.labels(node)
+        child.observe(seconds)
 
     def record_batch(self, size: int, tokens: int, seconds: float, forward_s: float = 0.0) -> None:
         self.batch_size.observe(size)

@@ -21,10 +21,12 @@ import ssl as ssl_lib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Iterable, Mapping, Optional
 
 from edgespec.protocol import (
     DEFAULT_MAX_MESSAGE_BYTES,
+    FEATURE_BATCH_FRAMES,
+    FEATURE_COUPLED_SAMPLING,
     ErrorCode,
     ErrorEffect,
     Event,
@@ -37,10 +39,13 @@ from edgespec.protocol import (
     TransportClosed,
     TransportServer,
     VerifierConnection,
+    batch_frames,
     serve,
+    unbatch,
 )
 from edgespec.protocol import edgespec_pb2 as pb
 from edgespec.protocol import messages as m
+from edgespec.policy.load import ForwardCost, ForwardCostFit
 from edgespec.server.intake import checked_draft
 from edgespec.server.kvbudget import KvBudget, NodeLimits, NodeQuotas, is_loopback_host, missing_auth_error
 from edgespec.server.metrics import MetricsServer, VerifierMetrics
@@ -65,9 +70,10 @@ class VerifierConfig:
     host: str = "127.0.0.1"
     port: int = 7700
     metrics_port: Optional[int] = None
+    metrics_host: str = "127.0.0.1"  # /metrics has no authentication: loopback unless asked otherwise, whatever `host` is
     max_batch_tokens: int = 2048  # target positions per batch (Σ pending + γ)
     max_batch_size: int = 0  # drafts per batch; 0 = no limit, 1 = batching off
-    batch_window_ms: float = 2.0
+    batch_window_ms: float = 0.0  # 0: run what is queued at once (a drafter's Batch frame, or what arrived during a forward, is batched anyway)
     kv_budget_tokens: int = 262_144  # reserved per session: prompt + max_new_tokens + max_gamma
     max_sessions: int = 0  # open sessions on the node; 0 = no limit
     max_sessions_per_node: int = 0  # open sessions per drafter node id; 0 = no limit
@@ -78,14 +84,20 @@ class VerifierConfig:
     default_max_new_tokens: int = 512  # budget of a session that leaves max_new_tokens at 0
     busy_retry_after_ms: int = 1000
     auth_token: Optional[str] = None
+    node_tokens: Optional[Mapping[str, str]] = None  # drafter node id -> its own token (instead of auth_token): the token decides the node
     allow_no_auth: bool = False  # insecure: listen beyond loopback without an auth token
     tls_cert: Optional[Path] = None
     tls_key: Optional[Path] = None
     node_id: str = "verifier"
     model_id: Optional[str] = None  # announced in HelloAck; default: the target's directory
     device: str = "cpu"
+    dtype: str = "float32"  # of the target: float32 | bfloat16 | float16
+    cuda_graphs: Optional[bool] = None  # CUDA graphs of the decode/verify steps; None: on with a CUDA device
     seed: int = 0  # picks the seeds of sessions that leave theirs unset
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    calibrate: bool = True  # time a few forwards at start-up: the prior of the forward-time model sent in load hints
+    forward_cost: Optional[ForwardCost] = None  # announce this forward-time model (e.g. from a profile) instead of fitting one
+    merge_share: float = 0.5  # merge wait = this share of a forward's fixed cost (the scheduler's docstring); 0: off
 
     def __post_init__(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -94,14 +106,18 @@ class VerifierConfig:
             raise ValueError("need max_gamma >= 0, max_top_k >= 1 and default_max_new_tokens >= 1")
         if self.max_sessions_per_node < 0 or self.max_tokens_in_flight_per_node < 0:
             raise ValueError("need max_sessions_per_node >= 0 and max_tokens_in_flight_per_node >= 0 (0 = no limit)")
-        refusal = missing_auth_error(self.host, self.auth_token, self.allow_no_auth)
+        if self.auth_token is not None and self.node_tokens is not None:
+            raise ValueError("give auth_token (one token for every drafter node) or node_tokens (a token per node), not both")
+        if self.node_tokens is not None and not self.node_tokens:
+            raise ValueError("node_tokens is empty: no drafter node could connect")
+        refusal = missing_auth_error(self.host, self.auth_token or self.node_tokens, self.allow_no_auth)
         if refusal is not None:
             raise ValueError(refusal)
 
     @property
     def exposed_without_auth(self) -> bool:
         """Listening beyond loopback with no auth token (only with `allow_no_auth`)."""
-        return not self.auth_token and not is_loopback_host(self.host)
+        return not (self.auth_token or self.node_tokens) and not is_loopback_host(self.host)
 
 
 @dataclass
@@ -111,10 +127,11 @@ class _Peer:
     peer_id: int
     transport: Transport
     conn: VerifierConnection
-    node: str  # the drafter's node id (from Hello), the metrics label and fairness key
+    node: str  # the drafter's node id (its token's with per-node tokens, else from Hello), the metrics label, fairness and limits key
     outbox: asyncio.Queue = field(default_factory=asyncio.Queue)
     token_limits: dict[int, int] = field(default_factory=dict)  # session id -> last position it may draft at + 1
     closed: bool = False
+    reads_batches: bool = False  # the drafter lists the feature "batch-frames" in its Hello: it reads Batch frames
     bytes_counted: int = 0
     received_s: float = 0.0  # time.perf_counter() when the message being handled was received
 
@@ -143,6 +160,8 @@ class VerifierNode:
         self._wake: Optional[asyncio.Event] = None
         self._stopped: Optional[asyncio.Event] = None
         self._verify_ms = 0.0  # moving average of one batch's wall time
+        self.cost_fit = ForwardCostFit()  # the forward-time model sent in load hints (seeded by the start-up calibration)
+        self._batch_rows = self._batch_width = 0.0  # moving averages over verification forwards
         self._background: set[asyncio.Task] = set()
         self.model_id = config.model_id or "target"
 
@@ -152,12 +171,21 @@ class VerifierNode:
         """Load the target if needed, listen, serve metrics, start the batch loop."""
         if self.config.exposed_without_auth:
             log.warning("verifier listening on %s with no auth token (--allow-no-auth): anyone who can reach it can use it", self.config.host)
+        if self.config.metrics_port is not None and not is_loopback_host(self.config.metrics_host):
+            log.warning("/metrics listening on %s: it has no authentication, anyone who can reach it reads this node's metrics", self.config.metrics_host)
         if self._target is None:
             self._target = await asyncio.to_thread(_load_target, self.config)
         target = self._target
         if self.config.model_id is None and getattr(target, "path", None) is not None:
             self.model_id = f"{target.path.parent.name}/{target.path.name}"
         self.runner = VerifierRunner(target)
+        if self.config.forward_cost is not None:
+            self.cost_fit = ForwardCostFit(prior=self.config.forward_cost)  # never observes: stays at the given model
+            self._publish_cost()
+        elif self.config.calibrate:
+            points = await asyncio.to_thread(self.runner.calibrate)
+            self.cost_fit = ForwardCostFit(prior=ForwardCostFit().fit_points(points))
+            self._publish_cost()
         self._wake, self._stopped = asyncio.Event(), asyncio.Event()
         self._server = await serve(
             self._handle,
@@ -166,9 +194,10 @@ class VerifierNode:
             auth_token=self.config.auth_token,
             ssl=self._ssl_context(),
             max_message_bytes=self.config.max_message_bytes,
+            node_tokens=self.config.node_tokens,
         )
         if self.config.metrics_port is not None:
-            self._metrics_server = self.metrics.serve(self.config.host, self.config.metrics_port)
+            self._metrics_server = self.metrics.serve(self.config.metrics_host, self.config.metrics_port)
         self._batch_task = asyncio.create_task(self._batch_loop(), name="verifier-batch-loop")
         log.info("verifier node %s listening on %s", self.config.node_id, self.url)
 
@@ -218,7 +247,10 @@ class VerifierNode:
 
     @property
     def metrics_url(self) -> Optional[str]:
-        return f"http://{self.config.host}:{self.metrics_port}/metrics" if self._metrics_server is not None else None
+        if self._metrics_server is None:
+            return None
+        host = self.config.metrics_host
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.metrics_port}/metrics"
 
     @property
     def active_sessions(self) -> int:
@@ -234,23 +266,23 @@ class VerifierNode:
     # ------------------------------------------------------------------ one connection
 
     async def _handle(self, transport: Transport) -> None:
-        peer = _Peer(next(self._ids), transport, VerifierConnection(self.runner.vocab_size, self.limits), node=transport.peer)
+        peer = _Peer(next(self._ids), transport, VerifierConnection(self.runner.vocab_size, self.limits), node=transport.authenticated_node or transport.peer)
         self._peers[peer.peer_id] = peer
         writer = asyncio.create_task(self._write(peer), name=f"verifier-writer-{peer.peer_id}")
         try:
             while not peer.closed:
                 try:
                     envelope = await transport.recv()
-                    peer.received_s = time.perf_counter()
-                    self._count_bytes(peer)
-                    event = peer.conn.receive(envelope)
-                    if event is not None:
-                        self._on_event(peer, event)
-                except LocalProtocolError:  # this node tried to send something out of turn: a bug, not the peer's fault
-                    log.exception("verifier bug while serving %s", peer.node)
-                except ProtocolError as exc:  # bad input: answer on this connection, keep serving
+                except ProtocolError as exc:  # an undecodable frame: answer on this connection, keep serving
                     self._count_bytes(peer)
                     self._reply_error(peer, exc)
+                    continue
+                peer.received_s = time.perf_counter()
+                self._count_bytes(peer)
+                if not all(self._receive(peer, item) for item in unbatch(envelope)):  # a Batch frame's messages, each as if alone
+                    peer.outbox.put_nowait(None)  # an identity its token does not allow: the writer ends the connection after the error
+                    await asyncio.wait([writer], timeout=5.0)
+                    break
         except TransportClosed:
             pass
         finally:
@@ -258,12 +290,37 @@ class VerifierNode:
             writer.cancel()
             await asyncio.gather(writer, return_exceptions=True)
 
+    def _receive(self, peer: _Peer, item) -> bool:
+        """One received message (or the error that stands for a bad Batch item) through the state machine to its handler; False: end the connection."""
+        try:
+            if isinstance(item, ProtocolError):
+                raise item
+            event = peer.conn.receive(item)
+            if event is not None:
+                self._on_event(peer, event)
+        except LocalProtocolError:  # this node tried to send something out of turn: a bug, not the peer's fault
+            log.exception("verifier bug while serving %s", peer.node)
+        except ProtocolError as exc:  # bad input: answer on this connection, keep serving (an AUTH error ends it)
+            self._reply_error(peer, exc)
+            return exc.code is not ErrorCode.AUTH
+        return True
+
     async def _write(self, peer: _Peer) -> None:
-        """Send the peer's outbox in order; ends when the connection does."""
+        """Send the peer's outbox in order, what has queued up meanwhile in Batch frames where the peer reads them; ends with the connection."""
+        outbox, limit = peer.outbox, self.config.max_message_bytes
         try:
             while True:
-                envelope = await peer.outbox.get()
-                await peer.transport.send(envelope)
+                queued = [await outbox.get()]
+                while peer.reads_batches and not outbox.empty() and queued[-1] is not None:
+                    queued.append(outbox.get_nowait())
+                ending = queued[-1] is None  # end the connection after what was queued before
+                queued = [e for e in queued if e is not None]
+                frames = batch_frames(queued, max_message_bytes=limit) if len(queued) > 1 else queued
+                for frame in frames:
+                    await peer.transport.send(frame)
+                if ending:
+                    await peer.transport.close()
+                    return
         except TransportClosed:
             peer.closed = True
 
@@ -297,8 +354,10 @@ class VerifierNode:
     def _on_event(self, peer: _Peer, event: Event) -> None:
         kind = event.kind
         if kind == "hello":
-            peer.node = (event.message.node_id or peer.transport.peer)[:MAX_NODE_LABEL_CHARS]
-            self._post(peer, m.hello_ack(self.config.node_id, self.model_id, self.runner.vocab_size, self.limits))
+            peer.node = _hello_node(peer.transport, event.message.node_id)
+            peer.reads_batches = FEATURE_BATCH_FRAMES in event.message.features
+            self._post(peer, m.hello_ack(self.config.node_id, self.model_id, self.runner.vocab_size, self.limits,
+                                         features=[FEATURE_COUPLED_SAMPLING, FEATURE_BATCH_FRAMES]))
         elif kind in ("open_session", "resume"):
             self._open(peer, event)
         elif kind == "draft":
@@ -312,7 +371,30 @@ class VerifierNode:
     # ------------------------------------------------------------------ sessions
 
     def _load(self) -> pb.LoadHints:
-        return m.load_hints(self.scheduler.depth, self.active_sessions, self._verify_ms)
+        return m.load_hints(self.scheduler.depth, self.active_sessions, self._verify_ms, self._batch_rows, self._batch_width,
+                            self.cost_fit.cost())
+
+    def _observe_forward(self) -> None:
+        """Fold the last batch's verification forward into the forward-time model and the batch-shape averages."""
+        shape = self.runner.last_verify
+        if shape is None:
+            return
+        rows, width, seconds = shape
+        if self.config.forward_cost is None:
+            self.cost_fit.observe(rows, width, seconds)
+        cost = self.cost_fit.cost()
+        if cost is not None:
+            self.scheduler.merge_wait_s = self.config.merge_share * cost.base_s
+        first = not self._batch_rows
+        self._batch_rows = rows if first else 0.8 * self._batch_rows + 0.2 * rows
+        self._batch_width = width if first else 0.8 * self._batch_width + 0.2 * width
+        self._publish_cost()
+
+    def _publish_cost(self) -> None:
+        cost = self.cost_fit.cost()
+        if cost is not None:
+            for term, value in (("base", cost.base_s), ("per_position", cost.per_position_s), ("per_row", cost.per_row_s)):
+                self.metrics.forward_cost.labels(term).set(value)
 
     def _open(self, peer: _Peer, event: Event) -> None:
         msg, sid = event.message, event.session_id
@@ -347,7 +429,7 @@ class VerifierNode:
                 session_id=sid, effect=closed, retry_after_ms=self.config.busy_retry_after_ms,
             )
         seed = sampling.seed if sampling.seed is not None else self._rng.getrandbits(63)
-        position = self.runner.open(key, tokens, params, seed, num_prompt)
+        position = self.runner.open(key, tokens, params, seed, num_prompt, coupled=sampling.coupled)
         peer.token_limits[sid] = limit_tokens
         self.quotas.add_session(peer.node)
         self.metrics.active_sessions.labels(peer.node).inc()
@@ -421,6 +503,7 @@ class VerifierNode:
             batch, wake_at = self.scheduler.next_batch(now, self.active_sessions)
             if batch:
                 await self._run_batch(batch)
+                await asyncio.sleep(0)  # let the writers send these verdicts before the next forward takes the core
                 continue
             if self.runner.needs_reclaim:
                 await asyncio.to_thread(self.runner.reclaim)
@@ -452,6 +535,7 @@ class VerifierNode:
                 self.quotas.release_draft(q.item.key)
         elapsed_s = time.perf_counter() - start
         self._verify_ms = 1000.0 * elapsed_s if not self._verify_ms else 0.8 * self._verify_ms + 200.0 * elapsed_s
+        self._observe_forward()
         forward_s = max((r.forward_s for r in results if r is not None), default=0.0)  # the batch's forwards (every row shares them)
         self.metrics.record_batch(len(batch), sum(q.cost_tokens for q in batch), elapsed_s, forward_s)
         self.metrics.kv_tokens_in_use.set(self.runner.kv_tokens_in_use)
@@ -471,12 +555,25 @@ class VerifierNode:
             timing = self._timing(peer, q, result.forward_s, busy_wait_s(q.received_s, start, earlier_forwards))
             self._post(peer, m.verdict(sid, result.position, result.accepted, result.next_token_id, result.is_bonus, load, timing))
             self.metrics.record_round(peer.node, result.gamma, result.accepted)
+        self.scheduler.release([q.item.key for q in batch], asyncio.get_running_loop().time())
 
     def _timing(self, peer: _Peer, q: QueuedDraft, forward_s: float, busy_wait: float) -> pb.RoundTiming:
         """The verdict's RoundTiming; observes the verifier-side overhead (server − forward − busy wait) of the round."""
         server_s = time.perf_counter() - q.received_s
-        self.metrics.round_overhead_seconds.labels(peer.node).observe(max(0.0, server_s - forward_s - busy_wait))
+        self.metrics.observe_round_overhead(peer.node, max(0.0, server_s - forward_s - busy_wait))
         return m.round_timing(server_s, forward_s, busy_wait)
+
+
+def _hello_node(transport: Transport, claimed: str) -> str:
+    """The node a Hello makes its connection: the token's node with per-node tokens (a Hello claiming another one is
+    refused with AUTH), else its claimed node id, or the peer address when it claims none."""
+    node = transport.authenticated_node
+    if node is None:
+        return (claimed or transport.peer)[:MAX_NODE_LABEL_CHARS]
+    if claimed and claimed != node:
+        raise ProtocolError(ErrorCode.AUTH, f"this connection's token belongs to drafter node {node!r}, not {claimed!r}; start that drafter with --node-id {node}",
+                            field="hello.node_id")
+    return node
 
 
 def busy_wait_s(received_s: float, batch_start_s: float, forward_windows: Iterable[tuple[float, float]]) -> float:
@@ -490,4 +587,4 @@ def _load_target(config: VerifierConfig):
     from edgespec.models.runtime import CausalLM
 
     path = config.target_dir if config.target_dir is not None else bundled_path("target")
-    return CausalLM.load(path, device=config.device)
+    return CausalLM.load(path, device=config.device, dtype=config.dtype, cuda_graphs=config.cuda_graphs)

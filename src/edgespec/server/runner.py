@@ -9,6 +9,8 @@ whole batch. The runner keeps each session's transcript (prompt + every token it
 them), so it knows which tokens its cache lacks; a draft at position P must have P == len(transcript).
 The cache is only a cache: after a failed forward it is dropped and rebuilt from the transcripts.
 Each batch's target forwards are timed: `RoundResult.forward_s`, and `forward_windows` (recent batches).
+On a GPU the batch is queued whole (forwards, then verification) and the host waits once, for the
+verdicts; the forwards are timed by CUDA events read after that wait (`edgespec.models.device.StepClock`).
 
 Threading: `verify_batch` and `reclaim` run in one worker thread (they alone touch the KV tensors);
 `open`, `close` and the queries are called from the event loop and only touch the session table,
@@ -17,6 +19,7 @@ under a short lock that is never held across a forward.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import deque
@@ -25,10 +28,12 @@ from typing import Hashable, Optional, Sequence
 
 import torch
 
-from edgespec.models.runtime import CausalLM, RaggedKV
-from edgespec.models.runtime import put_rows, resize_rows, take_rows
-from edgespec.spec.sampling import SamplingParams, probs_from_logits
-from edgespec.spec.verify import DraftBatch, verify_greedy, verify_probs
+from edgespec.models.device import StepClock
+from edgespec.models.runtime import CausalLM, RaggedKV, put_rows, resize_rows, take_rows
+from edgespec.policy.load import CALIBRATION_CONTEXT_TOKENS, CALIBRATION_SHAPES
+from edgespec.spec.coupling import block_noise, verify_coupled
+from edgespec.spec.sampling import SamplingParams, greedy_tokens, probs_from_logits
+from edgespec.spec.verify import DraftBatch, verify_probs
 
 __all__ = ["SessionKey", "DraftItem", "RoundResult", "VerifierRunner", "round_seed"]
 
@@ -85,6 +90,7 @@ class _Session:
     row: Optional[int] = None
     cached_tokens: int = 0  # transcript[:cached_tokens] is in the row's KV
     closed: bool = False
+    coupled: bool = False  # seeded sampling: Gumbel-max coupling keyed by (seed, position), edgespec.spec.coupling
 
 
 class VerifierRunner:
@@ -100,23 +106,28 @@ class VerifierRunner:
         self._lock = threading.Lock()
         self._tokens_in_use = 0
         self.forward_windows: deque[tuple[float, float]] = deque(maxlen=FORWARD_WINDOWS)  # (start, end) perf_counter seconds of recent batches' forwards
+        self.last_verify: Optional[tuple[int, int, float]] = None  # the last batch's verification forward: (rows, width, seconds)
+        self._shape = (0, 0)  # (rows, width) of the last forward `_forward_rows` ran
 
     # ------------------------------------------------------------------ session table (event loop)
 
-    def open(self, key: SessionKey, token_ids: Sequence[int], params: SamplingParams, seed: int, num_prompt_tokens: Optional[int] = None) -> int:
-        """Register a session on its prompt (or a resumed transcript); its KV is filled in its first batch. Returns its position."""
+    def open(self, key: SessionKey, token_ids: Sequence[int], params: SamplingParams, seed: int, num_prompt_tokens: Optional[int] = None,
+             coupled: bool = False) -> int:
+        """Register a session on its prompt (or a resumed transcript); its KV is filled in its first batch. Returns its position.
+
+        `coupled`: verify by position-keyed Gumbel-max coupling under `seed` instead of rejection sampling."""
         if not token_ids:
             raise ValueError("a session needs at least one token")
         with self._lock:
             if key in self._sessions:
                 raise KeyError(f"session {key!r} is already open")
             tokens = [int(t) for t in token_ids]
-            self._sessions[key] = _Session(params, seed, tokens, num_prompt_tokens or len(tokens))
+            self._sessions[key] = _Session(params, seed, tokens, num_prompt_tokens or len(tokens), coupled=coupled)
             return len(tokens)
 
-    def resume(self, key: SessionKey, transcript: Sequence[int], num_prompt_tokens: int, params: SamplingParams, seed: int) -> int:
+    def resume(self, key: SessionKey, transcript: Sequence[int], num_prompt_tokens: int, params: SamplingParams, seed: int, coupled: bool = False) -> int:
         """Re-open a session from the drafter's transcript (prompt + emitted tokens); its KV is re-prefilled lazily."""
-        return self.open(key, transcript, params, seed, num_prompt_tokens)
+        return self.open(key, transcript, params, seed, num_prompt_tokens, coupled)
 
     def close(self, key: SessionKey) -> bool:
         """Forget a session; its KV row is freed by the next `reclaim` (or batch). False if it was not open."""
@@ -208,9 +219,12 @@ class VerifierRunner:
         When at most half the rows take part, run on a cache of just those rows (no padded idle rows).
         """
         rows = sorted(feeds)
+        width = max(len(f) for f in feeds.values())
         if 2 * len(rows) > self._kv.batch_size:
             every = range(self._kv.batch_size)
+            self._shape = (self._kv.batch_size, width)  # idle rows are padded to the width too
             return self.target.forward(self._kv, [feeds.get(r, []) for r in every], [last_n.get(r, 0) for r in every])
+        self._shape = (len(rows), width)
         sub = take_rows(self.target, self._kv, rows)
         logits = self.target.forward(sub, [feeds[r] for r in rows], [last_n[r] for r in rows])
         self._kv = put_rows(self.target, self._kv, sub, rows)
@@ -224,6 +238,33 @@ class VerifierRunner:
         self._owner = []
         self._kv = self.target.new_kv(0)
         self._tokens_in_use = 0
+
+    # ------------------------------------------------------------------ calibration (worker thread)
+
+    def calibrate(self, shapes: Sequence[tuple[int, int]] = CALIBRATION_SHAPES, context_tokens: int = CALIBRATION_CONTEXT_TOKENS,
+                  budget_s: float = 2.0) -> list[tuple[int, int, float]]:
+        """Time verification-shaped forwards on a scratch cache: (rows, width, seconds) per shape, the best of two runs.
+
+        Each shape's rows hold `context_tokens` tokens of context, then get `width` new tokens; the
+        sessions' cache is not touched. Shapes are run in order until `budget_s` is spent (the first
+        always runs), so a slow target calibrates on fewer points rather than delaying start-up.
+        """
+        points: list[tuple[int, int, float]] = []
+        started_s = time.perf_counter()
+        for rows, width in shapes:
+            if points and time.perf_counter() - started_s > budget_s:
+                break
+            best = math.inf
+            for _ in range(2):
+                kv = self.target.new_kv(rows)
+                self.target.forward(kv, [[0] * context_tokens] * rows, [0] * rows)
+                t0 = time.perf_counter()
+                logits = self.target.forward(kv, [[0] * width] * rows)
+                if logits.is_cuda:
+                    torch.cuda.synchronize(logits.device)
+                best = min(best, time.perf_counter() - t0)
+            points.append((rows, width, best))
+        return points
 
     # ------------------------------------------------------------------ verification (worker thread)
 
@@ -257,20 +298,22 @@ class VerifierRunner:
         if not live:
             return results
         started_s = time.perf_counter()
+        clock = StepClock(self.target.device)
         try:
             if prefill:  # prompts (or resumed transcripts) first, in a forward of their own, no logits needed
                 self._forward_rows(prefill, {row: 0 for row in prefill})
+            verify_clock = StepClock(self.target.device)  # the verification forward alone: the forward-time model's data
             logits = self._forward_rows(feeds, last_n)  # [Σ (γ_i + 1), V], rows ascending
-            if logits.is_cuda:  # kernels run asynchronously: end the timed window when they are done
-                torch.cuda.synchronize(logits.device)
+            clock.stop()
+            verify_clock.stop()
+            verdicts = self._verify(logits, live, last_n)  # on a GPU: the batch's one wait (asynchronous errors surface here too)
         except Exception:
             with self._lock:
                 self._reset_kv()
             raise
-        ended_s = time.perf_counter()
-        self.forward_windows.append((started_s, ended_s))
-        forward_s = ended_s - started_s
-        verdicts = self._verify(logits, live, last_n)
+        forward_s = clock.seconds()
+        self.forward_windows.append((started_s, started_s + forward_s))
+        self.last_verify = (*self._shape, verify_clock.seconds())
         with self._lock:
             keep: dict[int, int] = {}
             for (i, item, sess), (accepted, token, bonus) in zip(live, verdicts):
@@ -286,27 +329,42 @@ class VerifierRunner:
         return results
 
     def _verify(self, logits: torch.Tensor, live: list[tuple[int, DraftItem, _Session]], last_n: dict[int, int]) -> list[tuple[int, int, bool]]:
-        """(accepted, next token, is_bonus) per live item: greedy sessions in one call, sampled ones each with its own generator."""
+        """(accepted, next token, is_bonus) per live item: greedy sessions in one call, sampled ones each with its own generator
+        (or, coupled, its own position-keyed noise).
+
+        Every verdict stays on the device until one transfer at the end (a single wait per batch on a GPU).
+        """
         starts, offset = {}, 0
         for row in sorted(last_n):
             starts[row], offset = offset, offset + last_n[row]
-        out: list[Optional[tuple[int, int, bool]]] = [None] * len(live)
-        greedy = sorted((j for j, (_, _, sess) in enumerate(live) if sess.params.greedy), key=lambda j: live[j][2].row)  # logits' row order
-        if greedy:
-            batch = DraftBatch.from_blocks([live[j][1].draft.token_ids.tolist() for j in greedy])
-            greedy_logits = logits  # when every session is greedy the logits already have the batch's layout
-            if len(greedy) < len(live):
-                rows = [r for j in greedy for r in range(starts[live[j][2].row], starts[live[j][2].row] + live[j][1].gamma + 1)]
-                greedy_logits = logits[torch.tensor(rows, device=logits.device)]
-            res = verify_greedy(greedy_logits, batch)
-            for j, verdict in zip(greedy, zip(res.num_accepted.tolist(), res.next_tokens.tolist(), res.is_bonus.tolist())):
-                out[j] = verdict
+        order: list[int] = []  # live index of each sampled verdict column
+        parts: list[torch.Tensor] = []  # [3, k] (accepted, next token, is_bonus) per sampled call
+        greedy = [j for j, (_, _, sess) in enumerate(live) if sess.params.greedy]
+        best = greedy_tokens(logits) if greedy else logits.new_zeros(0, dtype=torch.long)  # [Σ (γ_i + 1)] argmax per row
         for j, (_, item, sess) in enumerate(live):
             if sess.params.greedy:
                 continue
             start = starts[sess.row]
             probs = probs_from_logits(logits[start : start + item.gamma + 1], sess.params)  # [γ + 1, V]
-            gen = torch.Generator().manual_seed(round_seed(sess.seed, item.position))
-            res = verify_probs(probs, item.draft, gen)
-            out[j] = (int(res.num_accepted[0]), int(res.next_tokens[0]), bool(res.is_bonus[0]))
+            if sess.coupled:
+                res = verify_coupled(probs, item.draft, block_noise(item.draft, [sess.seed], [item.position], probs.shape[-1], probs.device))
+            else:
+                gen = torch.Generator().manual_seed(round_seed(sess.seed, item.position))
+                res = verify_probs(probs, item.draft, gen)
+            order.append(j)
+            parts.append(torch.stack([res.num_accepted, res.next_tokens, res.is_bonus.long()]))
+        sampled = torch.cat(parts, dim=1).flatten() if parts else best.new_zeros(0)
+        flat = torch.cat([best, sampled.to(best.device)]).tolist()  # the one wait
+        argmax, k = flat[: best.numel()], len(order)
+        out: list[Optional[tuple[int, int, bool]]] = [None] * len(live)
+        for j in greedy:  # greedy rule on the host, from the batch's one argmax: accept while x == argmax p, emit argmax p at the stop
+            _, item, sess = live[j]
+            start, drafted = starts[sess.row], item.draft.token_ids.tolist()
+            n = 0
+            while n < len(drafted) and drafted[n] == argmax[start + n]:
+                n += 1
+            out[j] = (n, argmax[start + n], n == len(drafted))
+        rest = flat[best.numel():]
+        for c, j in enumerate(order):
+            out[j] = (rest[c], rest[k + c], bool(rest[2 * k + c]))
         return out  # type: ignore[return-value]

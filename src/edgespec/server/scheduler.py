@@ -3,6 +3,12 @@
 When: a pluggable batching policy from `edgespec.policy.batching` (default `WindowBatching`: the batch
 window of the oldest draft, or a full batch) — or at once when the queued drafts already fill
 `max_batch_tokens` or every open session has a draft queued (waiting longer cannot add anything).
+Merge wait: a batch about to start without every open session holds back, up to `merge_wait_s`, for
+sessions whose verdicts just went out and are expected back within that time (each session's own last
+turnaround, verdict out → next draft in): otherwise sessions that once drifted into two groups (e.g.
+after speculating, when rounds take turns with drafting) stay split and every forward pays its fixed
+cost for half the rows. The node sets `merge_wait_s` from its forward-time model (a share of the
+fixed cost of a forward, which merging saves); 0 turns it off.
 Which: round-robin over drafter nodes (FIFO within a node), starting one node further each batch, at most
 one draft per session, until `max_batch_tokens` target positions or the policy's batch size; a
 single draft larger than `max_batch_tokens` still runs, alone. The scheduler decides; the runner executes.
@@ -69,6 +75,9 @@ class Scheduler:
         self._queues: "OrderedDict[Hashable, deque[QueuedDraft]]" = OrderedDict()  # node -> FIFO; order = round-robin order
         self._depth = 0
         self._tokens = 0
+        self.merge_wait_s = 0.0  # see the module docstring; the owner updates it
+        self._released: dict = {}  # session key -> when its verdict went out (awaiting its next draft)
+        self._turnaround: dict = {}  # session key -> its last verdict-out → draft-in time
 
     @property
     def depth(self) -> int:
@@ -79,7 +88,17 @@ class Scheduler:
         """Target positions of every queued draft (kept as a running sum)."""
         return self._tokens
 
+    def release(self, keys, now_s: float) -> None:
+        """The verdicts of these sessions went out at `now_s` (the merge wait expects them back)."""
+        if self.merge_wait_s > 0.0:
+            for key in keys:
+                self._released[key] = now_s
+
     def submit(self, draft: QueuedDraft) -> None:
+        if self._released:
+            out = self._released.pop(draft.item.key, None)
+            if out is not None:
+                self._turnaround[draft.item.key] = draft.arrival_s - out
         queue = self._queues.get(draft.node)
         if queue is None:
             self._queues[draft.node] = deque((draft,))
@@ -90,6 +109,8 @@ class Scheduler:
 
     def drop_session(self, key: SessionKey) -> int:
         """Remove a session's queued drafts (it closed); returns how many."""
+        self._released.pop(key, None)
+        self._turnaround.pop(key, None)
         dropped = 0
         for node, queue in list(self._queues.items()):
             if not any(q.item.key == key for q in queue):
@@ -126,12 +147,30 @@ class Scheduler:
             pending = [q for queue in queues.values() for q in queue]
         decision = self.policy.select(pending, now_s)
         batches = decision.batches
-        if not batches and not (self._tokens >= config.max_batch_tokens or (open_sessions and depth >= open_sessions)):
+        everyone = open_sessions and depth >= open_sessions
+        if not batches and not (self._tokens >= config.max_batch_tokens or everyone):
             return [], decision.wake_at_s
+        if not everyone and self._released and self._tokens < config.max_batch_tokens:
+            back_at = self._expected_back(now_s)
+            if back_at is not None:
+                return [], back_at
         size = len(batches[0]) if batches else (config.max_batch_size or depth)
         if config.max_batch_size:
             size = min(size, config.max_batch_size)
         return self._fair_fill(max(size, 1)), None
+
+    def _expected_back(self, now_s: float) -> Optional[float]:
+        """The latest time within the merge wait at which a released session is expected back, or None (dispatch now)."""
+        horizon = now_s + self.merge_wait_s
+        latest = None
+        for key, out in self._released.items():
+            turn = self._turnaround.get(key)
+            if turn is None:
+                continue
+            due = out + turn
+            if now_s < due <= horizon and (latest is None or due > latest):
+                latest = due
+        return latest
 
     def _fair_fill(self, max_size: int) -> list[QueuedDraft]:
         """Take drafts round-robin across nodes (FIFO per node), one per session, within the size and token limits."""

@@ -17,10 +17,12 @@ import random
 from typing import Callable, Optional
 
 from edgespec.policy.gamma import GammaPolicy, RoundObservation
+from edgespec.policy.load import CALIBRATION_CONTEXT_TOKENS, CALIBRATION_SHAPES, ForwardCostFit, VerifierHints
 from edgespec.policy.routing import VerifierLoad
 from edgespec.server.scheduler import QueuedDraft, Scheduler, SchedulerConfig
 from edgespec.sim.batching import make_batching
 from edgespec.sim.config import SimConfig, VerifierConfig
+from edgespec.sim.cores import SharedCores
 from edgespec.sim.costs import StepCost
 from edgespec.sim.kernel import DECIDE, TIMER, EventLoop, SimulationError
 from edgespec.sim.links import Link
@@ -38,7 +40,8 @@ class Session:
         "rng", "admitted", "new_at_verifier", "new_at_drafter", "gamma", "accept_n", "mark_s", "verify_cost_s",
         "first_token_s", "finish_s", "rounds", "drafted", "accepted", "draft_s", "upload_s", "queue_s", "verify_s",
         "downlink_s", "admission_s", "pending_tokens", "hint", "round_log", "user", "draft_cost_s", "upload_cost_s",
-        "observes", "log_alpha", "marks", "sent_s", "arrival_seq", "finishing", "opened",
+        "observes", "log_alpha", "marks", "sent_s", "arrival_seq", "finishing", "opened", "busy_mark_s", "busy_wait_cost_s",
+        "opened_s", "overlapped",
     )
 
     def __init__(self, key: int, klass: int, node: "DrafterNode", arrival_s: float, prompt_tokens: int, output_tokens: int,
@@ -59,13 +62,16 @@ class Session:
         self.first_token_s = self.finish_s = -1.0
         self.rounds = self.drafted = self.accepted = 0
         self.draft_s = self.upload_s = self.queue_s = self.verify_s = self.downlink_s = self.admission_s = 0.0
-        self.hint = (0, 0)
+        self.hint = (0, 0, None)  # (queue depth, active sessions, VerifierHints or None) of the last verdict
+        self.busy_mark_s = self.busy_wait_cost_s = 0.0  # the verifier's busy seconds done when the block arrived; its wait behind them
         self.round_log: Optional[list] = None  # when tracing: (draft start, sent, at verifier, batch start, batch end, verdict, γ, accepted)
         self.marks = [0.0] * 5
         self.sent_s = 0.0
         self.arrival_seq = 0  # sequence number of the block's arrival (orders the verifier's inbox like events)
         self.finishing = False  # the block in flight completes the answer (known when drafted: acceptance is drawn then)
         self.opened = False  # admitted at a verifier and not yet finished (counted in its node's `open_sessions`)
+        self.opened_s = -1.0  # with the open handshake: when `session opened` reaches the node (the prompt went with the open)
+        self.overlapped = False  # its draft arrived while the verifier was busy (serving profile: costs `overlap_s`)
 
     @property
     def remaining(self) -> int:
@@ -103,6 +109,9 @@ class World:
 
     def __init__(self, loop: EventLoop, config: SimConfig) -> None:
         self.loop, self.config = loop, config
+        spec = config.speculation
+        # verifiers send load hints with their forward-time model when a γ policy may read them
+        self.publish_hints = config.policy_factory is not None or spec.gamma_policy == "adaptive" or spec.load_aware
         self.drafters: list[DrafterNode] = []
         self.verifiers: list[VerifierNode] = []
         self.finished: list[Session] = []
@@ -126,14 +135,23 @@ class World:
             self.on_finish(s)
 
 
+def _nothing(_=None) -> None:
+    return None
+
+
 class DrafterNode:
     """A device (or edge server) hosting a draft model: batched draft passes over its ready sessions, an uplink and a downlink."""
 
     send_ahead = True  # a pass's blocks go on the uplink at pass start when nothing can precede them (False: a pass-done event; same results)
 
-    def __init__(self, world: World, index: int, group: int, cost: StepCost, uplink: Link, downlink: Link, routing) -> None:
+    def __init__(self, world: World, index: int, group: int, cost: StepCost, uplink: Link, downlink: Link, routing,
+                 core: Optional[SharedCores] = None, cap: float = 1.0, framework_scale: float = 1.0) -> None:
+        """`core`: the cores this device shares with others (its passes and framework work are jobs there, at most `cap`
+        cores at a time); None: a core of its own, with `cost` already scaled to the device. `framework_scale` multiplies
+        the serving profile's per-round framework work (the slowdown when the device has a core of its own)."""
         self.world, self.loop, self.index, self.group = world, world.loop, index, group
         self.cost, self.uplink, self.downlink, self.routing = cost, uplink, downlink, routing
+        self.core, self.cap = core, cap
         self.ready: list[Session] = []
         self.busy = False
         self.busy_until_s = -1.0  # end of a pass sent ahead while no pass-done event exists, else -1
@@ -149,15 +167,35 @@ class DrafterNode:
         self.mode, self.noise = spec.mode, spec.confidence_noise
         self.block_overhead, self.per_token_bytes = spec.message_overhead_bytes, spec.draft_bytes_per_token
         self.prompt_bytes = spec.prompt_bytes_per_token
+        serving = world.config.serving
+        self.handshake = serving is not None and self.mode == "sd"  # the open is a round trip of its own
+        self.framework = serving.drafter_framework if serving is not None else None
+        self.framework_scale = framework_scale
+        self.background_s = serving.drafter_background_s if serving is not None and core is not None else 0.0
+        self.request_s = serving.request_s if serving is not None else 0.0
+        self.open_s = serving.open_s if serving is not None else 0.0
+        self.verdict_bytes = spec.verdict_bytes
+        # blocks go on the uplink at pass start only when the pass's end is known then and nothing else can precede them
+        self.send_ahead = DrafterNode.send_ahead and core is None and not self.handshake
 
     # -------------------------------------------------------------- drafting
 
     def start(self, s: Session) -> None:
-        """A new request arrives at this node."""
+        """A new request arrives at this node (the serving profile's `request_s` later: the user's HTTP request)."""
+        if self.request_s > 0.0:
+            self.loop.after(self.request_s, self._arrive, s)
+        else:
+            self._arrive(s)
+
+    def _arrive(self, s: Session) -> None:
         self.live += 1
         if self.mode == "ad":
             self._send(s, self.block_overhead + s.prompt_tokens * self.prompt_bytes)
             return
+        if self.handshake:  # the open (with the prompt) goes up now; the first block leaves once `session opened` is back
+            now = self.loop.now_s
+            at_verifier = self.uplink.send(now, self.block_overhead + s.prompt_tokens * self.prompt_bytes)
+            s.opened_s = self.downlink.send(at_verifier + self.open_s, self.verdict_bytes)
         s.mark_s = self.loop.now_s
         self.ready.append(s)
         if not self.flush_pending:  # requests arriving at one instant (a closed loop's start) share a pass
@@ -207,6 +245,8 @@ class DrafterNode:
         cost = self.cost.draft_pass_s([g for g in gammas if g], context // len(batch))
         if prefill:
             cost += self.cost.prefill_s(len(prefill), max(prefill))
+        if self.framework is not None:
+            cost += len(batch) * self.framework.at(len(batch)) * self.framework_scale
         self._run_pass(batch, cost, self.mode == "sd" and self._nothing_precedes(batch))
 
     def _mark_finishing(self, s: Session) -> None:
@@ -239,6 +279,11 @@ class DrafterNode:
         only then, so equal-time events keep their order).
         """
         now = self.loop.now_s
+        if self.core is not None:  # its end depends on what else runs on the shared cores
+            self.busy = True
+            self.passes += 1
+            self.core.run(cost, self.cap, self._shared_pass_done, (batch, now))
+            return
         for s in batch:
             s.draft_s += now - s.mark_s + cost
             s.draft_cost_s = cost
@@ -255,6 +300,18 @@ class DrafterNode:
         else:
             self.loop.at(now + cost, self._pass_done, batch)
 
+    def _shared_pass_done(self, arg: tuple[list[Session], float]) -> None:
+        """A pass on shared cores got its work: charge its sessions what it took, then as `_pass_done`."""
+        batch, started_s = arg
+        now = self.loop.now_s
+        for s in batch:
+            s.draft_s += now - s.mark_s
+            s.draft_cost_s = now - started_s
+            if s.round_log is not None:
+                s.marks[0], s.marks[1] = started_s, now
+        self.busy_s += now - started_s
+        self._pass_done(batch)
+
     def _start_single(self) -> None:
         """`_start_pass` for the common case of one ready session in SD mode (same result, less work)."""
         s = self.ready.pop()
@@ -267,6 +324,8 @@ class DrafterNode:
         if s.new_at_drafter:
             s.new_at_drafter = False
             cost += self.cost.prefill_s(1, s.prompt_tokens)
+        if self.framework is not None:
+            cost += self.framework.at(1) * self.framework_scale
         if not (s.admitted and self.send_ahead and self.open_sessions == self.live and self.finishing == s.finishing):
             self._run_pass([s], cost)  # `_nothing_precedes([s])` is False
             return
@@ -298,17 +357,24 @@ class DrafterNode:
                 s.rounds += 1
                 self._apply(s, now)
         else:
+            now = self.loop.now_s
             for s in batch:
-                self._send(s, self._block_bytes(s))
+                if s.opened_s > now:  # the open's reply is not back yet: the block waits for it
+                    self.loop.at(s.opened_s, self._send_block, s)
+                else:
+                    self._send(s, self._block_bytes(s))
         if self.ready:
             self._start_pass()
+
+    def _send_block(self, s: Session) -> None:
+        self._send(s, self._block_bytes(s))
 
     # -------------------------------------------------------------- the wire
 
     def _block_bytes(self, s: Session) -> float:
         """A draft block on the wire; until the session is open at a verifier the open message (with the prompt) rides along."""
         size = self.block_overhead + s.gamma * self.per_token_bytes
-        return size if s.admitted else size + s.prompt_tokens * self.prompt_bytes
+        return size if s.admitted or s.opened_s >= 0.0 else size + s.prompt_tokens * self.prompt_bytes
 
     def _route(self, s: Session) -> int:
         hints = self.hints
@@ -353,6 +419,8 @@ class DrafterNode:
     def on_verdicts(self, group: list[Session]) -> None:
         """The verdicts of one batch for this node's sessions arrive (one message); then one draft pass for all that go on."""
         now = self.loop.now_s
+        if self.background_s > 0.0:  # the device's work nobody waits for (streaming, the user's client): it loads the shared cores
+            self.core.run(self.background_s * len(group), self.cap, _nothing)
         hints, ready = self.hints, self.ready
         for s in group:
             h, hint = hints[s.verifier], s.hint
@@ -360,7 +428,8 @@ class DrafterNode:
             s.downlink_s += now - s.mark_s
             if s.observes:
                 s.policy.observe(RoundObservation(s.gamma, s.accept_n, now, s.draft_cost_s if s.gamma else None,
-                                                  s.upload_cost_s, s.verify_cost_s, now - s.sent_s, hint[0]))
+                                                  s.upload_cost_s, s.verify_cost_s, now - s.sent_s, hint[0],
+                                                  s.verify_cost_s, s.busy_wait_cost_s, hint[2]))
             self._apply(s, now)
         if not ready:
             return
@@ -411,6 +480,21 @@ class VerifierNode:
         self.peak_reserved_tokens = 0
         self.mode = world.config.speculation.mode
         self.verdict_bytes = world.config.speculation.verdict_bytes
+        # load hints with the forward-time model, as the real node sends them (only when a policy reads them: it costs a fit per batch)
+        # and the merge wait set from it (the real node's calibration at start-up, then its fit per forward)
+        self.cost_fit: Optional[ForwardCostFit] = None
+        points = [(r, w, cost.step_s(r, w, CALIBRATION_CONTEXT_TOKENS)) for r, w in CALIBRATION_SHAPES]
+        prior = ForwardCostFit().fit_points(points) if config.merge_share > 0.0 or world.publish_hints else None
+        if world.publish_hints:
+            self.cost_fit = ForwardCostFit(prior=prior)
+        if config.merge_share > 0.0:
+            self.scheduler.merge_wait_s = config.merge_share * prior.base_s
+        self.batch_rows = self.batch_width = 0.0  # moving averages over batches, as the real node keeps them
+        serving = world.config.serving
+        self.framework = serving.verifier_framework if serving is not None else None  # per batch, beyond its forwards
+        self.overlap_s = serving.overlap_s if serving is not None else 0.0  # per draft that arrived during a batch
+        self.verdict_overlap_s = serving.verdict_overlap_s if serving is not None else 0.0  # per verdict out during the next batch
+        self.last_size = 0  # drafts in the batch that ran last
 
     def deliver(self, s: Session, arrival_s: float) -> None:
         """A block will arrive at `arrival_s`: an event, or — for an open session arriving while a batch runs — the inbox.
@@ -450,6 +534,8 @@ class VerifierNode:
             return
         if self.mode == "ad":
             s.gamma = s.accept_n = 0
+        if self.busy:
+            s.overlapped = True
         if self.batch_inbox and self.busy:  # join the drafts that arrived during this batch, in arrival order
             self.inbox.append((now, s.arrival_seq, s))
             return
@@ -478,6 +564,7 @@ class VerifierNode:
 
     def _submit(self, s: Session, now: float) -> None:
         s.mark_s = now
+        s.busy_mark_s = self.busy_s - max(0.0, self.busy_until_s - now)
         cost = s.gamma + 1 + (s.prompt_tokens if s.new_at_verifier else 0)
         self.scheduler.submit(QueuedDraft(s, s.node.index, now, cost))
 
@@ -535,9 +622,14 @@ class VerifierNode:
         loop = self.loop
         now = loop.now_s
         sessions = [q.item for q in batch]
-        max_new, context, prefill = 1, 0, []
+        max_new, context, prefill, overlapped = 1, 0, [], 0
+        busy_s = self.busy_s
         for s in sessions:
+            if s.overlapped:
+                s.overlapped = False
+                overlapped += 1
             s.queue_s += now - s.mark_s
+            s.busy_wait_cost_s = busy_s - s.busy_mark_s
             s.mark_s = now
             if s.round_log is not None:
                 s.marks[3] = now
@@ -548,8 +640,15 @@ class VerifierNode:
                 prefill.append(s.prompt_tokens)
                 s.new_at_verifier = False
         cost = self.cost.step_s(len(sessions), max_new, context // len(sessions))
+        if self.cost_fit is not None:
+            self._observe_forward(len(sessions), max_new, cost)
         if prefill:
             cost += self.cost.prefill_s(len(prefill), max(prefill))
+        if self.framework is not None:
+            cost += self.framework.at(len(sessions)) + self.overlap_s * overlapped
+            if now - self.busy_until_s <= 1e-12:  # back to back: the last batch's verdicts go out during this one
+                cost += self.verdict_overlap_s * self.last_size
+        self.last_size = len(sessions)
         self.busy = True
         self.busy_until_s = now + cost
         self.busy_s += cost
@@ -557,6 +656,20 @@ class VerifierNode:
         loop.at(now + cost, self._batch_done, sessions)
         if self.later:
             self._sort_later()
+
+    def _observe_forward(self, rows: int, width: int, seconds: float) -> None:
+        """The real node's bookkeeping after a verification forward: the forward-time model and the batch-shape averages."""
+        self.cost_fit.observe(rows, width, seconds)
+        if self.config.merge_share > 0.0:
+            self.scheduler.merge_wait_s = self.config.merge_share * self.cost_fit.cost().base_s
+        first = not self.batch_rows
+        self.batch_rows = rows if first else 0.8 * self.batch_rows + 0.2 * rows
+        self.batch_width = width if first else 0.8 * self.batch_width + 0.2 * width
+
+    def _hints(self) -> Optional[VerifierHints]:
+        if self.cost_fit is None:
+            return None
+        return VerifierHints(self.scheduler.depth, self.active, None, self.batch_rows, self.batch_width, self.cost_fit.cost())
 
     def _batch_done(self, sessions: list[Session]) -> None:
         loop = self.loop
@@ -567,12 +680,15 @@ class VerifierNode:
             if len(inbox) > 1:  # the order their arrival events would have run in: (time, sequence), which is unique
                 inbox.sort()
             submit = self.scheduler.submit
+            busy_s = self.busy_s - self.busy_until_s  # + arrival: the busy seconds done when it arrived (this batch ends now)
             for arrival_s, _, s in inbox:  # `_submit`, inlined (hot: about 2 % of a run)
+                s.overlapped = True  # it arrived while the batch ran
                 if s.round_log is not None:
                     s.marks[2] = arrival_s
                 s.mark_s = arrival_s
+                s.busy_mark_s = busy_s + arrival_s
                 submit(QueuedDraft(s, s.node.index, arrival_s, s.gamma + 1 + (s.prompt_tokens if s.new_at_verifier else 0)))
-        hint = (self.scheduler.depth, self.active)
+        hint = (self.scheduler.depth, self.active, self._hints())
         if self.spans is not None:
             self.spans.append((sessions[0].mark_s, now, len(sessions)))
         groups: dict = {}  # sessions by drafter node, nodes in order of first appearance
@@ -601,6 +717,7 @@ class VerifierNode:
                     self._ad_token(s, arrival_s)
             else:
                 loop.at(arrival_s, node.on_verdicts, group)
+        self.scheduler.release([s.key for s in sessions], now)
         self.decide_at_end()
         if self.later and not self.busy:  # no batch started: they arrive at an idle verifier, as events
             self._sort_later()

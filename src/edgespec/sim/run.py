@@ -13,6 +13,7 @@ from typing import Optional
 from edgespec.policy.gamma import make_gamma_policy
 from edgespec.policy.routing import make_routing
 from edgespec.sim.config import SimConfig
+from edgespec.sim.cores import SharedCores
 from edgespec.sim.costs import scaled
 from edgespec.sim.entities import DrafterNode, Session, VerifierNode, World
 from edgespec.sim.kernel import EventLoop, SimulationError
@@ -67,14 +68,21 @@ class _Arrivals:
         k = min(self._pick(self.class_cum, rng), len(cfg.classes) - 1)
         klass, group = cfg.classes[k], cfg.drafters[node.group]
         alpha = klass.alpha if klass.alpha is not None else group.alpha
-        curve = (alpha,) if alpha is not None else cfg.speculation.acceptance
+        mix = cfg.speculation.acceptance_mix
+        if alpha is not None:
+            curve = (alpha,)
+        elif mix:  # the request's prompt: one of the measured prompts' curves, from a stream of its own
+            curve = mix[stream(cfg.seed, "prompt", key).randrange(len(mix))]
+        else:
+            curve = cfg.speculation.acceptance
         spec = cfg.speculation
         policy = None
         if spec.mode == "sd" and cfg.policy_factory is not None:
             policy = cfg.policy_factory(klass, group)
         elif spec.mode == "sd":
             policy = make_gamma_policy(spec.gamma_policy, spec.gamma, spec.max_gamma, spec.confidence_threshold,
-                                       node_state=self.node_state.setdefault(node.index, {}), request_class=klass.name)
+                                       node_state=self.node_state.setdefault(node.index, {}), request_class=klass.name,
+                                       load_aware=spec.load_aware, probe_every=spec.probe_every)
         s = Session(key, k, node, self.world.loop.now_s, klass.input_tokens, klass.output_tokens, policy, curve,
                     stream(cfg.seed, "session", key), user)
         if cfg.record_rounds:
@@ -137,14 +145,20 @@ class _Arrivals:
 def _build(config: SimConfig) -> World:
     loop = EventLoop()
     world = World(loop, config)
+    serving = config.serving
+    core = None  # devices sharing cores: passes at full speed there, each device capped by its quota
+    if config.device_cores:
+        core = SharedCores(loop, config.device_cores, serving.core_efficiency if serving is not None else 1.0)
     index = 0
     for g, group in enumerate(config.drafters):
-        cost = scaled(config.draft_cost, group.slowdown)
+        cost = config.draft_cost if core is not None else scaled(config.draft_cost, group.slowdown)
+        cap = serving.cap(group.slowdown) if serving is not None else 1.0 / group.slowdown
         for i in range(group.count):
             up = Link(group.uplink, stream(config.seed, "uplink", index))
             down = Link(group.downlink, stream(config.seed, "downlink", index))
             routing = make_routing(config.routing, stream(config.seed, "routing", index))
-            world.drafters.append(DrafterNode(world, index, g, cost, up, down, routing))
+            world.drafters.append(DrafterNode(world, index, g, cost, up, down, routing, core, cap,
+                                              1.0 if core is not None else group.slowdown))
             index += 1
     world.verifiers = [VerifierNode(world, v, config.verifiers, config.verify_cost) for v in range(config.verifiers.count)]
     for node in world.drafters:

@@ -21,11 +21,13 @@ from edgespec.plan.profile import ProfileError
 from edgespec.plan.scenario import _NONNEG, _NONNEG_INT, _POS, _POS_INT, Scenario, ScenarioError, _Ctx, _Section, load_scenario
 from edgespec.policy.bandwidth import BandwidthPolicy, UplinkDemand
 from edgespec.policy.gamma import GAMMA_POLICIES
-from edgespec.sim.config import BATCHINGS, MODES, ROUTINGS, DrafterGroup, RequestClass, SimConfig, Slo, Speculation, VerifierConfig, Workload
+from edgespec.sim.config import (
+    BATCHINGS, MODES, ROUTINGS, DrafterGroup, RequestClass, ServingCosts, SimConfig, Slo, Speculation, VerifierConfig, Workload,
+)
 from edgespec.sim.costs import ConstantCost, NodeCost
 from edgespec.sim.links import LinkModel
 
-__all__ = ["load_sim_config", "sim_config_from_scenario", "ScenarioError"]
+__all__ = ["load_sim_config", "sim_config_from_scenario", "serving_costs", "ScenarioError"]
 
 _PROB = dict(check=lambda x: 0 <= x <= 1, what="a probability in [0, 1]")
 _LOSS = dict(check=lambda x: 0 <= x < 1, what="a loss probability in [0, 1)")
@@ -104,6 +106,7 @@ def _verifiers(sec: Optional[_Section], sc: Scenario, draft_cost, verify_cost) -
         kv_budget_tokens=sec.number("kv_budget_tokens", 0, **_NONNEG_INT),
         busy_retry_s=sec.number("busy_retry_s", 0.05, **_NONNEG),
         dp_max_tasks=VerifierConfig.dp_max_tasks if dp_max_tasks is None else dp_max_tasks,
+        merge_share=sec.number("merge_share", VerifierConfig.merge_share, **_NONNEG),
         plan_system=plan,
     )
     sec.done()
@@ -148,8 +151,18 @@ def _slo(sec: Optional[_Section]) -> Slo:
     return slo
 
 
+def _answer_tokens(sc: Scenario) -> int:
+    """The tasks' mean answer length: which of a profile's curves (measured per answer length) applies."""
+    return round(sum(t.output_tokens for t in sc.tasks) / len(sc.tasks)) if sc.tasks else 0
+
+
 def _pair_profile(sim: _Section, sc: Scenario, base_dir: Optional[Path]):
-    """`[sim] pair_profile`: costs from the measured pair (`edgespec profile`) and its acceptance curve for the chosen setting."""
+    """`[sim] pair_profile`: costs from the measured pair (`edgespec profile`) and its acceptance curve for the chosen setting.
+
+    A serving profile (edgespec-pair-profile/2, `edgespec profile --serving`) also gives the serving terms: forwards as the
+    serving processes ran them, framework time per round at both ends, the open handshake, the HTTP request, the verifier's
+    cost of drafts arriving during a forward and how a shared core serves several devices (`ServingCosts`).
+    """
     name = sim.string("pair_profile", None)
     q_mode = sim.string("profile_q_mode", "topk", choices=("full", "topk", "tokens"))
     temperature = sim.number("profile_temperature", 1.0, **_NONNEG)
@@ -159,12 +172,23 @@ def _pair_profile(sim: _Section, sc: Scenario, base_dir: Optional[Path]):
     path = Path(name) if Path(name).is_absolute() or base_dir is None else base_dir / name
     try:
         pp = load_pair_profile(path)
-        curve = acceptance_curve(pp, q_mode, temperature, top_k if q_mode == "topk" else None)
+        curve = acceptance_curve(pp, q_mode, temperature, top_k if q_mode == "topk" else None, _answer_tokens(sc) or None)
     except (OSError, ProfileError) as exc:
         sim.fail("pair_profile", f"cannot use pair profile {str(path)!r}: {exc}")
-    draft = NodeCost(replace(sc.system.drafter, profile=pp.draft))
-    verify = NodeCost(replace(sc.system.verifier, profile=pp.target))
-    return draft, verify, curve.per_position
+    if pp.serving is None:
+        return NodeCost(replace(sc.system.drafter, profile=pp.draft)), NodeCost(replace(sc.system.verifier, profile=pp.target)), curve, None
+    sp = pp.serving
+    draft = NodeCost(replace(sc.system.drafter, profile=sp.draft_step))
+    verify = NodeCost(replace(sc.system.verifier, profile=sp.target_forward))
+    return draft, verify, curve, sp
+
+
+def serving_costs(sp, devices: int) -> ServingCosts:
+    """The simulator's serving terms from a serving profile (`edgespec.plan.servingprofile.ServingProfile`) for `devices` drafter nodes."""
+    caps = tuple((float(s), sp.quota_cap(float(s))) for s in sp.quota.batch_sizes) if sp.quota is not None else ()
+    return ServingCosts(verifier_framework=sp.verifier_framework, drafter_framework=sp.drafter_framework,
+                        drafter_background_s=sp.drafter_background_s, overlap_s=sp.overlap_s,
+                        verdict_overlap_s=sp.verdict_overlap_s, open_s=sp.open_s, request_s=sp.request_s, core_efficiency=sp.core_efficiency(devices), quota_caps=caps)
 
 
 def _costs(sim: _Section, sc: Scenario):
@@ -200,6 +224,8 @@ def sim_config_from_scenario(sc: Scenario, data: dict, ctx: _Ctx) -> SimConfig:
         gamma_policy=sim.string("gamma_policy", "static", choices=GAMMA_POLICIES),
         gamma=gamma,
         max_gamma=max_gamma,
+        load_aware=sim.boolean("load_aware", False),
+        probe_every=sim.number("probe_every", 0, **_NONNEG_INT),
         confidence_threshold=sim.number("confidence_threshold", 0.3, **_PROB),
         confidence_noise=sim.number("confidence_noise", 0.5, **_PROB),
         acceptance=curve,
@@ -210,14 +236,17 @@ def sim_config_from_scenario(sc: Scenario, data: dict, ctx: _Ctx) -> SimConfig:
     )
     draft_cost, verify_cost = _costs(sim, sc)
     measured = _pair_profile(sim, sc, ctx.base_dir)
+    serving = None
     if measured is not None:
         if sim.has("costs"):
             sim.fail("pair_profile", "give either [sim.costs] or pair_profile, not both")
         if acceptance is not None:
             sim.fail("acceptance", "the pair profile supplies the acceptance curve; drop one of them")
-        draft_cost, verify_cost, curve = measured
-        spec = replace(spec, acceptance=curve)
+        draft_cost, verify_cost, measured_curve, serving = measured
+        spec = replace(spec, acceptance=measured_curve.per_position, acceptance_mix=measured_curve.per_prompt)
     groups = _groups(sim, sc, spec.draft_bytes_per_token * max(gamma, 1) + spec.message_overhead_bytes, 1.0)
+    if serving is not None:
+        serving = serving_costs(serving, sum(g.count for g in groups))
     config = SimConfig(
         classes=_classes(sc),
         drafters=groups,
@@ -230,17 +259,22 @@ def sim_config_from_scenario(sc: Scenario, data: dict, ctx: _Ctx) -> SimConfig:
         routing=sim.string("routing", "jsq", choices=ROUTINGS),
         seed=sim.number("seed", 0, **_NONNEG_INT),
         name=sc.name,
+        serving=serving,
+        device_cores=sim.number("device_cores", 0, **_NONNEG_INT),
     )
     sim.done()
     return config
 
 
-def load_sim_config(path: Path | str, *, requests: Optional[int] = None, seed: Optional[int] = None) -> SimConfig:
-    """Read a scenario file and build its SimConfig; `requests` and `seed` override the file. Raises ScenarioError."""
+def load_sim_config(path: Path | str, *, requests: Optional[int] = None, seed: Optional[int] = None,
+                    pair_profile: Optional[Path | str] = None) -> SimConfig:
+    """Read a scenario file and build its SimConfig; `requests`, `seed` and `pair_profile` (a path) override the file. Raises ScenarioError."""
     path = Path(path)
     sc = load_scenario(path)  # validates the shared sections (and reads the file)
     text = path.read_text(encoding="utf-8")
     data = tomllib.loads(text)
+    if pair_profile is not None:
+        data.setdefault("sim", {})["pair_profile"] = str(Path(pair_profile).resolve())
     config = sim_config_from_scenario(sc, data, _Ctx(text, str(path), path.parent))
     if requests is not None:
         if config.workload.requests_per_user:

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from edgespec.models.device import upload
+
 __all__ = [
     "SamplingParams",
     "GREEDY",
@@ -87,8 +89,8 @@ def probs_from_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Ten
 
 
 def uniform(n: int, generator: torch.Generator, device: torch.device | str = "cpu") -> torch.Tensor:
-    """n draws from U(0, 1) in float64 from an explicit (CPU) generator, placed on `device`."""
-    return torch.rand(n, generator=generator, dtype=torch.float64).to(device)
+    """n draws from U(0, 1) in float64 from an explicit (CPU) generator, placed on `device` (without a stream sync)."""
+    return upload(torch.rand(n, generator=generator, dtype=torch.float64), torch.device(device))
 
 
 def sample(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -23,9 +23,11 @@ from typing import Literal, Optional
 
 import torch
 
+from edgespec.models.device import upload
 from edgespec.spec.sampling import SamplingParams, greedy_tokens, probs_from_logits, sample, uniform
 
-__all__ = ["QMode", "DraftBatch", "DraftLimits", "DraftError", "VerifyResult", "validate_draft", "verify", "verify_probs"]
+__all__ = ["QMode", "DraftBatch", "DraftLimits", "DraftError", "VerifyResult", "validate_draft", "verify", "verify_validated",
+           "verify_probs", "verify_greedy"]
 
 QMode = Literal["full", "topk", "tokens"]
 Q_MODES: tuple[str, ...] = ("full", "topk", "tokens")
@@ -89,12 +91,16 @@ class VerifyResult:
 def _check_probs(field: str, probs: torch.Tensor, atol: float) -> None:
     if not probs.is_floating_point():
         raise DraftError(field, f"must be floating point, got {probs.dtype}")
-    if not torch.isfinite(probs).all():
-        raise DraftError(field, "contains NaN or infinite values")
-    if (probs < 0).any():
-        raise DraftError(field, "contains negative probabilities")
+    if probs.numel() == 0:
+        return
     sums = probs.double().sum(dim=-1)
-    worst = (sums - 1.0).abs().max().item() if sums.numel() else 0.0
+    # one transfer for the three checks (one sync when q lives on a GPU)
+    nonfinite, negative, worst = torch.stack([(~torch.isfinite(probs)).any().double(), (probs < 0).any().double(),
+                                              (sums - 1.0).abs().max()]).tolist()
+    if nonfinite:
+        raise DraftError(field, "contains NaN or infinite values")
+    if negative:
+        raise DraftError(field, "contains negative probabilities")
     if worst > atol:
         raise DraftError(field, f"rows must sum to 1 (±{atol}); worst row is off by {worst:.3g}")
 
@@ -122,7 +128,7 @@ def _check_full_q(draft: DraftBatch, vocab_size: int, limits: DraftLimits) -> No
     if q is None or tuple(q.shape) != (n, vocab_size):
         raise DraftError("q_probs", f"full q must have shape [{n}, {vocab_size}], got {None if q is None else tuple(q.shape)}")
     _check_probs("q_probs", q, limits.prob_atol)
-    if n and (q[torch.arange(n), draft.token_ids.long()] <= 0).any():
+    if n and (q[torch.arange(n, device=q.device), draft.token_ids.long().to(q.device)] <= 0).any():
         raise DraftError("q_probs", "q gives zero probability to a drafted token (it cannot have been sampled from q)")
 
 
@@ -168,7 +174,7 @@ def _index(draft: DraftBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]
     """seq_of [N] (sequence of each draft token), pos [N] (its position in the block), target_row [N]."""
     gammas = draft.gammas.long()
     n, dev = draft.token_ids.numel(), draft.token_ids.device
-    seq_of = torch.repeat_interleave(torch.arange(draft.batch_size, device=dev), gammas)
+    seq_of = torch.repeat_interleave(torch.arange(draft.batch_size, device=dev), gammas, output_size=n)  # no sync for the size
     pos = torch.arange(n, device=dev) - draft.cu_gammas.long()[seq_of]
     return seq_of, pos, torch.arange(n, device=dev) + seq_of
 
@@ -200,14 +206,14 @@ def _q_at_tokens(draft: DraftBatch) -> torch.Tensor:
     probs = draft.q_probs.float()
     total = probs.sum(-1)
     if draft.q_mode == "full":
-        return probs[torch.arange(x.numel()), x] / total
+        return probs[torch.arange(x.numel(), device=x.device), x] / total
     return (probs * (draft.q_ids.long() == x.view(-1, 1))).sum(-1) / total
 
 
 def _to_device(draft: DraftBatch, device: torch.device) -> DraftBatch:
     if draft.token_ids.device == device:
         return draft
-    move = lambda t: None if t is None else t.to(device)  # noqa: E731
+    move = lambda t: None if t is None else upload(t, device) if t.device.type == "cpu" else t.to(device)  # noqa: E731
     return DraftBatch(move(draft.token_ids), move(draft.cu_gammas), draft.q_mode, move(draft.q_probs), move(draft.q_ids))
 
 
@@ -226,14 +232,14 @@ def verify_probs(target_probs: torch.Tensor, draft: DraftBatch, generator: torch
     cu = draft.cu_gammas.long()
     is_bonus = n_acc == draft.gammas.long()
     p_next = target_probs[cu[:-1] + torch.arange(bsz, device=cu.device) + n_acc].float()  # [B, V]
-    dist = p_next.clone()
-    rejected = (~is_bonus).nonzero().squeeze(-1)
-    if rejected.numel():
-        q_rej = _dense_q(draft, cu[:-1][rejected] + n_acc[rejected], vocab)
-        residual = (p_next[rejected] - q_rej).clamp_min(0)
+    dist = p_next
+    if x.numel():  # every row's residual at its stop, computed for all rows (no host branch on the verdict)
+        stop = (cu[:-1] + n_acc).clamp_max(x.numel() - 1)  # a bonus row's stop is past its block: clamped, unused
+        residual = (p_next - _dense_q(draft, stop, vocab)).clamp_min(0)
         mass = residual.sum(-1, keepdim=True)
         # p == q exactly leaves no residual; then a rejection has probability 0 and p is the right fallback
-        dist[rejected] = torch.where(mass > 1e-12, residual / mass.clamp_min(1e-30), p_next[rejected])
+        recovered = torch.where(mass > 1e-12, residual / mass.clamp_min(1e-30), p_next)
+        dist = torch.where(is_bonus[:, None], p_next, recovered)
     # 3. one draw per sequence
     next_tokens = sample(dist, generator)
     return VerifyResult(n_acc, next_tokens, is_bonus)
@@ -261,8 +267,14 @@ def verify(
 
     `generator` is required unless `params` is greedy. Raises `DraftError` for malformed drafts.
     """
-    vocab = target_logits.shape[-1]
-    validate_draft(draft, vocab, limits)
+    validate_draft(draft, target_logits.shape[-1], limits)
+    return verify_validated(target_logits, draft, params, generator)
+
+
+def verify_validated(
+    target_logits: torch.Tensor, draft: DraftBatch, params: SamplingParams, generator: Optional[torch.Generator] = None,
+) -> VerifyResult:
+    """`verify` of a draft batch that `validate_draft` already accepted (e.g. before the target forward was launched)."""
     expected = draft.token_ids.numel() + draft.batch_size
     if target_logits.dim() != 2 or target_logits.shape[0] != expected:
         raise ValueError(f"target_logits must have shape [{expected}, V] (γ_i + 1 rows per sequence), got {tuple(target_logits.shape)}")

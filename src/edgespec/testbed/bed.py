@@ -31,7 +31,7 @@ from edgespec.sim.links import LinkModel
 from edgespec.testbed.relay import RelayLink, RelayProcess, link_model
 from edgespec.testbed.spec import DrafterSpec, TestbedSpec
 
-__all__ = ["Testbed", "VERIFIER_PORT", "teardown_all"]
+__all__ = ["Testbed", "VERIFIER_PORT", "parse_metrics", "teardown_all"]
 
 VERIFIER_PORT = 7700
 METRICS_PORT = 9700
@@ -151,6 +151,7 @@ class Testbed:
         s = self.spec.serving
         args = ["--host", verifier_address(i), "--port", str(VERIFIER_PORT), "--metrics-port", str(METRICS_PORT),
                 "--auth-token-file", str(self.token_file), "--batch-window-ms", str(s.batch_window_ms),
+                "--merge-share", str(s.merge_share),
                 "--max-batch-tokens", str(s.max_batch_tokens), *s.extra_serve_args]
         if s.max_batch_size:
             args += ["--max-batch-size", str(s.max_batch_size)]
@@ -209,8 +210,7 @@ class Testbed:
         """GET (or POST `body`) a node's HTTP endpoint from inside its namespace; drafters: the OpenAI API, verifiers: metrics."""
         node = self._node(name)
         port = node.port if node.role == "edge" else METRICS_PORT
-        host = "127.0.0.1" if node.role == "edge" else node.host
-        url = f"http://{host}:{port}{path}"
+        url = f"http://127.0.0.1:{port}{path}"  # both listen on loopback in their namespace (a verifier's /metrics: --metrics-host)
         data = json.dumps(body).encode() if body is not None else None
         request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
         with in_netns(self.net.netns_of(name)), urllib.request.urlopen(request, timeout=timeout_s) as reply:
@@ -219,17 +219,21 @@ class Testbed:
 
     def metrics(self, verifier: int = 0) -> dict[str, float]:
         """A verifier's Prometheus metrics as {name{labels}: value} (samples only)."""
-        text = self.http_json(f"v{verifier}", "/metrics")["text"]
-        out = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                key, _, value = line.rpartition(" ")
-                out[key] = float(value)
-        return out
+        return parse_metrics(self.http_json(f"v{verifier}", "/metrics")["text"])
 
     def relay_stats(self) -> dict:
         assert self.relay is not None
         return self.relay.stats()
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """Prometheus exposition text as {name{labels}: value} (samples only)."""
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            out[key] = float(value)
+    return out
 
 
 def _delay_only(link: LinkModel) -> LinkModel:

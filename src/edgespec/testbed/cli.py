@@ -63,7 +63,7 @@ def up(scenario: Path = typer.Option(..., "--scenario", help="Simulator scenario
             for name, d in bed.drafters.items():
                 assert d.node is not None
                 console.print(f"{name}: ip netns exec {bed.net.netns_of(name)} curl http://127.0.0.1:{d.node.port}/v1/models")
-            console.print(f"verifier metrics: ip netns exec {bed.net.netns_of('v0')} curl http://10.88.1.1:9700/metrics")
+            console.print(f"verifier metrics: ip netns exec {bed.net.netns_of('v0')} curl http://127.0.0.1:9700/metrics")
             console.print("testbed up; Ctrl-C tears it down")
             while True:
                 time.sleep(3600)

@@ -35,6 +35,7 @@ class ServingSpec:
     top_k: int = 8
     pipeline: bool = False
     batch_window_ms: float = 2.0
+    merge_share: float = 0.5
     max_batch_size: int = 0
     max_batch_tokens: int = 2048
     kv_budget_tokens: int = 0  # 0: the verifier's default
@@ -90,7 +91,7 @@ def spec_from_scenario(path: Path | str, **overrides) -> tuple[TestbedSpec, SimC
         raise ValueError(f"the testbed runs distributed SD; {path} has [sim] mode = {config.speculation.mode!r}")
     q_mode = {"ids": "tokens"}.get(spec.q_mode, spec.q_mode)  # the planner calls tokens-only drafts "ids"
     serving = ServingSpec(gamma_policy=s.gamma_policy, gamma=s.gamma, max_gamma=s.max_gamma, q_mode=q_mode,
-                          top_k=spec.top_k or 8, batch_window_ms=v.window_s * 1e3, max_batch_size=v.max_batch_size,
+                          top_k=spec.top_k or 8, batch_window_ms=v.window_s * 1e3, merge_share=v.merge_share, max_batch_size=v.max_batch_size,
                           max_batch_tokens=v.max_batch_tokens, kv_budget_tokens=v.kv_budget_tokens)
     if overrides:
         serving = replace(serving, **overrides)

@@ -63,12 +63,12 @@ class WorkloadSpec:
 
 
 def complete(port: int, body: dict, *, timeout_s: float = 600.0, clock: Callable[[], float] = time.perf_counter,
-             on_text: Optional[Callable[[float, str], None]] = None) -> dict:
-    """One streamed /v1/completions call on 127.0.0.1 (in the calling thread's namespace); text, times and figures.
+             on_text: Optional[Callable[[float, str], None]] = None, host: str = "127.0.0.1") -> dict:
+    """One streamed /v1/completions call on `host` (127.0.0.1 in the calling thread's namespace); text, times and figures.
 
     `on_text(t, text)` is called for every text chunk as it arrives (t from `clock`).
     """
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout_s)
+    conn = http.client.HTTPConnection(host, port, timeout=timeout_s)
     out: dict = {"text": "", "first_s": None, "stats": {}, "usage": {}, "error": None}
     try:
         conn.request("POST", "/v1/completions", json.dumps({**body, "stream": True, "stream_options": {"include_usage": True}}),
