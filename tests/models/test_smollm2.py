@@ -15,7 +15,7 @@ from edgespec.bench.sd_vs_ad import prompt_ids
 from edgespec.models.bundle import bundled_path
 from edgespec.models.catalog import SMOLLM2_DRAFT_DIR
 from edgespec.models.decoder import GenerationConfig, generate_ad, generate_sd
-from edgespec.models.prompting import encode_text
+from edgespec.models.prompting import encode_chat, encode_text
 from edgespec.spec.sampling import SamplingParams, probs_from_logits
 
 from lossless_stats import assert_matches
@@ -71,7 +71,9 @@ def test_smollm2_greedy_sd_equals_ad(smollm2_pair):
 
 # ---------------------------------------------------------------------- the emitted distribution
 
-PROMPT_TEXT = "My favourite colour is"
+# A chat turn, the regime the draft was distilled for: after the raw text "My favourite colour is" its top-4 shares no token
+# with the target's, so every draft would be rejected and the accept path never taken.
+PROMPT_MESSAGES = [{"role": "user", "content": "What is your favourite colour?"}]
 PARAMS = SamplingParams(temperature=1.0, top_k=4)  # p keeps 4 tokens per position: the joint of two tokens has 16 cells
 TRIALS = 2000
 
@@ -91,7 +93,7 @@ def _target_joint(target, prompt: list[int]) -> dict:
 def test_smollm2_sampled_tokens_follow_the_target_distribution(smollm2_pair, q_mode):
     """Top-4 p at temperature 1; full q (exactly zero outside the draft's sub-vocabulary head) or its renormalised top-8."""
     draft, target = smollm2_pair
-    prompt = encode_text(target.tokenizer, PROMPT_TEXT)
+    prompt = encode_chat(target.tokenizer, PROMPT_MESSAGES)
     joint = _target_joint(target, prompt)
     cfg = GenerationConfig(max_new_tokens=2, sampling=PARAMS, gamma=1, q_mode=q_mode, q_top_k=8, seed=3, stop_at_eos=False)
     outs = [r for start in range(0, TRIALS, 500) for r in generate_sd(draft, target, [prompt] * 500, replace(cfg, seed=cfg.seed + start))]
