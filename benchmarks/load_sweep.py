@@ -10,14 +10,16 @@ the code path behind the OpenAI API, the HTTP hop left out) three drafter nodes 
 same verifier, so machine drift hits them alike:
 - `ad`: γ = 0 every round, i.e. autoregressive decoding served by the verifier in batches;
 - `static`: γ = `--gamma` every round (4);
-- `adaptive`: the drafter node's default policy (AWC behind the speculation gate: γ = 0 where the
-  verifier's announced forward-time model says speculating loses at this load).
+- `adaptive`: the drafter node's default policy (the speculation gate's own model: the γ with the least
+  predicted time per token, γ = 0 where the verifier's announced forward-time model says speculating
+  loses at this load; docs/policies.md).
 
 Reported per (S, policy): completion tokens/s, ratio to AD at the same S, p50/p99 latency per token
 (each request's wall time / its completion tokens), mean γ (drafted tokens / rounds), acceptance,
 the share of AD rounds, and the simulator's predicted ratio to AD for the same setup: a scenario with
-the pair's profile (`--profile`, default a quick one measured here at the start, in the verifier's
-pinning) and the same sessions, γ and policies, run by `edgespec.sim` with the very policy objects.
+the pair's profile (`--profile`: a serving profile from `edgespec profile --serving` brings the
+framework terms of serving nodes; default a quick bare profile measured here at the start, in the
+verifier's pinning) and the same sessions, γ and policies, run by `edgespec.sim` with the very policy objects.
 
 Prints a rich table and the crossover; the last line of stdout is JSON: a list of rows with the keys
 `sessions`, `policy` (`ad`, `static`, `adaptive`), `tokens_per_s`, `ratio_to_ad`, `p50_ms_per_token`,
@@ -171,6 +173,8 @@ def main(argv=None) -> int:
     parser.add_argument("--sim-seeds", type=int, default=5, help="simulator runs per prediction (mean)")
     parser.add_argument("--no-pin", dest="pin", action="store_false", help="do not pin the verifier and the drafter to separate cores")
     add_pair_argument(parser)
+    parser.add_argument("--rows", type=Path, default=None,
+                        help="take the measured rows from an earlier run's output (its JSON last line) and only predict")
     args = parser.parse_args(argv)
     args.sessions = list(QUICK_SESSIONS) if args.quick else [int(x) for x in args.sessions.split(",") if x.strip()]
 
@@ -180,10 +184,18 @@ def main(argv=None) -> int:
     draft = load_draft(1, args.pair)
     prompts = pair_prompts(draft, args.pair)
     profile = args.profile
+    if args.predict and profile is not None:  # a bad profile fails now, not after the measurement
+        from edgespec.plan.pairprofile import load_pair_profile
+
+        load_pair_profile(profile)
     if args.predict and profile is None:
         profile = measure_quick_profile(draft, prompts, verifier_cpus, args.pair)
-    with VerifierProcess(1, verifier_cpus, pair=args.pair, batch_window_ms=args.batch_window_ms, max_gamma=2 * args.gamma) as verifier:
-        rows = asyncio.run(measure(args, draft, verifier))
+    if args.rows is not None:
+        earlier = json.loads(args.rows.read_text(encoding="utf-8").strip().splitlines()[-1])
+        rows = [r for r in earlier["rows"] if r["sessions"] in args.sessions]
+    else:
+        with VerifierProcess(1, verifier_cpus, pair=args.pair, batch_window_ms=args.batch_window_ms, max_gamma=2 * args.gamma) as verifier:
+            rows = asyncio.run(measure(args, draft, verifier))
     if args.predict:
         from edgespec.models.catalog import pair_dirs
         from edgespec.models.runtime import CausalLM

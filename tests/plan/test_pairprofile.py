@@ -170,3 +170,32 @@ def test_pair_profile_module_never_imports_torch():
 def test_written_file_is_plain_json(tmp_path):
     write_pair_profile(pair_profile_from_dict(BASE), tmp_path / "p.json")
     assert json.loads((tmp_path / "p.json").read_text())["format"] == "edgespec-pair-profile/1"
+
+
+def _rounds(rng, alpha: float, count: int, gamma: int = 4) -> list[tuple[int, int]]:
+    """`count` rounds of γ drafts, each accepted with probability `alpha` until the first rejection."""
+    out = []
+    for _ in range(count):
+        n = 0
+        while n < gamma and rng.random() < alpha:
+            n += 1
+        out.append((gamma, n))
+    return out
+
+
+def test_per_prompt_curves_shrink_noise_to_the_pool_and_keep_a_real_spread():
+    import random
+
+    from edgespec.plan.pairprofile import curve_from_rounds, shrunk_per_prompt
+
+    rng = random.Random(0)
+    same = [_rounds(rng, 0.6, 12) for _ in range(16)]  # one acceptance for every prompt: any spread is noise
+    pooled = curve_from_rounds("tokens", 0.0, [r for p in same for r in p], 4).per_position
+    raw = [curve_from_rounds("tokens", 0.0, p, 4).per_position[0] for p in same]
+    shrunk = [c[0] for c in shrunk_per_prompt(same, pooled)]
+    spread = lambda xs: max(xs) - min(xs)  # noqa: E731
+    assert spread(shrunk) < 0.5 * spread(raw)
+    differ = [_rounds(rng, a, 200) for a in (0.2, 0.9) * 4]  # two kinds of prompt, many rounds each: the spread is real
+    pooled = curve_from_rounds("tokens", 0.0, [r for p in differ for r in p], 4).per_position
+    firsts = [c[0] for c in shrunk_per_prompt(differ, pooled)]
+    assert max(firsts[0::2]) < 0.3 and min(firsts[1::2]) > 0.8

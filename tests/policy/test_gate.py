@@ -99,6 +99,18 @@ def test_gate_reopens_when_the_load_drops_and_closes_again_when_it_rises():
     assert policy.gate.switches == 3
 
 
+def test_a_gate_closed_on_a_low_acceptance_retries_when_the_load_falls_and_not_while_it_stays_high():
+    """Sampled requests taught the node α ≈ 0.2 and the gate closed; later greedy requests (α 0.8) at one session must get
+    speculation back (the estimate ages towards its prior while nothing is learned), but not at a load where SD loses anyway."""
+    cost = ForwardCost(base_s=0.012, per_position_s=0.0012, per_row_s=0.0)
+    low = LoadAwareGamma(StaticGamma(4))
+    assert _drive(low, cost, rows=1, rounds=60, accept_rate=0.1)[-5:] == [0] * 5  # α̂ low: speculating loses even alone
+    assert _drive(low, cost, rows=1, rounds=200, accept_rate=0.8)[-5:] == [4] * 5
+    busy = LoadAwareGamma(StaticGamma(4))
+    _drive(busy, cost, rows=1, rounds=60, accept_rate=0.1)
+    assert _drive(busy, cost, rows=24, rounds=300, accept_rate=0.8) == [0] * 300
+
+
 def test_gate_does_not_flap_near_the_break_even_load():
     gate = SpeculationGate(hysteresis=0.05)
     policy = LoadAwareGamma(StaticGamma(4), gate)

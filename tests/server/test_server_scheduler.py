@@ -79,3 +79,31 @@ def test_kv_budget_admission():
     assert budget.reserve("s3", 101).never
     assert budget.release("s1") == 60 and budget.reserved_tokens == 0
     assert budget.reserve("s2", 50).admitted
+
+
+def _released_pair(merge_wait_s: float, turnaround_b_s: float) -> Scheduler:
+    """Sessions a and b had verdicts out at t=0; they came back after 1 ms and `turnaround_b_s`; now their verdicts go out at t=1."""
+    s = Scheduler(SchedulerConfig(max_batch_tokens=100, batch_window_s=0.0))
+    s.merge_wait_s = merge_wait_s
+    s.release([("a", 1), ("b", 1)], 0.0)
+    s.submit(_q("a", 1, arrival_s=0.001))
+    s.submit(_q("b", 1, arrival_s=turnaround_b_s))
+    s.next_batch(turnaround_b_s, open_sessions=2)  # both run
+    s.release([("a", 1), ("b", 1)], 1.0)
+    s.submit(_q("a", 1, arrival_s=1.001))
+    return s
+
+
+def test_merge_wait_holds_a_batch_for_a_session_due_back_within_it():
+    s = _released_pair(merge_wait_s=0.004, turnaround_b_s=0.003)
+    assert s.next_batch(1.001, open_sessions=2) == ([], pytest.approx(1.003))  # b is due back at 1.003, within the wait
+    s.submit(_q("b", 1, arrival_s=1.003))
+    batch, _ = s.next_batch(1.003, open_sessions=2)
+    assert sorted(q.item.key for q in batch) == [("a", 1), ("b", 1)]
+
+
+def test_merge_wait_does_not_wait_for_a_session_due_later_or_when_off():
+    late = _released_pair(merge_wait_s=0.004, turnaround_b_s=0.010)  # b is due back at 1.010: beyond the wait
+    assert [q.item.key for q in late.next_batch(1.001, open_sessions=2)[0]] == [("a", 1)]
+    off = _released_pair(merge_wait_s=0.0, turnaround_b_s=0.003)
+    assert [q.item.key for q in off.next_batch(1.001, open_sessions=2)[0]] == [("a", 1)]

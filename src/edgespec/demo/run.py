@@ -11,7 +11,8 @@ itself and the drafter nodes share the others, as a server and its edge devices 
 - `edge-ad`: γ = 0, i.e. autoregressive decoding served by the same verifier (the baseline).
 
 1. Losslessness: every node gets the same requests at once, half greedy and half sampled
-   (temperature 0.8, seeded); greedy completions must equal AD's text exactly.
+   (temperature 0.8, unseeded: a seed would make a request coupled — tokens only on the wire — and
+   hide what each node's q mode costs); greedy completions must equal AD's text exactly.
 2. Load sweep: at each load L (default 1, 8 and 24 concurrent sessions) the AD, static and adaptive
    nodes take turns: L clients each send greedy requests back to back for `duration_s`; tokens/s,
    the ratio to AD at the same load, and the adaptive node's mean γ.
@@ -30,7 +31,7 @@ import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -91,12 +92,12 @@ def _get(url: str, timeout_s: float = 5.0) -> Optional[dict]:
 
 
 def _requests(cfg: DemoConfig) -> list[dict]:
-    """Each prompt twice: greedy, and sampled at cfg.temperature with a fixed seed."""
+    """Each prompt twice: greedy, and sampled at cfg.temperature (no seed: the node's q mode travels, see the module docstring)."""
     out = []
-    for i, prompt in enumerate(cfg.prompts):
+    for prompt in cfg.prompts:
         body = {"messages": [{"role": "user", "content": prompt}]} if cfg.chat else {"prompt": prompt}
         out.append({**body, "max_tokens": cfg.max_tokens, "temperature": 0, "ignore_eos": True})
-        out.append({**body, "max_tokens": cfg.max_tokens, "temperature": cfg.temperature, "seed": i, "ignore_eos": True})
+        out.append({**body, "max_tokens": cfg.max_tokens, "temperature": cfg.temperature, "ignore_eos": True})
     return out
 
 
@@ -131,6 +132,7 @@ class _Phase:
     results: dict
     baseline: dict  # node name -> /stats at phase start
     elapsed_s: float = 0.0
+    finished_s: dict = field(default_factory=dict)  # node name -> when its last request finished
 
 
 def _delta(now: dict, before: dict, key: str) -> float:
@@ -141,8 +143,8 @@ def _table(phase: _Phase, title: str) -> Table:
     table = Table(title=title)
     for col in ("node", "drafts with", "requests", "tok/s", "acceptance", "mean γ", "uplink B/drafted tok"):
         table.add_column(col, justify="left" if col in ("node", "drafts with") else "right")
-    elapsed = max(time.monotonic() - phase.started_s, 1e-9)
     for spec, node in phase.nodes:
+        elapsed = max(phase.finished_s.get(spec.name, time.monotonic()) - phase.started_s, 1e-9)  # its own requests' span
         now, before = _get(f"{node.url}/stats") or {}, phase.baseline.get(spec.name) or {}
         drafted, rounds = _delta(now, before, "drafted_tokens"), _delta(now, before, "rounds")
         table.add_row(
@@ -166,6 +168,8 @@ def _lossless_phase(console: Console, nodes: list[tuple[EdgeSpec, NodeProcess]],
         with lock:
             phase.results[(spec.name, i)] = reply
             phase.done[spec.name] += 1
+            if phase.done[spec.name] == phase.total_per_node:
+                phase.finished_s[spec.name] = time.monotonic()
 
     title = f"1. Losslessness: the same {len(requests)} requests on every drafter node, greedy and sampled"
     jobs = [(s, n, i, body) for s, n in nodes for i, body in enumerate(requests)]

@@ -40,7 +40,7 @@ from edgespec.bench.sd_vs_ad import prompt_ids
 from edgespec.models.profiling import AcceptanceSetting, ProfileGrid, _monotone, measure_acceptance, measure_step_profile
 from edgespec.models.runtime import CausalLM, check_same_tokenizer
 from edgespec.models.serving_probe import ProbeGrid, ProbeResult, probe_verifier
-from edgespec.plan.pairprofile import AcceptanceCurve, PairProfile, curve_from_rounds
+from edgespec.plan.pairprofile import AcceptanceCurve, PairProfile, shrunk_per_prompt
 from edgespec.plan.profile import Profile, StepTable
 from edgespec.plan.servingprofile import BatchSeries, ServingProfile, ServingSetting
 from edgespec.testbed.cpuload import CpuLoad, LoadReport
@@ -298,7 +298,7 @@ def _one_phase(nodes: _Nodes, users: dict[str, int], repeats: int, answer: int, 
             for n, count in users.items():
                 for _ in range(count):
                     body = {"prompt": plan.prompts[k % len(plan.prompts)], "max_tokens": answer, "ignore_eos": True,
-                            "temperature": plan.temperature, "seed": plan.seed * 100_003 + k}
+                            "temperature": plan.temperature}  # unseeded, as the testbed's users: the setting's q mode
                     k += 1
                     futures.append(pools[n].submit(_user_request, nodes, n, body))
             records.extend(f.result() for f in futures)
@@ -527,8 +527,7 @@ def _acceptance(draft: CausalLM, target: CausalLM, plan: ServingPlan, prompts: l
     rounds: dict = {}
     curve = measure_acceptance(draft, target, plan.setting, prompts, grid, progress, per_sequence=rounds)
     s = plan.setting
-    per_prompt = tuple(curve_from_rounds(s.q_mode, s.temperature, rounds[k], grid.max_gamma, s.top_k).per_position
-                       for k in sorted(rounds) if any(g > 0 for g, _ in rounds[k]))
+    per_prompt = shrunk_per_prompt([rounds[k] for k in sorted(rounds) if any(g > 0 for g, _ in rounds[k])], curve.per_position)
     return replace(curve, answer_tokens=grid.new_tokens, per_prompt=per_prompt)
 
 

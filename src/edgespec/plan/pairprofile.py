@@ -146,6 +146,39 @@ def curve_from_rounds(
                            sum(g for g, _ in rounds), top_k if q_mode == "topk" else None)
 
 
+def shrunk_per_prompt(rounds_by_prompt: Sequence[Sequence[tuple[int, int]]], pooled: Sequence[float]) -> tuple[tuple[float, ...], ...]:
+    """Each prompt's acceptance curve, shrunk towards the pooled one by how much prompts truly differ (empirical Bayes).
+
+    A prompt's a_i from its own few rounds is noisy: used raw, the noise would add to the real spread
+    across prompts and widen latency tails. Per position i, with prompt k's x_k successes in n_k
+    trials and pooled p: the spread the binomial noise explains, p(1 − p)·mean(1/n_k), is taken off
+    the observed variance of the x_k/n_k; what remains, τ², is the real spread, and prompt k's
+    estimate is (x_k + m·p) / (n_k + m) with m = p(1 − p)/τ² − 1 (the Beta prior worth m trials).
+    τ² ≤ 0 gives every prompt the pooled p. Rounded to 6 decimals.
+    """
+    gamma = len(pooled)
+    counts = []  # per prompt, per position: (trials, successes)
+    for rounds in rounds_by_prompt:
+        counts.append([(sum(1 for g, n in rounds if g >= i and n >= i - 1), sum(1 for _, n in rounds if n >= i))
+                       for i in range(1, gamma + 1)])
+    curves = [[0.0] * gamma for _ in counts]
+    for i, p in enumerate(pooled):
+        seen = [c[i] for c in counts if c[i][0] > 0]
+        var_p = p * (1.0 - p)
+        m = math.inf
+        if len(seen) >= 2 and var_p > 0.0:
+            rates = [x / n for n, x in seen]
+            mean = sum(rates) / len(rates)
+            observed = sum((r - mean) ** 2 for r in rates) / (len(rates) - 1)
+            spread = observed - var_p * sum(1.0 / n for n, _ in seen) / len(seen)
+            if spread > 0.0:
+                m = max(var_p / spread - 1.0, 0.0)
+        for k, c in enumerate(counts):
+            n, x = c[i]
+            curves[k][i] = round(p if math.isinf(m) or n + m == 0 else (x + m * p) / (n + m), 6)
+    return tuple(tuple(c) for c in curves)
+
+
 def setting_label(q_mode: str, temperature: float, top_k: Optional[int] = None) -> str:
     """A short name of an acceptance setting, e.g. "greedy", "topk K=8 T=1", "full T=0.7"."""
     if temperature == 0:

@@ -21,7 +21,10 @@ verifier pads a batch to its widest draft, one session speculating makes its bat
 - O: the round's time outside target forwards (wire, both event loops), measured per round as
   rtt − forward − waiting behind other batches' forwards;
 - t_tok, α̂: the node's draft time per drafted token and acceptance (discounted MLE accepted /
-  (accepted + rejections)), from its speculating rounds.
+  (accepted + rejections)), from its speculating rounds; while the gate is closed nothing new is
+  learned of α, so each AD round ages the estimate towards its prior (a gate closed on a low α̂ —
+  other requests, e.g. sampled ones — retries speculation when the load falls and measures again;
+  under a load where even the prior does not pay it stays closed at no cost).
 
 τ_SD is taken at the node's recent γ̄, or, for the default policy (`ModelGamma`, whose γ is this
 model's argmin), at the best γ. The gate closes when τ_AD < (1 − h)·τ_SD and opens again when
@@ -106,6 +109,9 @@ class SpeculationGate:
             self.gamma_sd = self._ema(self.gamma_sd, float(obs.drafted))
             if _ok(obs.draft_time_s):
                 self._fit_draft(float(obs.drafted), obs.draft_time_s)
+        elif self.gated:  # closed: what was learned of α ages towards the prior (it may be stale: other requests, other load)
+            self._accepted *= self.alpha_memory
+            self._rejected *= self.alpha_memory
         if _ok(obs.rtt_s):
             model_s = obs.forward_s if _ok(obs.forward_s) else obs.verify_time_s
             if _ok(model_s):
