@@ -1,4 +1,4 @@
-"""Shared pieces of the serving benchmarks (serving_batching.py, uplink_bytes.py, pipelining.py).
+"""Shared pieces of the serving benchmarks (serving_batching.py, uplink_bytes.py, pipelining.py); each takes `--pair`.
 
 The verifier node runs in a child process of its own (spawned, `torch.set_num_threads(verifier_threads)`)
 and the drafter node in this process (`torch.set_num_threads(drafter_threads)`), talking over
@@ -26,7 +26,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional
 
-from edgespec.bench.sd_vs_ad import PROMPTS  # noqa: E402  (code prompts like the bundled pair's training data)
+from edgespec.bench.prompts import PROMPTS  # noqa: E402  (code prompts like the bundled pair's training data)
+from edgespec.models.catalog import PAIRS
 
 LOOPBACK = "127.0.0.1"
 
@@ -85,16 +86,16 @@ def split_cpus() -> tuple[set[int], set[int]]:
     return {cpus[-1]}, set(cpus[:-1])
 
 
-def _verifier_child(conn, config: dict, threads: int, cpus: Optional[set[int]] = None) -> None:
+def _verifier_child(conn, config: dict, threads: int, cpus: Optional[set[int]] = None, pair: str = "bundled") -> None:
     pin(cpus)
     import torch
 
     torch.set_num_threads(threads)
-    from edgespec.models.bundle import bundled_path
+    from edgespec.models.catalog import pair_dirs
     from edgespec.models.runtime import CausalLM
     from edgespec.server import VerifierConfig, VerifierNode
 
-    target = CausalLM.load(bundled_path("target"))
+    target = CausalLM.load(pair_dirs(pair)[1])
 
     def snapshot(node) -> dict:
         reg = node.metrics.registry
@@ -120,12 +121,12 @@ def _verifier_child(conn, config: dict, threads: int, cpus: Optional[set[int]] =
 
 
 class VerifierProcess:
-    """A verifier node for the bundled target in a spawned process; `port`, `stats()`, `stop()`."""
+    """A verifier node for the pair's target (default: the bundled one) in a spawned process; `port`, `stats()`, `stop()`."""
 
-    def __init__(self, threads: int = 1, cpus: Optional[set[int]] = None, **config):
+    def __init__(self, threads: int = 1, cpus: Optional[set[int]] = None, pair: str = "bundled", **config):
         ctx = mp.get_context("spawn")
         self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_verifier_child, args=(child, config, threads, cpus), daemon=True)
+        self._proc = ctx.Process(target=_verifier_child, args=(child, config, threads, cpus, pair), daemon=True)
         self._proc.start()
         if not self._conn.poll(120):
             raise RuntimeError("the verifier process did not start")
@@ -157,20 +158,32 @@ class VerifierProcess:
 # ----------------------------------------------------------------------------- the drafter side
 
 
-def load_draft(threads: int):
+def load_draft(threads: int, pair: str = "bundled"):
     import torch
 
     torch.set_num_threads(threads)
-    from edgespec.models.bundle import bundled_path
+    from edgespec.models.catalog import pair_dirs
     from edgespec.models.runtime import CausalLM
 
-    return CausalLM.load(bundled_path("draft"))
+    return CausalLM.load(pair_dirs(pair)[0])
 
 
 def encode(lm, text: str) -> tuple[int, ...]:
-    """What the drafter's HTTP API does with a text prompt: BOS first, then the tokens."""
-    bos = lm.tokenizer.bos_token_id
-    return tuple(([bos] if bos is not None else []) + lm.tokenize(text))
+    """What the drafter's HTTP API does with a text prompt: the tokenizer's defaults (its post-processor decides on BOS)."""
+    from edgespec.models.prompting import encode_text
+
+    return tuple(encode_text(lm.tokenizer, text))
+
+
+def pair_prompts(lm, pair: str) -> list[tuple[int, ...]]:
+    """The pair's benchmark prompts as the drafter's HTTP API encodes them (instructions through the chat template for an instruct pair)."""
+    from edgespec.bench.sd_vs_ad import pair_prompts as ids
+
+    return [tuple(p) for p in ids(lm, pair)]
+
+
+def add_pair_argument(parser) -> None:
+    parser.add_argument("--pair", default="bundled", choices=sorted(PAIRS), help="draft/target pair (smollm2 is fetched on first use)")
 
 
 class DraftCounter:
@@ -203,6 +216,7 @@ class Workload:
     temperature: float = 0.0
     seed0: int = 0
     min_requests: int = 1  # per client, even if the duration has passed
+    stop_at_eos: bool = False  # True: answers end at EOS (an instruct pair's natural length)
 
 
 @dataclass
@@ -271,7 +285,7 @@ async def run_workload(engine, prompts: list, w: Workload) -> Measured:
         deadline = loop.time() + w.duration_s
         while j < w.min_requests or loop.time() < deadline:
             k = i + j * w.sessions
-            request = GenerationRequest(prompts[k % len(prompts)], w.max_tokens, params, seed=w.seed0 + k, stop_at_eos=False)
+            request = GenerationRequest(prompts[k % len(prompts)], w.max_tokens, params, seed=w.seed0 + k, stop_at_eos=w.stop_at_eos)
             outs.append(await engine.submit(request).result())
             j += 1
 

@@ -40,7 +40,7 @@ import time
 
 import numpy as np
 
-from _serving import PROMPTS, VerifierProcess, Workload, edge_config, encode, load_draft, machine, pin, run_workload, split_cpus
+from _serving import VerifierProcess, Workload, add_pair_argument, edge_config, load_draft, machine, pair_prompts, pin, run_workload, split_cpus
 
 TARGET_MS = 2.0
 TARGET_SESSIONS = 16
@@ -114,7 +114,7 @@ def histogram_mean_ms(before: dict, after: dict) -> float:
 async def measure(args, draft, verifier: VerifierProcess) -> list[dict]:
     from edgespec.edge import EdgeNode
 
-    prompts = [encode(draft, p) for p in PROMPTS]
+    prompts = pair_prompts(draft, args.pair)
     node = EdgeNode(edge_config(verifier.address, node_id="edge-overhead", gamma=args.gamma, max_gamma=max(args.gamma, 1), pipeline=False), draft=draft)
     await node.start()
     rows = []
@@ -153,7 +153,7 @@ def show(rows: list[dict], args) -> None:
     from rich.table import Table
 
     console = Console(width=200)
-    t = Table(title=f"Framework overhead per round = round − forward − busy wait (bundled pair, greedy, static γ={args.gamma}, no pipelining, "
+    t = Table(title=f"Framework overhead per round = round − forward − busy wait ({args.pair} pair, greedy, static γ={args.gamma}, no pipelining, "
                     f"batch window {args.batch_window_ms:g} ms, verifier {args.verifier_threads} thread(s), drafter {args.drafter_threads})")
     for col in ("sessions", "rounds", "overhead p50 / p90 / p99 ms", "verifier-side p50 / mean ms", "drafter+wire p50 / mean ms",
                 "verifier hist. mean ms", "forward mean ms", "busy wait mean ms", "round mean ms", "batch (drafts)", "tokens/s"):
@@ -185,6 +185,7 @@ def main(argv=None) -> int:
     parser.add_argument("--drafter-threads", type=int, default=1)
     parser.add_argument("--no-pin", dest="pin", action="store_false",
                         help="do not pin (default: the verifier on the last core, this process on the others, as `taskset` would)")
+    add_pair_argument(parser)
     args = parser.parse_args(argv)
     args.sessions = [int(x) for x in args.sessions.split(",") if x.strip()]
     if args.quick:
@@ -193,8 +194,9 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     verifier_cpus, other_cpus = split_cpus() if args.pin else (None, None)
     pin(other_cpus)
-    draft = load_draft(args.drafter_threads)
-    with VerifierProcess(args.verifier_threads, verifier_cpus, batch_window_ms=args.batch_window_ms, max_gamma=max(args.gamma, 1)) as verifier:
+    draft = load_draft(args.drafter_threads, args.pair)
+    with VerifierProcess(args.verifier_threads, verifier_cpus, pair=args.pair, batch_window_ms=args.batch_window_ms,
+                         max_gamma=max(args.gamma, 1)) as verifier:
         rows = asyncio.run(measure(args, draft, verifier))
     show(rows, args)
     at = next((r for r in rows if r["sessions"] == TARGET_SESSIONS), None)

@@ -1,6 +1,6 @@
 """Served speculative decoding against batched AD as the load grows: AD, static γ and the load-aware default policy through the real nodes, with the simulator's prediction beside each row.
 
-Regime: the bundled pair (draft 1.5M, target 23M parameters, vocab 8192, float32, CPU) served for real:
+Regime: the bundled pair (draft 1.5M, target 23M parameters, vocab 8192, float32, CPU; --pair smollm2 for the real one) served for real:
 one verifier node (`edgespec.server`) in a process of its own pinned to the last core (`taskset`-style
 affinity, one torch thread), one drafter node (`edgespec.edge`) and the clients in this process pinned
 to the other core(s), protobuf over WebSocket on 127.0.0.1. Greedy decoding, top-K q mode (temperature
@@ -39,7 +39,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from _serving import PROMPTS, VerifierProcess, Workload, edge_config, edge_nodes, encode, load_draft, machine, pin, run_workload, split_cpus
+from _serving import (VerifierProcess, Workload, add_pair_argument, edge_config, edge_nodes, load_draft, machine, pair_prompts, pin,
+                      run_workload, split_cpus)
 
 POLICIES = ("ad", "static", "adaptive")
 SESSIONS = (1, 2, 4, 8, 16, 24)
@@ -63,7 +64,7 @@ def _percentile_ms(values: list[float], q: float) -> Optional[float]:
 
 
 async def measure(args, draft, verifier: VerifierProcess) -> list[dict]:
-    prompts = [encode(draft, p) for p in PROMPTS]
+    prompts = pair_prompts(draft, args.pair)
     configs = {policy: edge_config(verifier.address, node_id=f"edge-{policy}", **policy_settings(policy, args.gamma)) for policy in POLICIES}
     rows = []
     async with edge_nodes(configs, draft, prompts) as nodes:
@@ -143,7 +144,7 @@ def show(rows: list[dict], args) -> None:
 
     console = Console(width=200)
     pinned = "verifier pinned to its own core" if args.pin else "no pinning"
-    t = Table(title=f"Load sweep: served SD vs batched AD (bundled pair, greedy, static γ={args.gamma}, {pinned}, {args.duration_s:g} s per point)")
+    t = Table(title=f"Load sweep: served SD vs batched AD ({args.pair} pair, greedy, static γ={args.gamma}, {pinned}, {args.duration_s:g} s per point)")
     for col in ("sessions", "policy", "tok/s", "vs AD", "predicted vs AD", "p50 ms/token", "p99 ms/token", "mean γ", "AD rounds",
                 "acceptance", "batch"):
         t.add_column(col, justify="right")
@@ -171,6 +172,7 @@ def main(argv=None) -> int:
     parser.add_argument("--no-predict", dest="predict", action="store_false", help="skip the simulator's prediction")
     parser.add_argument("--sim-seeds", type=int, default=5, help="simulator runs per prediction (mean)")
     parser.add_argument("--no-pin", dest="pin", action="store_false", help="do not pin the verifier and the drafter to separate cores")
+    add_pair_argument(parser)
     parser.add_argument("--rows", type=Path, default=None,
                         help="take the measured rows from an earlier run's output (its JSON last line) and only predict")
     args = parser.parse_args(argv)
@@ -179,39 +181,39 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     verifier_cpus, other_cpus = split_cpus() if args.pin else (None, None)
     pin(other_cpus)
-    draft = load_draft(1)
-    prompts = [encode(draft, p) for p in PROMPTS]
+    draft = load_draft(1, args.pair)
+    prompts = pair_prompts(draft, args.pair)
     profile = args.profile
     if args.predict and profile is not None:  # a bad profile fails now, not after the measurement
         from edgespec.plan.pairprofile import load_pair_profile
 
         load_pair_profile(profile)
     if args.predict and profile is None:
-        profile = measure_quick_profile(draft, prompts, verifier_cpus)
+        profile = measure_quick_profile(draft, prompts, verifier_cpus, args.pair)
     if args.rows is not None:
         earlier = json.loads(args.rows.read_text(encoding="utf-8").strip().splitlines()[-1])
         rows = [r for r in earlier["rows"] if r["sessions"] in args.sessions]
     else:
-        with VerifierProcess(1, verifier_cpus, batch_window_ms=args.batch_window_ms, max_gamma=2 * args.gamma) as verifier:
+        with VerifierProcess(1, verifier_cpus, pair=args.pair, batch_window_ms=args.batch_window_ms, max_gamma=2 * args.gamma) as verifier:
             rows = asyncio.run(measure(args, draft, verifier))
     if args.predict:
-        from edgespec.models.bundle import bundled_path
+        from edgespec.models.catalog import pair_dirs
         from edgespec.models.runtime import CausalLM
 
-        predict(rows, args, profile, draft, CausalLM.load(bundled_path("target")), prompts)
+        predict(rows, args, profile, draft, CausalLM.load(pair_dirs(args.pair)[1]), prompts)
     show(rows, args)
-    print(json.dumps({"benchmark": "load_sweep", "quick": args.quick, "gamma": args.gamma, "max_tokens": args.max_tokens,
+    print(json.dumps({"benchmark": "load_sweep", "pair": args.pair, "quick": args.quick, "gamma": args.gamma, "max_tokens": args.max_tokens,
                       "duration_s": args.duration_s, "pinned": args.pin, "profile": str(profile) if profile else None,
                       "machine": machine(), "total_s": time.perf_counter() - t0, "rows": rows}))
     return 0
 
 
-def measure_quick_profile(draft, prompts, cpus) -> Path:
-    """A quick pair profile of the bundled pair, measured in a child pinned like the verifier (one torch thread)."""
+def measure_quick_profile(draft, prompts, cpus, pair: str = "bundled") -> Path:
+    """A quick pair profile of the pair, measured in a child pinned like the verifier (one torch thread)."""
     import subprocess
 
     out = Path(tempfile.mkdtemp(prefix="load-sweep-")) / "pair_profile.json"
-    cmd = [sys.executable, "-m", "edgespec.cli", "profile", "--out", str(out), "--quick", "--threads", "1"]
+    cmd = [sys.executable, "-m", "edgespec.cli", "profile", "--out", str(out), "--quick", "--threads", "1", "--pair", pair]
     if cpus:
         cmd = ["taskset", "-c", ",".join(map(str, sorted(cpus)))] + cmd
     print(f"· measuring a quick pair profile ({' '.join(cmd[-6:])})", flush=True)

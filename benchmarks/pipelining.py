@@ -29,13 +29,13 @@ import asyncio
 import json
 import time
 
-from _serving import PROMPTS, VerifierProcess, Workload, edge_config, encode, load_draft, machine, run_workload
+from _serving import VerifierProcess, Workload, add_pair_argument, edge_config, load_draft, machine, pair_prompts, run_workload
 
 
 async def measure(args, draft, verifier: VerifierProcess) -> list[dict]:
     from edgespec.edge import EdgeNode
 
-    prompts = [encode(draft, p) for p in PROMPTS]
+    prompts = pair_prompts(draft, args.pair)
     rows, nodes = [], {}
     try:
         for pipeline in (False, True):
@@ -82,7 +82,7 @@ def show(rows: list[dict], comparison: list[dict], args) -> None:
     from rich.table import Table
 
     console = Console(width=160)
-    t = Table(title=f"Latency per token with and without pipelined drafting (bundled pair, γ = {args.gamma}, top-8 q, {args.max_tokens} tokens/request, "
+    t = Table(title=f"Latency per token with and without pipelined drafting ({args.pair} pair, γ = {args.gamma}, top-8 q, {args.max_tokens} tokens/request, "
                     f"verifier {args.verifier_threads} thread(s), drafter {args.drafter_threads})")
     for col in ("T", "sessions", "pipeline", "ms/token (median)", "ITL ms", "TTFT ms", "tokens/s", "accept", "tok/round", "hits", "misses",
                 "hit rate", "draft-thread cores", "drafter cores", "requests"):
@@ -114,6 +114,7 @@ def main(argv=None) -> int:
     parser.add_argument("--gamma", type=int, default=4)
     parser.add_argument("--verifier-threads", type=int, default=1)
     parser.add_argument("--drafter-threads", type=int, default=1)
+    add_pair_argument(parser)
     args = parser.parse_args(argv)
     args.sessions = [int(x) for x in args.sessions.split(",") if x.strip()]
     args.temperatures = [float(x) for x in args.temperatures.split(",") if x.strip()]
@@ -121,8 +122,8 @@ def main(argv=None) -> int:
         args.sessions, args.temperatures, args.duration_s = [1, 4], [0.0], 2.5
 
     t0 = time.perf_counter()
-    draft = load_draft(args.drafter_threads)
-    with VerifierProcess(args.verifier_threads, max_gamma=max(args.gamma, 1)) as verifier:
+    draft = load_draft(args.drafter_threads, args.pair)
+    with VerifierProcess(args.verifier_threads, pair=args.pair, max_gamma=max(args.gamma, 1)) as verifier:
         rows = asyncio.run(measure(args, draft, verifier))
     comparison = compare(rows)
     show(rows, comparison, args)

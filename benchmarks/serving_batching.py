@@ -28,13 +28,13 @@ import asyncio
 import json
 import time
 
-from _serving import PROMPTS, VerifierProcess, Workload, edge_config, edge_nodes, encode, load_draft, machine, run_workload
+from _serving import VerifierProcess, Workload, add_pair_argument, edge_config, edge_nodes, load_draft, machine, pair_prompts, run_workload
 
 MODES = {"batched": 0, "unbatched": 1}  # max_batch_size of the verifier
 
 
 async def measure(args, draft, verifiers: dict) -> list[dict]:
-    prompts = [encode(draft, p) for p in PROMPTS]
+    prompts = pair_prompts(draft, args.pair)
     rows = []
     configs = {mode: edge_config(v.address, node_id=f"edge-{mode}", gamma=args.gamma, max_gamma=max(args.gamma, 1)) for mode, v in verifiers.items()}
     async with edge_nodes(configs, draft, prompts) as nodes:
@@ -72,7 +72,7 @@ def show(rows: list[dict], ratio: dict, args) -> None:
     from rich.table import Table
 
     console = Console(width=160)
-    t = Table(title=f"Aggregate tokens/s vs concurrent sessions (bundled pair, greedy, γ={args.gamma}, {args.max_tokens} tokens/request, "
+    t = Table(title=f"Aggregate tokens/s vs concurrent sessions ({args.pair} pair, greedy, γ={args.gamma}, {args.max_tokens} tokens/request, "
                     f"verifier {args.verifier_threads} thread(s), drafter {args.drafter_threads})")
     for col in ("sessions", "verification", "tokens/s", "requests", "accept", "tok/round", "batch (drafts)", "batch (positions)",
                 "verifier cores", "drafter cores", "draft-thread cores", "batched ÷ off"):
@@ -102,17 +102,18 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-window-ms", type=float, default=2.0)
     parser.add_argument("--verifier-threads", type=int, default=1)
     parser.add_argument("--drafter-threads", type=int, default=1)
+    add_pair_argument(parser)
     args = parser.parse_args(argv)
     args.sessions = [int(x) for x in args.sessions.split(",") if x.strip()]
     if args.quick:
         args.sessions, args.duration_s = [1, 8], 2.5
 
     t0 = time.perf_counter()
-    draft = load_draft(args.drafter_threads)
+    draft = load_draft(args.drafter_threads, args.pair)
     verifiers = {}
     try:
         for mode, size in MODES.items():
-            verifiers[mode] = VerifierProcess(args.verifier_threads, max_batch_size=size, batch_window_ms=args.batch_window_ms,
+            verifiers[mode] = VerifierProcess(args.verifier_threads, pair=args.pair, max_batch_size=size, batch_window_ms=args.batch_window_ms,
                                               max_gamma=max(args.gamma, 1))
         rows = asyncio.run(measure(args, draft, verifiers))
     finally:

@@ -1,6 +1,7 @@
 """Uplink bytes per drafted token and acceptance rate for each q encoding on the wire: full, top-K (K = 1, 4, 8, 16, 64), tokens only.
 
-Regime: the bundled pair (vocab 8192) served for real: one verifier node in a process of its own,
+Regime: a pair (`--pair`: the bundled one, vocab 8192, or smollm2, vocab 49,152, on its held-back
+instructions through the chat template, each answer ending at EOS) served for real: one verifier node in a process of its own,
 drafter nodes in this process (one per q mode, one after another, same draft model, same draft
 sampler seed), protobuf over WebSocket on 127.0.0.1. Temperature 1 (q matters only when sampling;
 temperature 0 always sends tokens only), no top-k/top-p, static γ (`--gamma`, 4), no pipelining.
@@ -31,7 +32,9 @@ import asyncio
 import json
 import time
 
-from _serving import PROMPTS, DraftCounter, VerifierProcess, Workload, edge_config, encode, load_draft, machine, run_workload
+from edgespec.models.catalog import pair_spec
+
+from _serving import DraftCounter, VerifierProcess, Workload, add_pair_argument, edge_config, load_draft, machine, pair_prompts, run_workload
 
 MODES = [("full", 0), ("topk", 1), ("topk", 4), ("topk", 8), ("topk", 16), ("topk", 64), ("tokens", 0)]
 
@@ -53,7 +56,7 @@ def label(q_mode: str, k: int) -> str:
 async def measure(args, draft, verifier: VerifierProcess) -> list[dict]:
     from edgespec.edge import EdgeNode
 
-    prompts = [encode(draft, p) for p in PROMPTS]
+    prompts = pair_prompts(draft, args.pair)
     rows = []
     for q_mode, k in MODES:
         config = edge_config(verifier.address, node_id=f"edge-{label(q_mode, k)}", q_mode=q_mode, top_k=max(k, 1), gamma=args.gamma,
@@ -63,7 +66,7 @@ async def measure(args, draft, verifier: VerifierProcess) -> list[dict]:
                 raise RuntimeError("the drafter node did not connect to the verifier")
             counter = DraftCounter(node)
             m = await run_workload(node.engine, prompts, Workload(args.sessions, 0.0, args.max_tokens, temperature=1.0, seed0=args.seed,
-                                                                  min_requests=args.requests))
+                                                                  min_requests=args.requests, stop_at_eos=args.chat))
             stats = node.stats()
         draft_bytes = counter.bytes.get("draft", 0)
         row = {"q_mode": q_mode, "top_k": k if q_mode == "topk" else None, "label": label(q_mode, k), **m.summary(),
@@ -90,7 +93,7 @@ def show(rows: list[dict], args, target: dict) -> None:
     from rich.table import Table
 
     console = Console(width=150)
-    t = Table(title=f"Uplink per drafted token by q encoding (bundled pair, V = 8192, temperature 1, γ = {args.gamma}, "
+    t = Table(title=f"Uplink per drafted token by q encoding ({args.pair} pair, V = {args.vocab_size}, temperature 1, γ = {args.gamma}, "
                     f"{args.sessions} sessions × {args.requests} requests × {args.max_tokens} tokens each)")
     for col in ("q on the wire", "Draft B/token", "% of full", "all uplink B/token", "acceptance", "± s.e.", "vs full", "α/token", "α vs full", "tok/round",
                 "drafted", "tokens/s"):
@@ -118,13 +121,15 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--verifier-threads", type=int, default=1)
     parser.add_argument("--drafter-threads", type=int, default=1)
+    add_pair_argument(parser)
     args = parser.parse_args(argv)
     if args.quick:
         args.sessions, args.requests, args.max_tokens = 4, 2, 32
 
     t0 = time.perf_counter()
-    draft = load_draft(args.drafter_threads)
-    with VerifierProcess(args.verifier_threads, max_gamma=max(args.gamma, 1), max_top_k=1024) as verifier:
+    draft = load_draft(args.drafter_threads, args.pair)
+    args.vocab_size, args.chat = draft.vocab_size, pair_spec(args.pair).chat
+    with VerifierProcess(args.verifier_threads, pair=args.pair, max_gamma=max(args.gamma, 1), max_top_k=1024) as verifier:
         rows = asyncio.run(measure(args, draft, verifier))
     full = next(r for r in rows if r["label"] == "full")
     top8 = next(r for r in rows if r["label"] == "top-8")

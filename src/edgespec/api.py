@@ -5,9 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
+import torch
+
 from edgespec.models.bundle import bundled_path
 from edgespec.models.device import device_options
 from edgespec.models.decoder import GenerationConfig, GenerationResult, generate_ad, generate_sd
+from edgespec.models.prompting import encode_chat, encode_text, has_chat_template
 from edgespec.models.runtime import CausalLM, check_same_tokenizer
 from edgespec.spec.sampling import SamplingParams, probs_from_logits
 from edgespec.spec.theory import expected_tokens_per_round, leviathan_speedup, odld_gamma, tkslt_speedup
@@ -53,27 +56,47 @@ class SpeculativeDecoder:
         cls, target_dir: str | Path, draft_dir: str | Path | None = None, device: str = "cpu", dtype: str = "float32",
         cuda_graphs: Optional[bool] = None,
     ) -> "SpeculativeDecoder":
-        """Load Hugging Face checkpoints from local directories onto `device` ("cpu", "cuda", "cuda:N") in `dtype`.
+        """Load Hugging Face checkpoints from local directories, or GGUF files (converted once and cached), onto `device`
+        ("cpu", "cuda", "cuda:N"), the target in `dtype`.
 
-        `cuda_graphs` (default: on for CUDA) replays decode and verify steps as CUDA graphs. An unusable
-        device or dtype raises `edgespec.models.device.DeviceError` (a ValueError) before anything loads.
+        The draft runs in `dtype` too, except that with float32 it keeps its own `edgespec.json` CPU dtype (its numerics
+        change acceptance, never the output). `cuda_graphs` (default: on for CUDA) replays decode and verify steps as CUDA
+        graphs. An unusable device or dtype raises `edgespec.models.device.DeviceError` (a ValueError) before anything loads.
         """
         opts = device_options(device, dtype, cuda_graphs)
-        where = {"device": opts.device, "dtype": opts.dtype, "cuda_graphs": opts.cuda_graphs}
-        draft = CausalLM.load(draft_dir, **where) if draft_dir is not None else None
-        return cls(CausalLM.load(target_dir, **where), draft)
+        where = {"device": opts.device, "cuda_graphs": opts.cuda_graphs}
+        draft_dtype = None if opts.dtype == torch.float32 else opts.dtype
+        draft = CausalLM.load(draft_dir, dtype=draft_dtype, **where) if draft_dir is not None else None
+        return cls(CausalLM.load(target_dir, dtype=opts.dtype, **where), draft)
 
     @classmethod
     def bundled(cls, device: str = "cpu", dtype: str = "float32", cuda_graphs: Optional[bool] = None) -> "SpeculativeDecoder":
         """The draft/target code-completion pair shipped with edgespec."""
         return cls.load(bundled_path("target"), bundled_path("draft"), device, dtype, cuda_graphs)
 
+    @classmethod
+    def pair(cls, name: str, device: str = "cpu", dtype: str = "float32", cuda_graphs: Optional[bool] = None) -> "SpeculativeDecoder":
+        """A named pair ("bundled", "smollm2"), fetched into the user's cache on first use (`edgespec models fetch`)."""
+        from edgespec.models.catalog import pair_dirs
+
+        draft_dir, target_dir = pair_dirs(name)
+        return cls.load(target_dir, draft_dir, device, dtype, cuda_graphs)
+
     def encode(self, prompt: Prompt) -> list[int]:
-        """Text is tokenized and prefixed with the BOS token when the tokenizer has one; id lists pass through."""
-        if not isinstance(prompt, str):
-            return list(prompt)
-        bos = self.target.tokenizer.bos_token_id
-        return ([bos] if bos is not None else []) + self.target.tokenize(prompt)
+        """Text is tokenized with the tokenizer's defaults (its post-processor decides on BOS); id lists pass through."""
+        return encode_text(self.target.tokenizer, prompt) if isinstance(prompt, str) else list(prompt)
+
+    @property
+    def has_chat_template(self) -> bool:
+        return has_chat_template(self.target.tokenizer)
+
+    def encode_chat(self, messages: Sequence[dict]) -> list[int]:
+        """Chat messages rendered by the target's chat template, ready for the assistant's answer."""
+        return encode_chat(self.target.tokenizer, messages)
+
+    def chat(self, messages: Sequence[dict], **settings) -> GenerationResult:
+        """The assistant's answer to chat `messages` ({"role", "content"} dicts); settings as for `generate`."""
+        return self.generate(self.encode_chat(messages), **settings)
 
     def generate(
         self,

@@ -22,6 +22,10 @@ from edgespec.testbed.cli import app as testbed_app  # noqa: E402  (light: typer
 
 app.add_typer(testbed_app, name="testbed")
 
+from edgespec.models.cli import app as models_app, pair_option_help, resolve_pair  # noqa: E402  (light: typer only)
+
+app.add_typer(models_app, name="models")
+
 
 def _console():
     from rich.console import Console
@@ -50,15 +54,20 @@ def _device_options(device: str, dtype: str, cuda_graphs: bool, no_cuda_graphs: 
         raise typer.Exit(2)
 
 
-def _load_pair(draft: Optional[Path], target: Optional[Path], need_draft: bool = True, opts=None):
-    """Load target (and draft) from directories, defaulting to the bundled pair, on `opts` (default: CPU float32); clear errors on failure."""
-    from edgespec.models.bundle import bundled_path
+def _load_pair(draft: Optional[Path], target: Optional[Path], need_draft: bool = True, pair: str = "bundled", opts=None):
+    """Load target (and draft) from directories or GGUF files, defaulting to the named pair's, on `opts` (default: CPU, float32
+    target); clear errors on failure. The draft runs in its own card's CPU dtype unless `opts` names a dtype other than float32."""
+    import torch
+
     from edgespec.models.runtime import CausalLM, ModelLoadError, check_same_tokenizer
 
-    where = {} if opts is None else {"device": opts.device, "dtype": opts.dtype, "cuda_graphs": opts.cuda_graphs}
+    draft, target = resolve_pair(pair, draft, target, need_draft)
+    where = {} if opts is None else {"device": opts.device, "cuda_graphs": opts.cuda_graphs}
+    target_dtype = torch.float32 if opts is None else opts.dtype
+    draft_dtype = None if target_dtype == torch.float32 else target_dtype
     try:
-        t = CausalLM.load(target or bundled_path("target"), **where)
-        d = CausalLM.load(draft or bundled_path("draft"), **where) if need_draft else None
+        t = CausalLM.load(target, dtype=target_dtype, **where)
+        d = CausalLM.load(draft, dtype=draft_dtype, **where) if need_draft else None
         if d is not None:
             check_same_tokenizer(d, t)
     except (ModelLoadError, FileNotFoundError, ValueError) as exc:
@@ -82,8 +91,10 @@ def generate(
     ),
     q_mode: str = typer.Option("full", "--q-mode", help="How q reaches the verifier: full, topk or tokens."),
     q_top_k: int = typer.Option(8, "--q-top-k", min=1, help="K for --q-mode topk."),
-    draft: Optional[Path] = typer.Option(None, "--draft", help="Draft model directory (default: bundled)."),
-    target: Optional[Path] = typer.Option(None, "--target", help="Target model directory (default: bundled)."),
+    draft: Optional[Path] = typer.Option(None, "--draft", help="Draft model directory or .gguf file (default: the pair's)."),
+    target: Optional[Path] = typer.Option(None, "--target", help="Target model directory or .gguf file (default: the pair's)."),
+    pair: str = typer.Option("bundled", "--pair", help=pair_option_help),
+    chat: bool = typer.Option(False, "--chat", help="Send the prompt as a user message through the model's chat template."),
     device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
     dtype: str = typer.Option("float32", "--dtype", help=DTYPE_HELP),
     cuda_graphs: bool = typer.Option(False, "--cuda-graphs", help=GRAPHS_HELP),
@@ -104,10 +115,13 @@ def generate(
     with console.status("loading models…"):
         from edgespec.api import SpeculativeDecoder
 
-        d, t = _load_pair(draft, target, need_draft=mode == "sd", opts=opts)
+        d, t = _load_pair(draft, target, need_draft=mode == "sd", pair=pair, opts=opts)
         decoder = SpeculativeDecoder(t, d)
+    if chat and not decoder.has_chat_template:
+        raise typer.BadParameter("this target has no chat template", param_hint="--chat")
     with console.status(f"generating ({mode})…"):
-        out = decoder.generate(prompt, mode=mode, max_new_tokens=max_tokens, gamma=gamma, temperature=temperature,
+        ids = decoder.encode_chat([{"role": "user", "content": prompt}]) if chat else prompt
+        out = decoder.generate(ids, mode=mode, max_new_tokens=max_tokens, gamma=gamma, temperature=temperature,
                                top_k=top_k, top_p=top_p, q_mode=q_mode, q_top_k=q_top_k, seed=seed)
     summary = {
         "text": out.text, "token_ids": out.token_ids, "mode": mode, "num_rounds": out.num_rounds,
@@ -134,13 +148,15 @@ def demo(
     prompts: int = typer.Option(4, "--prompts", min=1, max=8, help="Prompts per drafter node (distributed; each sent greedy and sampled)."),
     loads: str = typer.Option("1,8,24", "--loads", help="Concurrent sessions at each load of the sweep (distributed), e.g. 1,8,24."),
     duration_s: float = typer.Option(4.0, "--duration-s", min=0.0, help="Closed-loop time per load and node in the sweep (distributed)."),
+    pair: str = typer.Option("bundled", "--pair", help=pair_option_help),
     json_out: bool = typer.Option(False, "--json", help="End with one JSON summary line (distributed)."),
 ) -> None:
-    """Serve the bundled pair over loopback: a verifier node and drafter nodes, losslessness, then SD vs AD as the load grows."""
+    """Serve a pair over loopback: a verifier node and drafter nodes, losslessness, then SD vs AD as the load grows."""
+    resolve_pair(pair, None, None)  # a bad name exits 2; a pair not yet cached is fetched here, once
     if in_process:
-        _demo_in_process(gamma, max_tokens or 64)
+        _demo_in_process(gamma, max_tokens or 64, pair)
     else:
-        _demo_distributed(max_tokens or 32, prompts, _positive_ints(loads, "--loads"), duration_s, json_out)
+        _demo_distributed(max_tokens or 32, prompts, _positive_ints(loads, "--loads"), duration_s, json_out, pair)
 
 
 def _positive_ints(text: str, option: str) -> tuple[int, ...]:
@@ -153,15 +169,17 @@ def _positive_ints(text: str, option: str) -> tuple[int, ...]:
     return values
 
 
-def _demo_distributed(max_tokens: int, prompts: int, loads: tuple[int, ...], duration_s: float, json_out: bool) -> None:
+def _demo_distributed(max_tokens: int, prompts: int, loads: tuple[int, ...], duration_s: float, json_out: bool, pair: str) -> None:
     import json
 
-    from edgespec.bench.sd_vs_ad import PROMPTS
+    from edgespec.bench.prompts import prompts_for
     from edgespec.demo.nodes import NodeStartError
     from edgespec.demo.run import DemoConfig, run_demo
+    from edgespec.models.catalog import pair_spec
 
     console = _console()
-    cfg = DemoConfig(prompts=PROMPTS[:prompts], max_tokens=max_tokens, loads=loads, duration_s=duration_s)
+    chat = pair_spec(pair).chat
+    cfg = DemoConfig(prompts=prompts_for(chat)[:prompts], max_tokens=max_tokens, loads=loads, duration_s=duration_s, pair=pair, chat=chat)
     try:
         report = run_demo(cfg, console, lambda msg: console.print(f"[dim]· {msg}[/dim]"))
     except NodeStartError as exc:
@@ -174,42 +192,45 @@ def _demo_distributed(max_tokens: int, prompts: int, loads: tuple[int, ...], dur
         print(json.dumps(report))
 
 
-def _demo_in_process(gamma: int, max_tokens: int) -> None:
-    """Run a few code prompts with AD and SD on the bundled pair in this process and compare them side by side."""
+def _demo_in_process(gamma: int, max_tokens: int, pair: str) -> None:
+    """Run a few of the pair's prompts with AD and SD in this process and compare them side by side."""
     from rich.table import Table
 
-    from edgespec.bench.sd_vs_ad import PROMPTS
+    from edgespec.bench.prompts import prompts_for
+    from edgespec.bench.sd_vs_ad import pair_prompts
+    from edgespec.models.catalog import pair_spec
 
     console = _console()
-    with console.status("loading the bundled draft/target pair…"):
+    chat = pair_spec(pair).chat
+    with console.status(f"loading the {pair} draft/target pair…"):
         from edgespec.api import SpeculativeDecoder
 
-        d, t = _load_pair(None, None)
+        d, t = _load_pair(None, None, pair=pair)
         decoder = SpeculativeDecoder(t, d)
-        decoder.generate(PROMPTS[0], max_new_tokens=8)  # warm-up
-    table = Table(title=f"edgespec demo: bundled pair, greedy, γ={gamma}, {max_tokens} new tokens per prompt")
+        texts, prompts = prompts_for(chat)[:5], pair_prompts(t, pair)[:5]
+        decoder.generate(prompts[0], max_new_tokens=8)  # warm-up
+    table = Table(title=f"edgespec demo: {pair} pair, greedy, γ={gamma}, {max_tokens} new tokens per prompt{' (or to EOS)' if chat else ''}")
     for col in ("prompt", "AD tok/s", "SD tok/s", "accepted/round", "acceptance", "speedup", "same output"):
         table.add_column(col, justify="left" if col == "prompt" else "right")
     totals = {"ad": [0, 0.0], "sd": [0, 0.0]}
     shown = None
-    prompts = PROMPTS[:5]
-    for i, prompt in enumerate(prompts, 1):
+    for i, (text, prompt) in enumerate(zip(texts, prompts), 1):
         with console.status(f"prompt {i}/{len(prompts)}: AD then SD…"):
-            ad = decoder.generate(prompt, mode="ad", max_new_tokens=max_tokens, stop_at_eos=False)
-            sd = decoder.generate(prompt, mode="sd", gamma=gamma, max_new_tokens=max_tokens, stop_at_eos=False)
+            ad = decoder.generate(prompt, mode="ad", max_new_tokens=max_tokens, stop_at_eos=chat)
+            sd = decoder.generate(prompt, mode="sd", gamma=gamma, max_new_tokens=max_tokens, stop_at_eos=chat)
         for key, r in (("ad", ad), ("sd", sd)):
             totals[key][0] += len(r.token_ids)
             totals[key][1] += r.wall_s
-        shown = shown or (prompt, sd.text)
+        shown = shown or (text + ("\n" if chat else ""), sd.text)
         table.add_row(
-            prompt.strip().splitlines()[0][:32], f"{ad.tokens_per_s:.1f}", f"{sd.tokens_per_s:.1f}",
+            text.strip().splitlines()[0][:32], f"{ad.tokens_per_s:.1f}", f"{sd.tokens_per_s:.1f}",
             f"{sd.num_accepted_tokens / max(sd.num_rounds, 1):.2f}", f"{sd.acceptance_rate:.2f}",
             f"{sd.tokens_per_s / ad.tokens_per_s:.2f}×", "✓" if sd.token_ids == ad.token_ids else "✗",
         )
     ad_rate, sd_rate = totals["ad"][0] / totals["ad"][1], totals["sd"][0] / totals["sd"][1]
     table.add_row("all", f"{ad_rate:.1f}", f"{sd_rate:.1f}", "", "", f"{sd_rate / ad_rate:.2f}×", "", style="bold")
     console.print(table)
-    console.print("\nSD completion of the first prompt:", style="bold")
+    console.print(f"\nSD {'answer to' if chat else 'completion of'} the first prompt:", style="bold")
     console.print(shown[0], style="dim", end="", markup=False, highlight=False)
     console.print(shown[1], markup=False, highlight=False)
 
@@ -219,8 +240,9 @@ def bench_sd_vs_ad(
     gammas: str = typer.Option("1,2,3,4,5,6,8", "--gammas", help="Comma-separated draft lengths."),
     max_tokens: int = typer.Option(96, "--max-tokens", min=8, help="New tokens per prompt."),
     repeats: int = typer.Option(24, "--repeats", min=3, help="Repeats per step timing (median over all passes)."),
-    draft: Optional[Path] = typer.Option(None, "--draft", help="Draft model directory (default: bundled)."),
-    target: Optional[Path] = typer.Option(None, "--target", help="Target model directory (default: bundled)."),
+    draft: Optional[Path] = typer.Option(None, "--draft", help="Draft model directory or .gguf file (default: the pair's)."),
+    target: Optional[Path] = typer.Option(None, "--target", help="Target model directory or .gguf file (default: the pair's)."),
+    pair: str = typer.Option("bundled", "--pair", help=pair_option_help),
     device: str = typer.Option("cpu", "--device", help=DEVICE_HELP),
     dtype: str = typer.Option("float32", "--dtype", help=DTYPE_HELP),
     cuda_graphs: bool = typer.Option(False, "--cuda-graphs", help=GRAPHS_HELP),
@@ -243,10 +265,12 @@ def bench_sd_vs_ad(
     opts = _device_options(device, dtype, cuda_graphs, no_cuda_graphs)
     console = _console()
     with console.status("loading models…"):
-        d, t = _load_pair(draft, target, opts=opts)
+        d, t = _load_pair(draft, target, pair=pair, opts=opts)
     with console.status("measuring…") as status:
-        rows = sd_vs_ad.run(d, t, gamma_list, max_tokens, repeats, progress=lambda m: status.update(f"measuring: {m}"))
-    table = Table(title=f"SD vs AD (batch 1, greedy, {opts.describe()})")
+        rows = sd_vs_ad.run(d, t, gamma_list, max_tokens, repeats, progress=lambda m: status.update(f"measuring: {m}"),
+                            prompts=sd_vs_ad.pair_prompts(t, pair))
+    dtypes = "/".join(dict.fromkeys(str(m.dtype).removeprefix("torch.") for m in (t, d)))
+    table = Table(title=f"SD vs AD ({pair if not (draft or target) else 'given'} pair, batch 1, greedy, {opts.describe()}, {dtypes})")
     for col in ("γ", "α", "α_token", "tok/round", "c", "t_draft ms", "t_target ms", "t_verify ms", "AD tok/s", "SD tok/s",
                 "speedup", "Leviathan", "0-overhead", "of bound"):
         table.add_column(col, justify="right")
@@ -296,8 +320,9 @@ def sim(
 @app.command("profile")
 def profile_command(
     out: Path = typer.Option(..., "--out", help="Pair profile JSON to write (edgespec-pair-profile/1)."),
-    draft: Optional[Path] = typer.Option(None, "--draft", help="Draft model directory (default: bundled)."),
-    target: Optional[Path] = typer.Option(None, "--target", help="Target model directory (default: bundled)."),
+    draft: Optional[Path] = typer.Option(None, "--draft", help="Draft model directory or .gguf file (default: the pair's)."),
+    target: Optional[Path] = typer.Option(None, "--target", help="Target model directory or .gguf file (default: the pair's)."),
+    pair: str = typer.Option("bundled", "--pair", help=pair_option_help),
     quick: bool = typer.Option(False, "--quick", help="Small grid, few tokens, γ = 4: a smoke run."),
     threads: int = typer.Option(1, "--threads", min=1, help="torch threads while measuring."),
     max_gamma: Optional[int] = typer.Option(None, "--max-gamma", min=1, max=32,
@@ -342,6 +367,7 @@ def profile_command(
             raise typer.BadParameter("--serving profiles CPU nodes (on a testbed or attached); drop --device", param_hint="--device")
         from edgespec.models.serving_cli import profile_serving
 
+        draft, target = resolve_pair(pair, draft, target)  # the testbed's nodes load the pair's files
         raise typer.Exit(profile_serving(out=out, draft=draft, target=target, quick=quick, threads=threads, gamma=max_gamma, seed=seed,
                                          json_out=json_out, scenario=scenario, answer_tokens=answer_tokens, temperature=temperature,
                                          q_mode=q_mode, top_k=top_k, attach=(attach_verifier, attach_metrics, attach_drafters),
@@ -351,20 +377,21 @@ def profile_command(
     with console.status("loading models…"):
         import torch
 
+        from edgespec.bench.sd_vs_ad import pair_prompts
         from edgespec.models.profiling import FULL_GRID, QUICK_GRID, measure_pair
         from edgespec.plan.pairprofile import write_pair_profile
 
         torch.set_num_threads(threads)
-        d, t = _load_pair(draft, target, opts=opts)
+        d, t = _load_pair(draft, target, pair=pair, opts=opts)
     grid = replace(QUICK_GRID if quick else FULL_GRID, seed=seed)
     grid = grid.with_max_gamma(max_gamma) if max_gamma else grid
-    flags = [("--draft", draft), ("--target", target), ("--max-gamma", max_gamma),
+    flags = [("--draft", draft), ("--target", target), ("--pair", pair if pair != "bundled" else None), ("--max-gamma", max_gamma),
              ("--device", device if opts.device.type != "cpu" else None), ("--dtype", dtype if opts.dtype != torch.float32 else None)]
     graphs_flag = ["--cuda-graphs"] * cuda_graphs + ["--no-cuda-graphs"] * no_cuda_graphs
     command = ["edgespec", "profile", "--out", str(out), *(["--quick"] if quick else []), "--threads", str(threads),
                "--seed", str(seed), *[str(v) for f, v in flags if v is not None for v in (f, v)], *graphs_flag]
     with _progress_bars(console) as report:
-        pp = measure_pair(d, t, grid, progress=report, command=shlex.join(command))
+        pp = measure_pair(d, t, grid, prompts=pair_prompts(t, pair), progress=report, command=shlex.join(command))
     write_pair_profile(pp, out)
     for table in _pair_profile_tables(pp):
         console.print(table)
@@ -388,23 +415,9 @@ def _check_writable(path: Path, option: str) -> None:
 
 def _progress_bars(console):
     """A context manager yielding a `(phase, done, total)` callback that draws one rich progress bar per phase."""
-    from contextlib import contextmanager
+    from edgespec.progress import progress_bars
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    @contextmanager
-    def bars():
-        tasks: dict = {}
-        with Progress(TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=console, transient=not console.is_terminal) as progress:
-            def report(phase: str, done: int, total: int) -> None:
-                if phase not in tasks:
-                    tasks[phase] = progress.add_task(phase, total=total)
-                progress.update(tasks[phase], completed=done, total=total)
-
-            yield report
-
-    return bars()
+    return progress_bars(console)
 
 
 def _pair_profile_tables(pp) -> list:

@@ -1,8 +1,10 @@
-"""Benchmark: in-process speculative vs autoregressive decoding of the bundled pair on this CPU, with the parts that bound it.
+"""Benchmark: in-process speculative vs autoregressive decoding of a draft/target pair on this CPU, with the parts that bound it.
 
 Regime: one sequence at a time (batch 1), temperature 0, the models' device and dtype (float32 on the
-CPU by default), short code prompts, a fixed token budget; both modes pay the same prefill. On a GPU a
-step is timed from an idle device to the end of its last kernel (`edgespec.models.device.timed_s`). For each γ it measures, in one run:
+CPU by default; a draft may keep the CPU dtype its edgespec.json names), the pair's prompts (short code
+openings for the bundled pair, held-back instructions through the chat template for an instruct pair), a
+fixed token budget; both modes pay the same prefill. On a GPU a step is timed from an idle device to the
+end of its last kernel (`edgespec.models.device.timed_s`). For each γ it measures, in one run:
 - α (accepted / drafted, vLLM's acceptance rate), the mean tokens E emitted per round, and α_token,
   the per-token acceptance of Leviathan's i.i.d. model that gives the same E;
 - t_draft (one draft decode step), t_target (one target decode step), t_verify(γ) (one target pass
@@ -24,17 +26,27 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from edgespec.models.decoder import GenerationConfig, GenerationResult, generate_ad, generate_sd
-from edgespec.bench.prompts import PROMPTS
+from edgespec.bench.prompts import PROMPTS, prompts_for
 from edgespec.models.device import timed_s
+from edgespec.models.prompting import encode_chat, encode_text
 from edgespec.models.runtime import CausalLM
 from edgespec.spec.theory import fit_alpha
 
 
 
-def prompt_ids(lm: CausalLM, texts: Sequence[str] = PROMPTS) -> list[list[int]]:
-    """The prompts as token ids, BOS first when the tokenizer has one (as the API and the drafter's HTTP API encode text)."""
-    bos = lm.tokenizer.bos_token_id
-    return [([bos] if bos is not None else []) + lm.tokenize(t) for t in texts]
+def prompt_ids(lm: CausalLM, texts: Sequence[str] = PROMPTS, chat: bool = False) -> list[list[int]]:
+    """The prompts as token ids, as the API and the drafter's HTTP API encode them (text: the tokenizer's defaults; chat: its template)."""
+    if chat:
+        return [encode_chat(lm.tokenizer, [{"role": "user", "content": t}]) for t in texts]
+    return [encode_text(lm.tokenizer, t) for t in texts]
+
+
+def pair_prompts(lm: CausalLM, pair: str) -> list[list[int]]:
+    """The prompts that suit a named pair: code openings for the bundled pair, held-back instructions (chat) for an instruct pair."""
+    from edgespec.models.catalog import pair_spec
+
+    chat = pair_spec(pair).chat
+    return prompt_ids(lm, prompts_for(chat), chat=chat)
 
 
 @dataclass(frozen=True)
@@ -83,6 +95,7 @@ def run(
     repeats: int = 24,
     passes: int = 3,
     progress: Optional[Callable[[str], None]] = None,
+    prompts: Optional[Sequence[Sequence[int]]] = None,
 ) -> list[Row]:
     """Measure every γ; returns one row per γ.
 
@@ -91,7 +104,7 @@ def run(
     rates are total tokens over total wall time across passes, step times medians over all passes.
     """
     say = progress or (lambda _msg: None)
-    prompts = prompt_ids(target)
+    prompts = [list(p) for p in prompts] if prompts is not None else prompt_ids(target)
     cfg = GenerationConfig(max_new_tokens=max_new_tokens, stop_at_eos=False)
     ad = _Tally()
     sd = {g: _Tally() for g in gammas}

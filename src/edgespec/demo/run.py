@@ -2,12 +2,12 @@
 
 Topology (all on 127.0.0.1, ephemeral ports; with two or more cores the verifier gets the last core to
 itself and the drafter nodes share the others, as a server and its edge devices would):
-- `verifier`: `edgespec serve` with the bundled target;
-- `edge-adaptive`: bundled draft, top-K q (K = 8), the default γ policy (AWC behind the speculation
+- `verifier`: `edgespec serve` with the pair's target (`--pair`, default the bundled pair);
+- `edge-adaptive`: the pair's draft, top-K q (K = 8), the default γ policy (AWC behind the speculation
   gate: γ = 0 where the verifier's load makes speculating lose);
-- `edge-static`: bundled draft, top-K q, static γ = 4 (speculates at any load);
-- `edge-tokens`: bundled draft, tokens-only q, SLED confidence γ;
-- `edge-small`: a 1-layer draft derived from the bundled one, full q, static γ = 3 — a weaker device;
+- `edge-static`: the pair's draft, top-K q, static γ = 4 (speculates at any load);
+- `edge-tokens`: the pair's draft, tokens-only q, SLED confidence γ;
+- `edge-small`: a 1-layer draft derived from the pair's, full q, static γ = 3 — a weaker device;
 - `edge-ad`: γ = 0, i.e. autoregressive decoding served by the same verifier (the baseline).
 
 1. Losslessness: every node gets the same requests at once, half greedy and half sampled
@@ -16,6 +16,8 @@ itself and the drafter nodes share the others, as a server and its edge devices 
 2. Load sweep: at each load L (default 1, 8 and 24 concurrent sessions) the AD, static and adaptive
    nodes take turns: L clients each send greedy requests back to back for `duration_s`; tokens/s,
    the ratio to AD at the same load, and the adaptive node's mean γ.
+
+An instruct pair gets its prompts as chat messages (/v1/chat/completions).
 """
 
 from __future__ import annotations
@@ -54,6 +56,8 @@ class DemoConfig:
     verifier_threads: int = 1
     edge_threads: int = 1
     refresh_s: float = 0.5
+    pair: str = "bundled"
+    chat: bool = False  # send the prompts as user messages to /v1/chat/completions
 
 
 @dataclass(frozen=True)
@@ -63,11 +67,11 @@ class EdgeSpec:
     args: tuple[str, ...]
 
 
-def _edges(small_draft: Path) -> list[EdgeSpec]:
+def _edges(small_draft: Path, pair: str) -> list[EdgeSpec]:
     return [
-        EdgeSpec("edge-adaptive", "bundled draft, top-K q (K=8), adaptive γ (default)", ("--q-mode", "topk", "--top-k", "8")),
-        EdgeSpec("edge-static", "bundled draft, top-K q (K=8), static γ=4", ("--q-mode", "topk", "--top-k", "8", "--gamma-policy", "static", "--gamma", "4")),
-        EdgeSpec("edge-tokens", "bundled draft, tokens-only q, SLED γ", ("--q-mode", "tokens", "--gamma-policy", "confidence")),
+        EdgeSpec("edge-adaptive", f"{pair} draft, top-K q (K=8), adaptive γ (default)", ("--q-mode", "topk", "--top-k", "8")),
+        EdgeSpec("edge-static", f"{pair} draft, top-K q (K=8), static γ=4", ("--q-mode", "topk", "--top-k", "8", "--gamma-policy", "static", "--gamma", "4")),
+        EdgeSpec("edge-tokens", f"{pair} draft, tokens-only q, SLED γ", ("--q-mode", "tokens", "--gamma-policy", "confidence")),
         EdgeSpec("edge-small", "1-layer draft, full q, static γ=3", ("--q-mode", "full", "--gamma-policy", "static", "--gamma", "3", "--draft", str(small_draft))),
         EdgeSpec("edge-ad", "AD through the verifier (γ = 0)", ("--gamma-policy", "static", "--gamma", "0", "--max-gamma", "0")),
     ]
@@ -90,10 +94,20 @@ def _get(url: str, timeout_s: float = 5.0) -> Optional[dict]:
 def _requests(cfg: DemoConfig) -> list[dict]:
     """Each prompt twice: greedy, and sampled at cfg.temperature (no seed: the node's q mode travels, see the module docstring)."""
     out = []
-    for i, prompt in enumerate(cfg.prompts):
-        out.append({"prompt": prompt, "max_tokens": cfg.max_tokens, "temperature": 0, "ignore_eos": True})
-        out.append({"prompt": prompt, "max_tokens": cfg.max_tokens, "temperature": cfg.temperature, "ignore_eos": True})
+    for prompt in cfg.prompts:
+        body = {"messages": [{"role": "user", "content": prompt}]} if cfg.chat else {"prompt": prompt}
+        out.append({**body, "max_tokens": cfg.max_tokens, "temperature": 0, "ignore_eos": True})
+        out.append({**body, "max_tokens": cfg.max_tokens, "temperature": cfg.temperature, "ignore_eos": True})
     return out
+
+
+def _endpoint(body: dict) -> str:
+    return "/v1/chat/completions" if "messages" in body else "/v1/completions"
+
+
+def _text(reply: dict) -> str:
+    choice = reply["choices"][0]
+    return choice["message"]["content"] if "message" in choice else choice["text"]
 
 
 def _cpu_split() -> tuple[list[str], list[str]]:
@@ -150,7 +164,7 @@ def _lossless_phase(console: Console, nodes: list[tuple[EdgeSpec, NodeProcess]],
     lock = threading.Lock()
 
     def one(spec: EdgeSpec, node: NodeProcess, i: int, body: dict) -> None:
-        reply = post_json(f"{node.url}/v1/completions", body)
+        reply = post_json(f"{node.url}{_endpoint(body)}", body)
         with lock:
             phase.results[(spec.name, i)] = reply
             phase.done[spec.name] += 1
@@ -174,14 +188,14 @@ def _lossless_phase(console: Console, nodes: list[tuple[EdgeSpec, NodeProcess]],
 
 def _lossless_report(phase: _Phase, requests: list[dict]) -> dict:
     """Per SD node: greedy completions equal to AD's, and completion tokens."""
-    ad_text = {i: phase.results[("edge-ad", i)]["choices"][0]["text"] for i in range(len(requests))}
+    ad_text = {i: _text(phase.results[("edge-ad", i)]) for i in range(len(requests))}
     greedy = [i for i, body in enumerate(requests) if body["temperature"] == 0]
     out = {}
     for spec, _ in phase.nodes:
         if spec.name == "edge-ad":
             continue
         replies = {i: phase.results[(spec.name, i)] for i in range(len(requests))}
-        same = sum(replies[i]["choices"][0]["text"] == ad_text[i] for i in greedy)
+        same = sum(_text(replies[i]) == ad_text[i] for i in greedy)
         out[spec.name] = {"completion_tokens": sum(r["usage"]["completion_tokens"] for r in replies.values()),
                           "greedy_equal_ad": f"{same}/{len(greedy)}"}
     return out
@@ -190,8 +204,9 @@ def _lossless_report(phase: _Phase, requests: list[dict]) -> dict:
 # ---------------------------------------------------------------- phase 2: the load sweep
 
 
-def _closed_loop(node: NodeProcess, prompts: tuple[str, ...], sessions: int, duration_s: float, max_tokens: int) -> dict:
-    """`sessions` clients send greedy requests back to back for `duration_s` (at least one each); tokens/s and the node's mean γ."""
+def _closed_loop(node: NodeProcess, prompts: tuple[str, ...], sessions: int, duration_s: float, max_tokens: int, chat: bool = False) -> dict:
+    """`sessions` clients send greedy requests back to back for `duration_s` (at least one each; chat messages for an instruct
+    pair); tokens/s and the node's mean γ."""
     before = _get(f"{node.url}/stats") or {}
     tokens = [0] * sessions
 
@@ -199,7 +214,9 @@ def _closed_loop(node: NodeProcess, prompts: tuple[str, ...], sessions: int, dur
         deadline, j = time.monotonic() + duration_s, 0
         while j == 0 or time.monotonic() < deadline:
             prompt = prompts[(i + j * sessions) % len(prompts)]
-            reply = post_json(f"{node.url}/v1/completions", {"prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True})
+            body = {"messages": [{"role": "user", "content": prompt}]} if chat else {"prompt": prompt}
+            body.update(max_tokens=max_tokens, temperature=0, ignore_eos=True)
+            reply = post_json(f"{node.url}{_endpoint(body)}", body)
             tokens[i] += reply["usage"]["completion_tokens"]
             j += 1
 
@@ -220,7 +237,8 @@ def _sweep(console: Console, nodes: dict[str, NodeProcess], cfg: DemoConfig) -> 
         for load in cfg.loads:
             for policy, name in SWEEP.items():
                 status.update(f"2. Load sweep: {load} session(s), {policy} ({name}), {cfg.duration_s:g} s…")
-                rows.append({"sessions": load, "policy": policy, **_closed_loop(nodes[name], cfg.prompts, load, cfg.duration_s, cfg.max_tokens)})
+                rows.append({"sessions": load, "policy": policy, **_closed_loop(nodes[name], cfg.prompts, load, cfg.duration_s, cfg.max_tokens,
+                                                                                      cfg.chat)})
     for row in rows:
         ad = next(r for r in rows if r["sessions"] == row["sessions"] and r["policy"] == "ad")
         row["ratio_to_ad"] = row["tokens_per_s"] / ad["tokens_per_s"] if ad["tokens_per_s"] else None
@@ -259,7 +277,7 @@ def _crossover_line(policy: str, label: str, rows: list[dict]) -> str:
 def _start_edges(specs: list[EdgeSpec], verifier: NodeProcess, cfg: DemoConfig, prefix: list[str], say) -> dict[str, NodeProcess]:
     """Start every drafter node at once (each loads torch and its model) and wait for all of them."""
     say(f"starting {', '.join(s.name for s in specs)}")
-    args = lambda spec: ["--verifier", verifier.address, "--http-port", "0", "--node-id", spec.name,  # noqa: E731
+    args = lambda spec: ["--verifier", verifier.address, "--http-port", "0", "--node-id", spec.name, "--pair", cfg.pair,  # noqa: E731
                          "--threads", str(cfg.edge_threads), *spec.args]
     with ThreadPoolExecutor(max_workers=len(specs)) as pool:
         futures = {spec.name: pool.submit(start_node, spec.name, "edge", args(spec), threads=cfg.edge_threads, prefix=prefix) for spec in specs}
@@ -277,19 +295,19 @@ def _start_edges(specs: list[EdgeSpec], verifier: NodeProcess, cfg: DemoConfig, 
 
 def run_demo(cfg: DemoConfig, console: Console, say: Callable[[str], None]) -> dict:
     """Start the nodes, run the losslessness phase and the load sweep, print the summary, stop every node; returns the summary."""
-    from edgespec.models.bundle import bundled_path
+    from edgespec.models.catalog import pair_dirs
     from edgespec.models.derive import truncate_layers
 
     nodes: list[NodeProcess] = []
     verifier_prefix, edge_prefix = _cpu_split()
     with tempfile.TemporaryDirectory(prefix="edgespec-demo-") as tmp:
         try:
-            say("deriving a 1-layer draft from the bundled one")
-            small = truncate_layers(bundled_path("draft"), Path(tmp) / "draft-1layer", layers=1)
+            say(f"deriving a 1-layer draft from the {cfg.pair} one")
+            small = truncate_layers(pair_dirs(cfg.pair, say)[0], Path(tmp) / "draft-1layer", layers=1)
             say("starting the verifier node" + (f" on core {verifier_prefix[-1]} (drafters on {edge_prefix[-1]})" if verifier_prefix else ""))
-            verifier = start_node("verifier", "serve", ["--port", "0", "--metrics-port", "0"], threads=cfg.verifier_threads, prefix=verifier_prefix)
+            verifier = start_node("verifier", "serve", ["--port", "0", "--metrics-port", "0", "--pair", cfg.pair], threads=cfg.verifier_threads, prefix=verifier_prefix)
             nodes.append(verifier)
-            specs = _edges(small)
+            specs = _edges(small, cfg.pair)
             edges = _start_edges(specs, verifier, cfg, edge_prefix, say)
             nodes += edges.values()
             console.print(f"verifier ws://{verifier.address}; drafters " + ", ".join(f"{name} {n.url}" for name, n in edges.items()))

@@ -28,7 +28,8 @@ def _read_token(path: Optional[Path]) -> Optional[str]:
 
 def edge_command(
     verifier: str = typer.Option(..., "--verifier", help="Verifier node(s): HOST:PORT[,HOST:PORT...] (wss://HOST:PORT for TLS)."),
-    draft: Optional[Path] = typer.Option(None, "--draft", help="Draft model directory (default: the bundled draft)."),
+    draft: Optional[Path] = typer.Option(None, "--draft", help="Draft model directory or .gguf file (default: the --pair's draft)."),
+    pair: str = typer.Option("bundled", "--pair", help="Named pair whose draft to run: bundled or smollm2 (fetched on first use)."),
     http_host: str = typer.Option("127.0.0.1", "--http-host", help="Address of the OpenAI-compatible HTTP API."),
     http_port: int = typer.Option(8000, "--http-port", min=0, max=65535, help="HTTP port (0: any free port)."),
     q_mode: str = typer.Option("topk", "--q-mode", help="q on the wire: full | topk | tokens (temperature 0 always sends tokens)."),
@@ -58,7 +59,10 @@ def edge_command(
 ) -> None:
     """Run a drafter node: a draft model behind an OpenAI-compatible API, verified by verifier nodes."""
     from edgespec.edge.node import EdgeConfig, EdgeNode, parse_verifiers
+    from edgespec.models.cli import pair_path
     from edgespec.models.runtime import ModelLoadError
+
+    draft = pair_path(pair, "draft", draft)
 
     try:
         config = EdgeConfig(

@@ -5,7 +5,8 @@ Requests are validated up front; a bad one gets HTTP 400 with OpenAI's error JSO
 server-sent events (`data: {...}` chunks, then `data: [DONE]`). Extensions, as in vLLM: `top_k` and
 `ignore_eos` in the request; every response carries an `edgespec` object with the request's
 speculative-decoding figures (rounds, drafted and accepted tokens, acceptance rate, verifier).
-A text prompt is tokenized with the BOS token first when the tokenizer has one (like `edgespec generate`).
+A text prompt is tokenized with the tokenizer's defaults (its post-processor decides on BOS), chat messages
+through the chat template (`edgespec.models.prompting`), as transformers and vLLM do.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from edgespec.edge.engine import DraftEngine, Failed, Finished, GenerationFailed, GenerationRequest, RequestHandle, TextDelta
+from edgespec.models.prompting import encode_chat, encode_text
 from edgespec.spec.sampling import SamplingParams
 
 __all__ = ["RequestError", "OpenAIFrontend", "create_app"]
@@ -167,8 +169,7 @@ class OpenAIFrontend:
         return body
 
     def _encode_text(self, text: str) -> list[int]:
-        bos = self.tokenizer.bos_token_id
-        return ([bos] if bos is not None else []) + self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return encode_text(self.tokenizer, text)
 
     def _prompt_ids(self, body: dict) -> list[int]:
         prompt = body.get("prompt")
@@ -207,10 +208,9 @@ class OpenAIFrontend:
                 raise RequestError(f"messages[{i}].content must be a string", f"messages[{i}].content")
             clean.append({"role": msg["role"], "content": content})
         try:
-            text = self.tokenizer.apply_chat_template(clean, tokenize=False, add_generation_prompt=True)
+            return encode_chat(self.tokenizer, clean)
         except Exception as exc:  # noqa: BLE001 — template errors (e.g. roles it refuses) are the request's fault
             raise RequestError(f"the chat template refused the messages: {exc}", "messages") from None
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def _parse(self, body: dict, prompt_ids: list[int], *, chat: bool) -> _Parsed:
         _unsupported(body)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from edgespec.models.card import CARD_FILE
+
 
 def truncate_layers(src: str | Path, out: str | Path, layers: int) -> Path:
-    """Write a copy of the causal LM in `src` that keeps only its first `layers` decoder layers (same tokenizer)."""
+    """Write a copy of the causal LM in `src` that keeps only its first `layers` decoder layers (same tokenizer and edgespec.json)."""
     src, out = Path(src), Path(out)
     model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32, local_files_only=True)
     total = model.config.num_hidden_layers
@@ -19,4 +22,6 @@ def truncate_layers(src: str | Path, out: str | Path, layers: int) -> Path:
     model.config.num_hidden_layers = layers
     model.half().save_pretrained(out, safe_serialization=True)
     AutoTokenizer.from_pretrained(src, local_files_only=True).save_pretrained(out)
+    if (src / CARD_FILE).exists():  # run dtype and head vocabulary carry over
+        shutil.copy2(src / CARD_FILE, out / CARD_FILE)
     return out

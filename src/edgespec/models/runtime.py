@@ -30,6 +30,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreT
 from transformers.utils import logging as hf_logging
 
 from edgespec.models import fastpath
+from edgespec.models.card import read_card
+from edgespec.models.gguf import GGUFError, resolve_model_dir
+from edgespec.models.subvocab import SubVocabHead
 from edgespec.models.device import resolve_device, resolve_dtype, upload
 from edgespec.models.graphs import GraphConfig, StaticCache
 
@@ -68,6 +71,14 @@ class RaggedKV:
 
     def length(self, row: int) -> int:
         return int(self.lengths[row])
+
+
+def _resolve(path: str | Path) -> Path:
+    """A transformers directory for `path`, converting a GGUF input once (clear ModelLoadError when it cannot be)."""
+    try:
+        return resolve_model_dir(path)
+    except GGUFError as exc:
+        raise ModelLoadError(str(exc)) from None
 
 
 def _layers(cache: DynamicCache) -> list:
@@ -113,32 +124,37 @@ class CausalLM:
     # ------------------------------------------------------------------ loading
     @classmethod
     def load(
-        cls, path: str | Path, device: str | torch.device = "cpu", dtype: str | torch.dtype = torch.float32,
+        cls, path: str | Path, device: str | torch.device = "cpu", dtype: Optional[str | torch.dtype] = None,
         cuda_graphs: Optional[bool] = None,
     ) -> "CausalLM":
         """Load weights (safetensors), config and tokenizer from a local directory; never touches a hub.
 
+        `path` may also be a GGUF file or a directory holding one (converted once and cached: `edgespec.models.gguf`).
         `device` "cpu" | "cuda" | "cuda:N" and `dtype` "float32" | "bfloat16" | "float16" are checked first
-        (`DeviceError`, a ValueError, when unusable). `cuda_graphs` (default: on for CUDA) captures the
-        decode and verify steps as CUDA graphs where the model runs the lean forward.
+        (`DeviceError`, a ValueError, when unusable); dtype None: the directory's `edgespec.json` choice on a CPU,
+        else float32 (`edgespec.models.card`). `cuda_graphs` (default: on for CUDA) captures the decode and verify
+        steps as CUDA graphs where the model runs the lean forward.
         """
-        device, dtype = resolve_device(device), resolve_dtype(dtype)
+        device, dtype = resolve_device(device), (None if dtype is None else resolve_dtype(dtype))
         if cuda_graphs and device.type != "cuda":
             raise ValueError("CUDA graphs need a CUDA device")
-        path = Path(path)
+        path = _resolve(path)
         if not path.is_dir():
             raise ModelLoadError(f"model directory not found: {path}")
         missing = [f for f in ("config.json",) if not (path / f).exists()]
         if missing or not any(path.glob("*.safetensors")):
-            raise ModelLoadError(f"{path} is not a Hugging Face model directory (needs config.json and *.safetensors)")
+            raise ModelLoadError(f"{path} is not a Hugging Face model directory (needs config.json and *.safetensors, or a .gguf file)")
         try:
+            card = read_card(path)
             tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
             model = AutoModelForCausalLM.from_pretrained(
-                path, dtype=dtype, attn_implementation="sdpa", local_files_only=True
+                path, dtype=dtype or card.dtype(device), attn_implementation="sdpa", local_files_only=True
             )
         except (OSError, ValueError, KeyError) as exc:
             raise ModelLoadError(f"cannot load a causal LM from {path}: {exc}") from exc
         lm = cls(model.to(device), tokenizer, path)
+        if card.head_token_ids is not None:
+            lm._lm_head = SubVocabHead(lm._lm_head.weight, torch.tensor(card.head_token_ids))
         lm.default_graphs(cuda_graphs)
         return lm
 

@@ -71,7 +71,8 @@ def _refuse_missing_auth(host: str, auth_token, allow_no_auth: bool) -> None:
 
 
 def serve_command(
-    target: Optional[Path] = typer.Option(None, "--target", help="target model directory (default: the bundled target)"),
+    target: Optional[Path] = typer.Option(None, "--target", help="target model directory or .gguf file (default: the --pair's target)"),
+    pair: str = typer.Option("bundled", "--pair", help="named pair whose target to serve: bundled or smollm2 (fetched on first use)"),
     host: str = typer.Option("127.0.0.1", "--host", help="address to listen on (0.0.0.0 for every interface; beyond loopback needs --auth-token-file)"),
     port: int = typer.Option(7700, "--port", help="WebSocket port (0 = pick a free one)"),
     metrics_port: Optional[int] = typer.Option(None, "--metrics-port", help="Prometheus /metrics port (off if unset, 0 = pick a free one)"),
@@ -122,6 +123,7 @@ def serve_command(
             raise typer.BadParameter(f"{auth_token_file} is empty")
     node_tokens = _read_node_tokens(node_tokens_file, auth_token_file)
     _refuse_missing_auth(host, auth_token or node_tokens, allow_no_auth)
+    from edgespec.models.cli import pair_path
     from edgespec.models.device import DeviceError, device_options
 
     try:  # a missing GPU or an unknown dtype fails here, before the model loads
@@ -130,6 +132,8 @@ def serve_command(
         typer.echo(f"edgespec serve: {exc}", err=True)
         raise typer.Exit(2) from None
     from edgespec.server.node import VerifierConfig
+
+    target = pair_path(pair, "target", target)
 
     try:  # bad settings fail here, before the model loads
         config = VerifierConfig(
