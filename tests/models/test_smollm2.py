@@ -73,7 +73,7 @@ def test_smollm2_greedy_sd_equals_ad(smollm2_pair):
 
 # A chat turn, the regime the draft was distilled for: after the raw text "My favourite colour is" its top-4 shares no token
 # with the target's, so every draft would be rejected and the accept path never taken.
-PROMPT_MESSAGES = [{"role": "user", "content": "What is your favourite colour?"}]
+PROMPT_MESSAGES = [{"role": "system", "content": ""}, {"role": "user", "content": "What is your favourite colour?"}]  # an empty system turn: 20 tokens, not the default 36
 PARAMS = SamplingParams(temperature=1.0, top_k=4)  # p keeps 4 tokens per position: the joint of two tokens has 16 cells
 TRIALS = 2000
 
