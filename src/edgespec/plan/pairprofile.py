@@ -47,6 +47,8 @@ __all__ = [
     "AcceptanceCurve",
     "PairProfile",
     "curve_from_rounds",
+    "position_counts",
+    "shrunk_per_prompt",
     "setting_label",
     "acceptance_curve",
     "pair_profile_from_dict",
@@ -138,12 +140,16 @@ def curve_from_rounds(
     tokens = sum(n + 1 for _, n in rounds) / len(rounds)
     alpha = round(fit_alpha(tokens, [g for g, _ in rounds]), 6)
     per_position, last = [], alpha
-    for i in range(1, max_gamma + 1):
-        reached = sum(1 for g, n in rounds if g >= i and n >= i - 1)
-        last = round(sum(1 for _, n in rounds if n >= i) / reached, 6) if reached else last
+    for reached, accepted in position_counts(rounds, max_gamma):
+        last = round(accepted / reached, 6) if reached else last
         per_position.append(last)
     return AcceptanceCurve(q_mode, float(temperature), tuple(per_position), alpha, len(rounds),
                            sum(g for g, _ in rounds), top_k if q_mode == "topk" else None)
+
+
+def position_counts(rounds: Sequence[tuple[int, int]], max_gamma: int) -> list[tuple[int, int]]:
+    """Per position i = 1..max_gamma: (rounds that reached it — drafted ≥ i with the i − 1 before accepted, rounds that accepted it)."""
+    return [(sum(1 for g, n in rounds if g >= i and n >= i - 1), sum(1 for _, n in rounds if n >= i)) for i in range(1, max_gamma + 1)]
 
 
 def shrunk_per_prompt(rounds_by_prompt: Sequence[Sequence[tuple[int, int]]], pooled: Sequence[float]) -> tuple[tuple[float, ...], ...]:
@@ -157,10 +163,7 @@ def shrunk_per_prompt(rounds_by_prompt: Sequence[Sequence[tuple[int, int]]], poo
     τ² ≤ 0 gives every prompt the pooled p. Rounded to 6 decimals.
     """
     gamma = len(pooled)
-    counts = []  # per prompt, per position: (trials, successes)
-    for rounds in rounds_by_prompt:
-        counts.append([(sum(1 for g, n in rounds if g >= i and n >= i - 1), sum(1 for _, n in rounds if n >= i))
-                       for i in range(1, gamma + 1)])
+    counts = [position_counts(rounds, gamma) for rounds in rounds_by_prompt]  # per prompt, per position: (trials, successes)
     curves = [[0.0] * gamma for _ in counts]
     for i, p in enumerate(pooled):
         seen = [c[i] for c in counts if c[i][0] > 0]

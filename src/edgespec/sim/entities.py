@@ -483,8 +483,10 @@ class VerifierNode:
         # load hints with the forward-time model, as the real node sends them (only when a policy reads them: it costs a fit per batch)
         # and the merge wait set from it (the real node's calibration at start-up, then its fit per forward)
         self.cost_fit: Optional[ForwardCostFit] = None
-        points = [(r, w, cost.step_s(r, w, CALIBRATION_CONTEXT_TOKENS)) for r, w in CALIBRATION_SHAPES]
-        prior = ForwardCostFit().fit_points(points) if config.merge_share > 0.0 or world.publish_hints else None
+        prior = None
+        if config.merge_share > 0.0 or world.publish_hints:
+            points = [(r, w, cost.step_s(r, w, CALIBRATION_CONTEXT_TOKENS)) for r, w in CALIBRATION_SHAPES]
+            prior = ForwardCostFit().fit_points(points)
         if world.publish_hints:
             self.cost_fit = ForwardCostFit(prior=prior)
         if config.merge_share > 0.0:
