@@ -272,14 +272,17 @@ def bench_sd_vs_ad(
     dtypes = "/".join(dict.fromkeys(str(m.dtype).removeprefix("torch.") for m in (t, d)))
     table = Table(title=f"SD vs AD ({pair if not (draft or target) else 'given'} pair, batch 1, greedy, {opts.describe()}, {dtypes})")
     for col in ("γ", "α", "α_token", "tok/round", "c", "t_draft ms", "t_target ms", "t_verify ms", "AD tok/s", "SD tok/s",
-                "speedup", "Leviathan", "0-overhead", "of bound"):
+                "speedup", "Leviathan", "0-overhead", "of bound", "= AD"):
         table.add_column(col, justify="right")
     for r in rows:
         table.add_row(str(r.gamma), f"{r.alpha:.3f}", f"{r.alpha_token:.3f}", f"{r.tokens_per_round:.2f}", f"{r.c:.3f}", f"{r.t_draft_s * 1e3:.2f}",
                       f"{r.t_target_s * 1e3:.2f}", f"{r.t_verify_s * 1e3:.2f}", f"{r.ad_tokens_per_s:.1f}",
                       f"{r.sd_tokens_per_s:.1f}", f"{r.speedup:.2f}×", f"{r.leviathan_bound:.2f}×",
-                      f"{r.speedup_bound:.2f}×", f"{r.share_of_bound:.0%}")
+                      f"{r.speedup_bound:.2f}×", f"{r.share_of_bound:.0%}", f"{r.identical}/{r.identical + r.ties}")
     console.print(table)
+    if any(r.ties for r in rows):
+        console.print(f"= AD: SD outputs equal to AD's token for token; the others part from AD's at a rounding tie of the target's {dtypes.split('/')[0]} "
+                      "logits (the two tokens within 4 ulps) and go on as another greedy answer (docs/models.md#reduced-precision)")
     result = sd_vs_ad.rows_to_json(rows)
     result.update(device=str(opts.device), dtype=str(opts.dtype).removeprefix("torch."), cuda_graphs=opts.cuda_graphs)
     if json_out:
