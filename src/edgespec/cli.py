@@ -347,6 +347,8 @@ def profile_command(
     attach_metrics: Optional[str] = typer.Option(None, "--attach-metrics", help="--serving: that verifier's metrics URL (http://HOST:PORT/metrics)."),
     attach_drafters: Optional[str] = typer.Option(None, "--attach-drafters", help="--serving: running drafter nodes' HTTP HOST:PORT[,HOST:PORT]."),
     auth_token_file: Optional[Path] = typer.Option(None, "--auth-token-file", help="--serving with --attach-*: the verifier's bearer token."),
+    batch_sizes: Optional[str] = typer.Option(None, "--batch-sizes", help="--serving: sessions per verify batch and per drafter node to "
+                                              "measure, e.g. 1,2,4,8,16,24 (default 1,2,4; larger ones are held at the largest measured)."),
     max_host_load: Optional[float] = typer.Option(None, "--max-host-load", min=0.0,
                                                   help="--serving: cores other processes of this host may take during a node phase "
                                                        "before it is measured again (default 0.1; a larger value accepts a noisier profile)."),
@@ -360,7 +362,8 @@ def profile_command(
     opts = _device_options(device, dtype, cuda_graphs, no_cuda_graphs)
     serving_only = {"--scenario": scenario, "--answer-tokens": answer_tokens, "--temperature": temperature, "--q-mode": q_mode,
                     "--top-k": top_k, "--attach-verifier": attach_verifier, "--attach-metrics": attach_metrics,
-                    "--attach-drafters": attach_drafters, "--auth-token-file": auth_token_file, "--max-host-load": max_host_load}
+                    "--attach-drafters": attach_drafters, "--auth-token-file": auth_token_file, "--max-host-load": max_host_load,
+                    "--batch-sizes": batch_sizes}
     if not serving:
         for option, value in serving_only.items():
             if value is not None:
@@ -375,7 +378,7 @@ def profile_command(
                                          json_out=json_out, scenario=scenario, answer_tokens=answer_tokens, temperature=temperature,
                                          q_mode=q_mode, top_k=top_k, attach=(attach_verifier, attach_metrics, attach_drafters),
                                          token_file=auth_token_file, console=_console(), progress_bars=_progress_bars, load_pair=_load_pair,
-                                         max_host_load=0.1 if max_host_load is None else max_host_load))
+                                         max_host_load=0.1 if max_host_load is None else max_host_load, batch_sizes=batch_sizes))
     console = _console()
     with console.status("loading models…"):
         import torch

@@ -29,6 +29,10 @@ runner = CliRunner()
     (["--serving", "--auth-token-file", "t"], "--auth-token-file"),
     (["--max-host-load", "1"], "--max-host-load"),
     (["--serving", "--max-host-load", "-1"], "--max-host-load"),
+    (["--batch-sizes", "1,2"], "--batch-sizes"),
+    (["--serving", "--batch-sizes", "0,2"], "--batch-sizes"),
+    (["--serving", "--batch-sizes", "1,x"], "--batch-sizes"),
+    (["--serving", "--batch-sizes", "1,65"], "--batch-sizes"),
 ])
 def test_bad_options_exit_2_naming_the_option(tmp_path, args, option):
     result = runner.invoke(app, ["profile", "--out", str(tmp_path / "p.json"), *args])
@@ -46,6 +50,17 @@ def test_a_scenario_gives_the_setting_lengths_and_quotas():
     slow = plan_from_scenario(ROOT / "examples" / "testbed_slowlinks.toml", answer_tokens=(32, 48))
     assert (slow.gamma, slow.q_mode, slow.top_k, slow.temperature, slow.answer_tokens, slow.slowdowns) == (3, "topk", 8, 1.0, (32, 48), (2.0, 3.0))
     assert slow.setting.label() == "topk K=8 T=1" and hetero.setting.label() == "greedy"
+    # the probe measures a batch with as many sessions open as the scenario's closed-loop users keep at the verifier
+    assert (hetero.probe_grid.open_sessions, slow.probe_grid.open_sessions) == (4, 5)
+
+
+def test_batch_sizes_set_the_probe_and_the_bare_grid():
+    from edgespec.models.serving_cli import _plan
+
+    plan = _plan(None, None, None, None, None, None, False, 0, False, batch_sizes="24,1,8")
+    assert plan.batch_sizes == (1, 8, 24) and plan.probe_grid.batch_sizes == (1, 8, 24) and plan.probe_grid.open_sessions == 0
+    scenario = _plan(ROOT / "examples" / "testbed_hetero.toml", None, None, None, None, None, False, 0, False, batch_sizes="1,2")
+    assert scenario.probe_grid.batch_sizes == (1, 2) and scenario.probe_grid.open_sessions == 4
 
 
 def test_the_profile_prompts_are_not_the_benchmark_prompts():

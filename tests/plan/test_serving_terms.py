@@ -65,7 +65,9 @@ def test_round_terms_add_what_was_measured_where_it_belongs(g, gamma):
     assert v[2] == pytest.approx(base[2] + float(np.interp(g, (1, 4), (0.002, 0.005))))  # per batch, on the verify stage
     assert (v[0], v[1], v[3]) == (base[0], base[1], base[3])
     d = _round(system(serving(drafter_framework=BatchSeries.constant(0.0015))), g, gamma)
-    assert d[0] == pytest.approx(base[0] + (g * 0.0015 if gamma else 0.0))  # per sequence, on the draft stage of SD rounds
+    assert d[0] == pytest.approx(base[0] + (0.0015 if gamma else 0.0))  # per round of the group drafted together, on the draft stage of SD rounds
+    grows = _round(system(serving(drafter_framework=BatchSeries((1, 4), (0.0015, 0.003)))), g, gamma)
+    assert grows[0] == pytest.approx(base[0] + (float(np.interp(g, (1, 4), (0.0015, 0.003))) if gamma else 0.0))  # at the group's size
     assert d[1:] == base[1:]
 
 

@@ -180,3 +180,21 @@ def test_requests_draw_their_prompts_curve_from_the_measured_mix():
     spread = replace(base, speculation=replace(base.speculation, acceptance=(0.75,), acceptance_mix=((0.5,), (0.95,))))
     rounds = sorted(t[4] for t in timelines(spread))
     assert rounds[-1] - rounds[0] > 15  # some requests on the poor prompt, some on the good one
+
+
+def test_a_node_drafting_for_many_sessions_pays_its_framework_once_per_pass():
+    """`drafter_framework` is per round of a pass (by sessions in it), not once per session: eight users on one node lose about
+    what one user does per round, and a series over sessions per pass applies at the pass's size."""
+    from edgespec.sim.config import Workload
+
+    def per_round_cost(users: int, framework: BatchSeries) -> float:
+        base = replace(tiny_config(draft_step_s=0.002, verify_s=0.01, serving=ServingCosts()),
+                       workload=Workload("closed", 2 * users, users_per_node=users))
+        more = replace(base, serving=ServingCosts(drafter_framework=framework))
+        slow, fast = summarize(simulate(more)), summarize(simulate(base))
+        return (slow.e2e_s.mean - fast.e2e_s.mean) / (64 / fast.tokens_per_round)
+
+    one, eight = per_round_cost(1, BatchSeries.constant(0.003)), per_round_cost(8, BatchSeries.constant(0.003))
+    assert 0.002 < one < 0.004 and 0.002 < eight < 0.006  # per session it would be ≈ 8 × 3 ms at eight users
+    grows = per_round_cost(8, BatchSeries((1, 8), (0.003, 0.009)))
+    assert grows > 1.5 * eight  # 9 ms at a pass of eight

@@ -10,6 +10,8 @@ from typing import Callable, Optional
 
 import typer
 
+MAX_PROBE_BATCH = 64  # --batch-sizes: the probe opens this many sessions at most
+
 __all__ = ["profile_serving"]
 
 
@@ -20,6 +22,16 @@ def _lengths(text: str) -> tuple[int, ...]:
         values = ()
     if not values or min(values) < 2:
         raise typer.BadParameter(f"must be answer lengths >= 2 separated by commas, got {text!r}", param_hint="--answer-tokens")
+    return values
+
+
+def _batch_sizes(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(sorted({int(v) for v in text.split(",") if v.strip()}))
+    except ValueError:
+        values = ()
+    if not values or values[0] < 1 or values[-1] > MAX_PROBE_BATCH:
+        raise typer.BadParameter(f"must be batch sizes in [1, {MAX_PROBE_BATCH}] separated by commas, got {text!r}", param_hint="--batch-sizes")
     return values
 
 
@@ -52,7 +64,8 @@ def _attach(verifier: Optional[str], metrics: Optional[str], drafters: Optional[
 
 
 def _plan(scenario: Optional[Path], gamma: Optional[int], answer_tokens: Optional[str], temperature: Optional[float],
-          q_mode: Optional[str], top_k: Optional[int], quick: bool, seed: int, attached: bool, max_host_load: float = 0.1):
+          q_mode: Optional[str], top_k: Optional[int], quick: bool, seed: int, attached: bool, max_host_load: float = 0.1,
+          batch_sizes: Optional[str] = None):
     from edgespec.models.serving_profile import ServingPlan, plan_from_scenario
     from edgespec.plan.scenario import ScenarioError
 
@@ -67,6 +80,9 @@ def _plan(scenario: Optional[Path], gamma: Optional[int], answer_tokens: Optiona
         raise typer.BadParameter(str(exc), param_hint="--scenario")
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--scenario" if scenario else "--max-gamma")
+    if batch_sizes:  # sessions per verify batch (probe) and per drafter node (node phases, bare grid): as the deployment has them
+        sizes = _batch_sizes(batch_sizes)
+        plan = replace(plan, batch_sizes=sizes, probe=replace(plan.probe, batch_sizes=sizes))
     if attached:
         plan = replace(plan, slowdowns=())  # quotas need a testbed of our own
     return replace(plan, rounds=48) if quick else plan
@@ -84,7 +100,7 @@ def _tables(pp, summary: dict) -> list:
     t.add_row("target forwards, batch 1, γ + 1 tokens", f"{summary['target_forward_ms_batch1']:.2f}",
               "–" if summary["target_forward_bare_ms_batch1"] is None else f"{summary['target_forward_bare_ms_batch1']:.2f}")
     t.add_row("draft pass, batch 1, γ tokens", f"{summary['draft_pass_ms']:.2f}", f"{summary['draft_pass_bare_ms']:.2f}")
-    t.add_row("verifier framework per batch (1 / 2 / 4 drafts)", " / ".join(f"{v:.2f}" for v in summary["verifier_framework_ms"].values()), "0")
+    t.add_row(f"verifier framework per batch ({' / '.join(summary['verifier_framework_ms'])} drafts)", " / ".join(f"{v:.2f}" for v in summary["verifier_framework_ms"].values()), "0")
     t.add_row("drafter + wire framework per round", f"{summary['drafter_framework_ms']:.2f}", "0")
     t.add_row("device CPU per round off the round's path", f"{summary['drafter_background_ms']:.2f}", "0")
     t.add_row("a draft arriving / a verdict leaving during a forward", f"{summary['overlap_ms']:.2f} / {summary['verdict_overlap_ms']:.2f}", "0")
@@ -111,10 +127,10 @@ def _tables(pp, summary: dict) -> list:
 def profile_serving(*, out: Path, draft: Optional[Path], target: Optional[Path], quick: bool, threads: int, gamma: Optional[int], seed: int,
                     json_out: bool, scenario: Optional[Path], answer_tokens: Optional[str], temperature: Optional[float],
                     q_mode: Optional[str], top_k: Optional[int], attach: tuple, token_file: Optional[Path], console,
-                    progress_bars: Callable, load_pair: Callable, max_host_load: float = 0.1) -> int:
+                    progress_bars: Callable, load_pair: Callable, max_host_load: float = 0.1, batch_sizes: Optional[str] = None) -> int:
     """The command; returns its exit status (option errors raise typer.BadParameter: exit 2)."""
     attached = _attach(*attach, token_file)
-    plan = _plan(scenario, gamma, answer_tokens, temperature, q_mode, top_k, quick, seed, attached is not None, max_host_load)
+    plan = _plan(scenario, gamma, answer_tokens, temperature, q_mode, top_k, quick, seed, attached is not None, max_host_load, batch_sizes)
     from edgespec.testbed.netns import TestbedError
 
     if attached is None:
@@ -134,7 +150,7 @@ def profile_serving(*, out: Path, draft: Optional[Path], target: Optional[Path],
         torch.set_num_threads(threads)
         d, t = load_pair(draft, target)
     flags = [("--scenario", scenario), ("--answer-tokens", answer_tokens), ("--temperature", temperature), ("--q-mode", q_mode),
-             ("--top-k", top_k), ("--max-gamma", gamma), ("--draft", draft), ("--target", target)]
+             ("--top-k", top_k), ("--max-gamma", gamma), ("--batch-sizes", batch_sizes), ("--draft", draft), ("--target", target)]
     command = ["edgespec", "profile", "--serving", "--out", str(out), *(["--quick"] if quick else []), "--threads", str(threads),
                "--seed", str(seed), *[str(v) for f, v in flags if v is not None for v in (f, v)]]
     try:

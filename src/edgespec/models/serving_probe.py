@@ -43,6 +43,7 @@ class ProbeGrid:
     q_mode: str = "tokens"  # how the drafts carry q (greedy sessions always send tokens only)
     temperature: float = 0.0  # the sessions' sampling temperature (0 = greedy)
     top_k: int = 8  # K of top-K q
+    open_sessions: int = 0  # sessions open at the verifier while a batch of b is measured: max(b, open_sessions)
 
 
 @dataclass
@@ -139,27 +140,37 @@ async def _probe(url: str, token: Optional[str], text: Sequence[int], grid: Prob
     res = ProbeResult()
     prompt = list(text[:16])
     try:
-        # 1. sessions for the batch grid; the open round trips
-        top = max(grid.batch_sizes)
-        opened = [await client.open(prompt, greedy) for _ in range(top)]
-        res.open_s = statistics.median(rtt for _, rtt in opened)
-        sids = [sid for sid, _ in opened]
-        await _round(client, sids, 1)  # their prompts' prefill
-        # 2. steady forwards: batch × new tokens, interleaved sweeps
-        cells = [(b, n) for b in grid.batch_sizes for n in grid.new_tokens]
-        samples: dict = {c: [] for c in cells}
+        # 1-2. steady forwards, batch × new tokens. A batch of b is measured with max(b, open_sessions) sessions open, as the
+        #      deployment has them: with more sessions open than batched the verifier copies the batch's KV rows out of the
+        #      cache and back, which a batch of every open session does not. Sessions are opened (and their prompts
+        #      prefilled in a round of their own) as the batch size grows; one batch size's new-token counts are interleaved.
+        sids: list[int] = []
+        open_rtts: list[float] = []
+        samples: dict = {(b, n): [] for b in grid.batch_sizes for n in grid.new_tokens}
         overhead: dict = {b: [] for b in grid.batch_sizes}
-        total = (grid.warmup + grid.repeats) * len(cells)
-        for sweep in range(grid.warmup + grid.repeats):
-            for k, (b, n) in enumerate(cells):
-                vs = await _round(client, sids[:b], n - 1)
-                if sweep >= grid.warmup:
-                    samples[b, n].append(vs[0].timing.forward_us / 1e6)
-                    overhead[b].extend(_overhead_s(v) for v in vs)
-                progress("verifier forwards", sweep * len(cells) + k + 1, total)
+        total, done = (grid.warmup + grid.repeats) * len(samples), 0
+        for b in sorted(grid.batch_sizes):
+            while len(sids) < max(b, grid.open_sessions):
+                sid, rtt = await client.open(prompt, greedy)
+                await _round(client, [sid], 1)  # its prompt's prefill
+                sids.append(sid)
+                open_rtts.append(rtt)
+            for sweep in range(grid.warmup + grid.repeats):
+                for n in grid.new_tokens:
+                    vs = await _round(client, sids[:b], n - 1)
+                    if sweep >= grid.warmup:
+                        samples[b, n].append(vs[0].timing.forward_us / 1e6)
+                        overhead[b].extend(_overhead_s(v) for v in vs)
+                    done += 1
+                    progress("verifier forwards", done, total)
+        res.open_s = statistics.median(open_rtts)
         res.forward_s = {c: statistics.median(v) for c, v in samples.items()}
         res.overhead_s = {b: statistics.fmean(v) for b, v in overhead.items()}
-        res.context_tokens = len(prompt) + (grid.warmup + grid.repeats) * len(grid.new_tokens)
+        res.context_tokens = round(statistics.fmean(client.position[s] for s in sids[: max(grid.batch_sizes)]))  # mean length at the end
+        keep = max(2, grid.open_sessions)  # the prefills and step 4 run beside the deployment's open sessions (two at least)
+        for sid in sids[keep:]:
+            await client.close(sid)
+        sids = sids[:keep]
         # 3. prefill: fresh sessions on prompts of P tokens, each with a first draft of the largest γ
         gamma = max(grid.new_tokens) - 1
         pcells = [(b, p) for b in grid.prefill_batch_sizes for p in grid.prompt_tokens]

@@ -585,7 +585,7 @@ def measure_serving_pair(draft: CausalLM, target: CausalLM, plan: ServingPlan = 
 
 def plan_from_scenario(path, **overrides) -> ServingPlan:
     """The serving setting of a simulator scenario (the testbed's): static γ, q encoding, temperature, answer lengths, quotas, the
-    verifier's batch window."""
+    verifier's batch window, and (closed loop) the sessions open at the verifier while the probe measures a batch."""
     from edgespec.plan.scenario import load_scenario
     from edgespec.sim.scenario import load_sim_config
 
@@ -596,6 +596,9 @@ def plan_from_scenario(path, **overrides) -> ServingPlan:
                        answer_tokens=tuple(sorted({c.output_tokens for c in config.classes})),
                        slowdowns=tuple(sorted({g.slowdown for g in config.drafters if g.slowdown > 1})),
                        batch_window_ms=config.verifiers.window_s * 1e3)
+    if config.workload.kind == "closed":  # the verifier has every closed-loop user's session open while it verifies a batch
+        users = config.workload.users_per_node * sum(g.count for g in config.drafters)
+        plan = replace(plan, probe=replace(plan.probe, open_sessions=users))
     return replace(plan, **{k: v for k, v in overrides.items() if v is not None})
 
 

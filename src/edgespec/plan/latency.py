@@ -205,8 +205,8 @@ def round_times(system: ServingSystem, group_size: Any, gamma: Any, context_toke
     link, spec = system.link, system.speculation
     sd = gam > 0
     draft = gam * draft_step_s(system, g, context_tokens)
-    if system.serving is not None:  # the drafter node's and the wire's time per round and sequence (A13)
-        draft = draft + np.where(sd, g * system.serving.drafter_framework.at(g), 0.0)
+    if system.serving is not None:  # the drafter node's and the wire's time per round of a group drafted together (A13)
+        draft = draft + np.where(sd, system.serving.drafter_framework.at(g), 0.0)
     payload_bytes = g * gam * draft_bytes_per_token(spec, system.verifier.model.vocab) + spec.message_overhead_bytes
     transfer = np.where(sd, link.latency_s + 8.0 * payload_bytes / link.uplink_bps, 0.0)
     verify = verify_step_s(system, g, gam + 1.0, context_tokens)

@@ -10,7 +10,8 @@ The planner's latency model and the simulator read these as explicit terms (docs
       "draft_step": {edgespec-profile/1: draft pass time per drafted token in the drafter node, batch × 1},
       "framework": {"batch_sizes": [1, 2, 4],
                     "verifier_s": [...],     # per batch: the verifier's time outside target forwards
-                    "drafter_s": [...],      # per round and session: the drafter node and the wire outside the draft pass
+                    "drafter_s": [...],      # per round of a pass of that many sessions on one drafter node: the node and
+                                             # the wire outside the draft pass (one value: measured with one session)
                     "drafter_background_s": 0.004},  # per round and session: the device's CPU off the round's critical path
       "overlap_s": 0.002,                    # the verifier's extra time per draft that arrives while a forward runs
       "verdict_overlap_s": 0.001,            # ... per verdict of the previous batch going out while a forward runs
@@ -88,7 +89,7 @@ class ServingProfile:
     target_forward: Profile  # target forwards in the verifier process (step: batch × γ + 1 tokens; prefill: batch × prompt)
     draft_step: Profile  # draft pass time per drafted token in the drafter node (step: batch × 1 token)
     verifier_framework: BatchSeries  # per batch: verifier time outside forwards (rule, crops, messages, scheduling)
-    drafter_framework: BatchSeries  # per round and session: drafter node and wire outside the pass and the verifier
+    drafter_framework: BatchSeries  # per round of a pass, by sessions drafted together: drafter node and wire outside the pass and the verifier
     drafter_background_s: float = 0.0  # per round and session: device CPU off the round's critical path (user, relay, stream)
     overlap_s: float = 0.0  # the verifier's extra time per draft arriving during a forward (one core, one interpreter)
     verdict_overlap_s: float = 0.0  # the verifier's extra time per verdict of the previous batch going out during a forward

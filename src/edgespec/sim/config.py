@@ -129,8 +129,9 @@ class ServingCosts:
 
     Each term is a measurement and changes nothing when it is zero (the default):
     - `verifier_framework`: per batch of n drafts, the verifier's time outside target forwards (it keeps the verifier busy);
-    - `drafter_framework`: per round and session, the drafter node's and the wire's time outside the draft pass and
-      the verifier (the verdict applied and streamed, the next block encoded, the relay hops): work on the device's core;
+    - `drafter_framework`: per round of a draft pass, by the sessions drafted together in it, the drafter node's and the
+      wire's time outside the draft pass and the verifier (the verdicts applied and streamed, the next blocks encoded, the
+      relay hops): work on the device's core;
     - `drafter_background`: per round and session, the device's CPU work off the round's critical path (streaming to the
       user, the user's client, relay work): on shared cores it loads them (a job nobody waits for), else it changes nothing;
     - `overlap_s`: per draft that arrives while the verifier is busy, its extra time (one core and one interpreter for the

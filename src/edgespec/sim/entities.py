@@ -246,7 +246,7 @@ class DrafterNode:
         if prefill:
             cost += self.cost.prefill_s(len(prefill), max(prefill))
         if self.framework is not None:
-            cost += len(batch) * self.framework.at(len(batch)) * self.framework_scale
+            cost += self.framework.at(len(batch)) * self.framework_scale  # per round of the pass, measured against sessions per pass
         self._run_pass(batch, cost, self.mode == "sd" and self._nothing_precedes(batch))
 
     def _mark_finishing(self, s: Session) -> None:
