@@ -142,21 +142,23 @@ async def _probe(url: str, token: Optional[str], text: Sequence[int], grid: Prob
     try:
         # 1-2. steady forwards, batch × new tokens. A batch of b is measured with max(b, open_sessions) sessions open, as the
         #      deployment has them: with more sessions open than batched the verifier copies the batch's KV rows out of the
-        #      cache and back, which a batch of every open session does not. Sessions are opened (and their prompts
-        #      prefilled in a round of their own) as the batch size grows; one batch size's new-token counts are interleaved.
+        #      cache and back, which a batch of every open session does not. The batch sizes that share an open count are
+        #      measured together in interleaved sweeps; sessions are opened (their prompts prefilled in a round of their
+        #      own) as the count grows.
         sids: list[int] = []
         open_rtts: list[float] = []
         samples: dict = {(b, n): [] for b in grid.batch_sizes for n in grid.new_tokens}
         overhead: dict = {b: [] for b in grid.batch_sizes}
         total, done = (grid.warmup + grid.repeats) * len(samples), 0
-        for b in sorted(grid.batch_sizes):
-            while len(sids) < max(b, grid.open_sessions):
+        for count in sorted({max(b, grid.open_sessions) for b in grid.batch_sizes}):
+            while len(sids) < count:
                 sid, rtt = await client.open(prompt, greedy)
                 await _round(client, [sid], 1)  # its prompt's prefill
                 sids.append(sid)
                 open_rtts.append(rtt)
+            cells = [(b, n) for b in grid.batch_sizes if max(b, grid.open_sessions) == count for n in grid.new_tokens]
             for sweep in range(grid.warmup + grid.repeats):
-                for n in grid.new_tokens:
+                for b, n in cells:
                     vs = await _round(client, sids[:b], n - 1)
                     if sweep >= grid.warmup:
                         samples[b, n].append(vs[0].timing.forward_us / 1e6)
@@ -166,7 +168,7 @@ async def _probe(url: str, token: Optional[str], text: Sequence[int], grid: Prob
         res.open_s = statistics.median(open_rtts)
         res.forward_s = {c: statistics.median(v) for c, v in samples.items()}
         res.overhead_s = {b: statistics.fmean(v) for b, v in overhead.items()}
-        res.context_tokens = round(statistics.fmean(client.position[s] for s in sids[: max(grid.batch_sizes)]))  # mean length at the end
+        res.context_tokens = len(prompt) + (grid.warmup + grid.repeats) * len(grid.new_tokens)
         keep = max(2, grid.open_sessions)  # the prefills and step 4 run beside the deployment's open sessions (two at least)
         for sid in sids[keep:]:
             await client.close(sid)
