@@ -17,8 +17,8 @@ same verifier, so machine drift hits them alike:
 Reported per (S, policy): completion tokens/s, ratio to AD at the same S, p50/p99 latency per token
 (each request's wall time / its completion tokens), mean γ (drafted tokens / rounds), acceptance,
 the share of AD rounds, and the simulator's predicted ratio to AD for the same setup: a scenario with
-the pair's profile (`--profile`: a serving profile from `edgespec profile --serving` brings the
-framework terms of serving nodes; default a quick bare profile measured here at the start, in the
+the pair's profile (`--profile`: a serving profile from `edgespec profile --serving --batch-sizes 1,2,4,8,16,24`,
+such as examples/profiles/bundled_pair_cpu_serving.json, brings the framework terms of serving nodes at the sweep's batches; default a quick bare profile measured here at the start, in the
 verifier's pinning) and the same sessions, γ and policies, run by `edgespec.sim` with the very policy objects.
 
 Prints a rich table and the crossover; the last line of stdout is JSON: a list of rows with the keys
