@@ -6,7 +6,7 @@ the logits differ by rounding. In float32 that is far below any gap between the 
 SD equals AD token for token (the test suite checks it). In bfloat16 or float16 logits are rounded to
 8 or 11 significant bits: two tokens often tie exactly, and which of them is the argmax then depends on
 the forward's shape. The two decodings then part at that token and go on as two valid greedy answers.
-vLLM and llama.cpp document the same for batched reduced-precision decoding.
+vLLM's documentation states the same limit: lossless up to the precision of hardware numerics.
 
 `divergence` makes that claim checkable: at the first token where two decodings differ, it recomputes
 the target's logits of the common prefix in a fresh forward and measures the gap between the two
