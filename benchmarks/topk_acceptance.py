@@ -52,14 +52,15 @@ def block_rate(alpha: float, gamma: int) -> float:
 
 
 def wire_bytes(mode: str, vocab: int) -> float:
-    """Draft payload bytes per drafted token: the id (varint) plus q as the wire carries it (fp16 values; top-K ids as varints)."""
-    varint = lambda n: max(1, math.ceil(max(1, n).bit_length() / 7))  # noqa: E731
-    if mode == "full":
-        return varint(vocab) + 2 * vocab
-    if mode == "tokens":
-        return varint(vocab)
-    k = int(mode.removeprefix("top-"))
-    return varint(vocab) + k * (varint(vocab) + 2)
+    """Draft payload bytes per drafted token, the planner's wire model (`edgespec.plan.latency.draft_bytes_per_token`) with every id
+    as a varint of the vocabulary's size and fp16 probabilities: an upper bound of what protobuf sends."""
+    from edgespec.plan.latency import draft_bytes_per_token
+    from edgespec.plan.scenario import SpecConfig
+
+    id_bytes = max(1, math.ceil(vocab.bit_length() / 7))
+    k = int(mode.removeprefix("top-")) if mode.startswith("top-") else 8
+    q_mode = {"tokens": "ids"}.get(mode, "topk" if mode.startswith("top-") else mode)
+    return draft_bytes_per_token(SpecConfig(alpha=0.0, q_mode=q_mode, top_k=k, id_bytes=id_bytes, prob_bytes=2.0), vocab)
 
 
 def main() -> None:

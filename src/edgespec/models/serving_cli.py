@@ -15,23 +15,15 @@ MAX_PROBE_BATCH = 64  # --batch-sizes: the probe opens this many sessions at mos
 __all__ = ["profile_serving"]
 
 
-def _lengths(text: str) -> tuple[int, ...]:
+def _int_list(text: str, what: str, low: int, high: Optional[int], option: str) -> tuple[int, ...]:
+    """Comma-separated integers in [low, high], sorted and deduplicated; BadParameter naming `option` otherwise."""
     try:
         values = tuple(sorted({int(v) for v in text.split(",") if v.strip()}))
     except ValueError:
         values = ()
-    if not values or min(values) < 2:
-        raise typer.BadParameter(f"must be answer lengths >= 2 separated by commas, got {text!r}", param_hint="--answer-tokens")
-    return values
-
-
-def _batch_sizes(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(sorted({int(v) for v in text.split(",") if v.strip()}))
-    except ValueError:
-        values = ()
-    if not values or values[0] < 1 or values[-1] > MAX_PROBE_BATCH:
-        raise typer.BadParameter(f"must be batch sizes in [1, {MAX_PROBE_BATCH}] separated by commas, got {text!r}", param_hint="--batch-sizes")
+    if not values or values[0] < low or (high is not None and values[-1] > high):
+        bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise typer.BadParameter(f"must be {what} {bounds} separated by commas, got {text!r}", param_hint=option)
     return values
 
 
@@ -71,7 +63,7 @@ def _plan(scenario: Optional[Path], gamma: Optional[int], answer_tokens: Optiona
 
     if q_mode is not None and q_mode not in ("full", "topk", "tokens"):
         raise typer.BadParameter(f"must be full, topk or tokens, got {q_mode!r}", param_hint="--q-mode")
-    overrides = dict(gamma=gamma, answer_tokens=_lengths(answer_tokens) if answer_tokens else None, temperature=temperature,
+    overrides = dict(gamma=gamma, answer_tokens=_int_list(answer_tokens, "answer lengths", 2, None, "--answer-tokens") if answer_tokens else None, temperature=temperature,
                      q_mode=q_mode, top_k=top_k, seed=seed, max_host_load=max_host_load)
     try:
         plan = plan_from_scenario(scenario, **overrides) if scenario is not None else \
@@ -81,7 +73,7 @@ def _plan(scenario: Optional[Path], gamma: Optional[int], answer_tokens: Optiona
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--scenario" if scenario else "--max-gamma")
     if batch_sizes:  # sessions per verify batch (probe) and per drafter node (node phases, bare grid): as the deployment has them
-        sizes = _batch_sizes(batch_sizes)
+        sizes = _int_list(batch_sizes, "batch sizes", 1, MAX_PROBE_BATCH, "--batch-sizes")
         plan = replace(plan, batch_sizes=sizes, probe=replace(plan.probe, batch_sizes=sizes))
     if attached:
         plan = replace(plan, slowdowns=())  # quotas need a testbed of our own

@@ -526,7 +526,6 @@ def _acceptance(draft: CausalLM, target: CausalLM, plan: ServingPlan, prompts: l
     """The setting's curve for one answer length (`grid.new_tokens`), with each prompt's own curve (the spread across requests)."""
     rounds: dict = {}
     curve = measure_acceptance(draft, target, plan.setting, prompts, grid, progress, per_sequence=rounds)
-    s = plan.setting
     per_prompt = shrunk_per_prompt([rounds[k] for k in sorted(rounds) if any(g > 0 for g, _ in rounds[k])], curve.per_position)
     return replace(curve, answer_tokens=grid.new_tokens, per_prompt=per_prompt)
 
