@@ -47,6 +47,21 @@ def test_text_assembler_stops_at_a_stop_string_and_holds_back_its_prefix():
     assert shown + asm.delta() + asm.final_delta() == asm.final_text() == "w5 "
 
 
+def test_text_assembler_extend_gives_the_text_of_pushing_one_by_one():
+    ids = [5, 6, 7, 8, 9, 10, 11]
+    one = TextAssembler(_words)
+    many = TextAssembler(_words)
+    shown_one, shown_many = [], []
+    for tok in ids:
+        one.push(tok)
+        shown_one.append(one.delta())
+    for chunk in ([5, 6, 7], [8], [9, 10, 11]):  # a verdict's tokens at once
+        assert not many.extend(chunk)
+        shown_many.append(many.delta())
+    assert "".join(shown_one) + one.final_delta() == "".join(shown_many) + many.final_delta() == many.final_text() == _words(ids)
+    assert not many.has_stop_strings and TextAssembler(_words, stop=("x",)).has_stop_strings
+
+
 def test_kv_rows_add_and_release_keep_other_rows_exact(toy_pair):
     draft, _ = toy_pair
     gen = torch.Generator().manual_seed(0)

@@ -29,6 +29,19 @@ def test_pair_shares_tokenizer_and_round_trips_text(bundled):
     assert bundled.draft.tokenizer.get_vocab() == bundled.target.tokenizer.get_vocab()
 
 
+def test_detokenize_is_the_tokenizers_own_decode(bundled):
+    """`detokenize` skips transformers' Python wrapper where that wrapper only calls the Rust decode: same text, specials dropped."""
+    import random
+
+    rng = random.Random(0)
+    tok = bundled.target.tokenizer
+    specials = [i for i in (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) if i is not None]
+    for _ in range(200):
+        ids = [rng.randrange(bundled.target.vocab_size) for _ in range(rng.randrange(0, 12))] + rng.sample(specials, k=min(1, len(specials)))
+        rng.shuffle(ids)
+        assert bundled.target.detokenize(ids) == tok.decode(ids, skip_special_tokens=True)
+
+
 @pytest.mark.parametrize("prompt", ["import os\n", "class Stack:\n    def push(self, item):\n", "    for key, value in "])
 def test_bundled_greedy_sd_equals_ad(bundled, prompt):
     sd = bundled.generate(prompt, max_new_tokens=40, gamma=5, stop_at_eos=False)

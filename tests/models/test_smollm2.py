@@ -49,6 +49,18 @@ def test_smollm2_ids_are_what_transformers_gives(smollm2_pair, smollm2_dirs, tex
         assert reference[0] != target.tokenizer.bos_token_id  # SmolLM2's post-processor adds no BOS
 
 
+def test_smollm2_detokenize_is_the_tokenizers_own_decode(smollm2_pair):
+    """As for the bundled pair: the fast decode path gives exactly transformers' `decode(ids, skip_special_tokens=True)`."""
+    import random
+
+    _, target = smollm2_pair
+    tok, rng = target.tokenizer, random.Random(1)
+    for _ in range(200):
+        ids = [rng.randrange(target.vocab_size) for _ in range(rng.randrange(0, 12))] + [tok.eos_token_id]
+        rng.shuffle(ids)
+        assert target.detokenize(ids) == tok.decode(ids, skip_special_tokens=True)
+
+
 def test_smollm2_draft_is_built_from_the_target(smollm2_pair):
     draft, target = smollm2_pair
     assert target.dtype == torch.float32 and target.vocab_size == draft.vocab_size == 49152

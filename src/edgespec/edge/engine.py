@@ -579,19 +579,24 @@ class DraftEngine:
     def _emit(self, s: _Session, tokens: list[int]) -> None:
         """Append emitted tokens to the transcript up to EOS / max_tokens / a stop string; stream the new text."""
         eos = self.draft.eos_token_id
-        reason = None
+        one_by_one = s.assembler.has_stop_strings  # else the text of the whole verdict is decoded at once
+        reason, text_tokens = None, []
         for tok in tokens:
             s.transcript.append(tok)
             if s.stats.ttft_s == 0.0:
                 s.stats.ttft_s = time.perf_counter() - s.started_at
             if s.request.stop_at_eos and eos is not None and tok == eos:
                 reason = "stop"
+            elif not one_by_one:
+                text_tokens.append(tok)
             elif s.assembler.push(tok):
                 reason = "stop"
-            elif s.completion_tokens >= s.request.max_tokens:
+            if reason is None and s.completion_tokens >= s.request.max_tokens:
                 reason = "length"
             if reason is not None:
                 break
+        if text_tokens:
+            s.assembler.extend(text_tokens)
         delta = s.assembler.delta()
         if delta:
             s.queue.put_nowait(TextDelta(delta, s.completion_tokens))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Iterable, Optional
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from starlette.requests import Request
@@ -33,13 +33,10 @@ class EdgeMetrics:
         r = self.registry = registry or CollectorRegistry()
         self.engine = engine
         self.max_session_series = max_session_series
-        # vLLM's speculative decoding metrics (vllm/v1/spec_decode/metrics.py), same names and meaning, for this node's drafts
-        self.num_drafts = Counter("spec_decode_num_drafts", "Draft blocks verified.", registry=r)
-        self.num_draft_tokens = Counter("spec_decode_num_draft_tokens", "Draft tokens verified.", registry=r)
-        self.num_accepted_tokens = Counter("spec_decode_num_accepted_tokens", "Draft tokens accepted.", registry=r)
-        self.accepted_per_pos = Counter(
-            "spec_decode_num_accepted_tokens_per_pos", "Accepted draft tokens at each position of the block (0 = first).", ["position"], registry=r
-        )
+        # vLLM's speculative decoding metrics (vllm/v1/spec_decode/metrics.py), same names and meaning, for this node's drafts:
+        # plain counts here (a verdict adds to them with no locks or label lookups), exposed when scraped (`_NodeCollector`)
+        self.num_drafts = self.num_draft_tokens = self.num_accepted_tokens = 0
+        self.accepted_per_pos: list[int] = []  # accepted draft tokens at each block position (0 = first)
         self.gamma = Histogram("edgespec_edge_gamma", "Draft length γ of each verified round (0 = an AD round).", buckets=_GAMMA_BUCKETS, registry=r)
         self.round_seconds = Histogram(
             "edgespec_edge_round_seconds", "Round trip of a draft: sent to the verifier until its verdict arrived.", buckets=_ROUND_S_BUCKETS, registry=r
@@ -48,11 +45,14 @@ class EdgeMetrics:
 
     def observe_round(self, gamma: int, accepted: int, round_s: float) -> None:
         """One verdict: a block of `gamma` drafted tokens, the first `accepted` accepted, `round_s` after it was sent."""
-        self.num_drafts.inc()
-        self.num_draft_tokens.inc(gamma)
-        self.num_accepted_tokens.inc(accepted)
-        for pos in range(gamma):
-            self.accepted_per_pos.labels(str(pos)).inc(1 if pos < accepted else 0)
+        self.num_drafts += 1
+        self.num_draft_tokens += gamma
+        self.num_accepted_tokens += accepted
+        per_pos = self.accepted_per_pos
+        if len(per_pos) < gamma:  # a position's series exists (at 0) from the first block that reached it
+            per_pos.extend([0] * (gamma - len(per_pos)))
+        for pos in range(min(accepted, gamma)):
+            per_pos[pos] += 1
         self.gamma.observe(gamma)
         self.round_seconds.observe(max(0.0, round_s))
 
@@ -79,6 +79,7 @@ class _NodeCollector(Collector):
         engine = self.metrics.engine
         stats = engine.stats
         running = engine.running()
+        yield from self._spec_decode()
         yield _gauge("edgespec_edge_requests_running", "Requests being generated.", len(running))
         yield _counter("edgespec_edge_requests_finished", "Requests completed.", stats.requests_finished)
         yield _counter("edgespec_edge_requests_failed", "Requests that failed (no verifier, shutdown, drafting error).", stats.requests_failed)
@@ -88,6 +89,17 @@ class _NodeCollector(Collector):
         yield _counter("edgespec_edge_draft_seconds", "Wall time of the batched draft passes.", stats.draft_time_s)
         yield from self._links(engine.pool.status())
         yield from self._sessions(running)
+
+    def _spec_decode(self) -> Iterable:
+        m = self.metrics
+        yield _counter("spec_decode_num_drafts", "Draft blocks verified.", m.num_drafts)
+        yield _counter("spec_decode_num_draft_tokens", "Draft tokens verified.", m.num_draft_tokens)
+        yield _counter("spec_decode_num_accepted_tokens", "Draft tokens accepted.", m.num_accepted_tokens)
+        per_pos = CounterMetricFamily("spec_decode_num_accepted_tokens_per_pos", "Accepted draft tokens at each position of the block (0 = first).",
+                                      labels=["position"])
+        for pos, count in enumerate(m.accepted_per_pos):
+            per_pos.add_metric([str(pos)], count)
+        yield per_pos
 
     def _links(self, links: list[dict]) -> Iterable:
         up = CounterMetricFamily("edgespec_edge_uplink_bytes", "Bytes sent to a verifier (hello, opens, drafts, closes).", labels=["verifier"])

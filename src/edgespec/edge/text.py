@@ -23,20 +23,32 @@ class TextAssembler:
         self._released = 0  # characters of _text handed out as deltas
         self._prefix_offset = 0
         self._read_offset = 0
+        self._prefix_text: Optional[str] = ""  # decode of ids[_prefix_offset:_read_offset] (None: not decoded yet)
         self.stop_index: Optional[int] = None  # where the stop string starts in the text, once found
 
     @property
     def stopped(self) -> bool:
         return self.stop_index is not None
 
+    @property
+    def has_stop_strings(self) -> bool:
+        """Whether text can end the completion (then tokens are pushed one at a time, to know which one ended it)."""
+        return bool(self._stop)
+
     def push(self, token_id: int) -> bool:
         """Append one token; True if the text now contains a stop string (then push no more)."""
-        self.ids.append(token_id)
-        prefix = self._decode(self.ids[self._prefix_offset : self._read_offset])
+        return self.extend((token_id,))
+
+    def extend(self, token_ids: Sequence[int]) -> bool:
+        """Append tokens with one decode of the window for all of them; True if the text now contains a stop string."""
+        self.ids.extend(token_ids)
+        if self._prefix_text is None:
+            self._prefix_text = self._decode(self.ids[self._prefix_offset : self._read_offset])
         window = self._decode(self.ids[self._prefix_offset :])
-        if len(window) > len(prefix) and not window.endswith("\ufffd"):
-            self._text += window[len(prefix) :]
+        if len(window) > len(self._prefix_text) and not window.endswith("\ufffd"):
+            self._text += window[len(self._prefix_text) :]
             self._prefix_offset, self._read_offset = self._read_offset, len(self.ids)
+            self._prefix_text = None
         if self._stop:
             start = max(0, self._released - max(len(s) for s in self._stop))
             hits = [i for i in (self._text.find(s, start) for s in self._stop) if i >= 0]

@@ -19,16 +19,28 @@ _WIRE_FIELD = {
 }
 
 
+_ONE_BLOCK_CU: dict[int, torch.Tensor] = {}  # γ -> cu_gammas [0, γ] of a one-row batch (read-only, shared by every draft of that γ)
+
+
 def _tensor(array: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.array(array, copy=True))  # wire arrays are read-only views of the message
+    """A tensor owning its data: wire fp16 arrays are read-only views of the message and are copied; arrays the
+    unpacking built (ids) are taken as they are."""
+    owned = array.flags.owndata and array.flags.writeable
+    return torch.from_numpy(array if owned else np.array(array, copy=True))
+
+
+def _one_block_cu(gamma: int) -> torch.Tensor:
+    cu = _ONE_BLOCK_CU.get(gamma)
+    if cu is None:
+        cu = _ONE_BLOCK_CU[gamma] = torch.tensor([0, gamma], dtype=torch.long)
+    return cu
 
 
 def draft_batch_from_block(block: DraftBlock) -> DraftBatch:
     """The one-row `DraftBatch` of a received block (q stays fp16; verification renormalises it)."""
-    gamma = block.gamma
     q_probs = None if block.q_probs is None else _tensor(block.q_probs)
     q_ids = None if block.q_ids is None else _tensor(block.q_ids)
-    return DraftBatch(_tensor(block.token_ids), torch.tensor([0, gamma], dtype=torch.long), block.q_mode, q_probs, q_ids)
+    return DraftBatch(_tensor(block.token_ids), _one_block_cu(block.gamma), block.q_mode, q_probs, q_ids)
 
 
 def checked_draft(block: DraftBlock, session_id: int, vocab_size: int, limits: DraftLimits) -> DraftBatch:

@@ -74,6 +74,7 @@ class VerifierMetrics:
         self.kv_tokens_in_use = Gauge("edgespec_verifier_kv_tokens_in_use", "KV tokens held in the cache.", registry=r)
         self._round_children: dict = {}  # node -> its labelled series of `record_round`
         self._overhead_children: dict = {}
+        self._cost_children: Optional[tuple] = None
         self.forward_cost = Gauge(
             "edgespec_verifier_forward_cost_seconds",
             "The forward-time model sent in load hints: base + per_position·rows·width + per_row·rows, seconds per term.", ["term"], registry=r,
@@ -94,6 +95,13 @@ class VerifierMetrics:
             per_pos.append(self.accepted_per_pos.labels(node, str(len(per_pos))))
         for pos in range(gamma):
             per_pos[pos].inc(1 if pos < accepted else 0)
+
+    def set_forward_cost(self, base_s: float, per_position_s: float, per_row_s: float) -> None:
+        """Publish the forward-time model's three terms (series looked up once)."""
+        if self._cost_children is None:
+            self._cost_children = tuple(self.forward_cost.labels(term) for term in ("base", "per_position", "per_row"))
+        for child, value in zip(self._cost_children, (base_s, per_position_s, per_row_s)):
+            child.set(value)
 
     def observe_round_overhead(self, node: str, seconds: float) -> None:
         """The verifier's time on one draft outside target forwards (see `round_overhead_seconds`)."""

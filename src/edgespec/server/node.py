@@ -21,7 +21,7 @@ import ssl as ssl_lib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping, Optional
+from typing import Mapping, Optional, Sequence
 
 from edgespec.protocol import (
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -393,8 +393,7 @@ class VerifierNode:
     def _publish_cost(self) -> None:
         cost = self.cost_fit.cost()
         if cost is not None:
-            for term, value in (("base", cost.base_s), ("per_position", cost.per_position_s), ("per_row", cost.per_row_s)):
-                self.metrics.forward_cost.labels(term).set(value)
+            self.metrics.set_forward_cost(cost.base_s, cost.per_position_s, cost.per_row_s)
 
     def _open(self, peer: _Peer, event: Event) -> None:
         msg, sid = event.message, event.session_id
@@ -576,9 +575,18 @@ def _hello_node(transport: Transport, claimed: str) -> str:
     return node
 
 
-def busy_wait_s(received_s: float, batch_start_s: float, forward_windows: Iterable[tuple[float, float]]) -> float:
-    """Seconds of [received_s, batch_start_s] during which target forwards (of other batches) ran: the overlap with their windows."""
-    return sum(max(0.0, min(end, batch_start_s) - max(start, received_s)) for start, end in forward_windows)
+def busy_wait_s(received_s: float, batch_start_s: float, forward_windows: Sequence[tuple[float, float]]) -> float:
+    """Seconds of [received_s, batch_start_s] during which target forwards (of other batches) ran: the overlap with their windows.
+
+    The windows are in time order and do not overlap (one forward at a time), so the walk back from the newest
+    stops at the first window that ended before the draft came: usually the newest one.
+    """
+    total = 0.0
+    for start, end in reversed(forward_windows):
+        if end <= received_s:
+            break
+        total += max(0.0, min(end, batch_start_s) - max(start, received_s))
+    return total
 
 
 def _load_target(config: VerifierConfig):

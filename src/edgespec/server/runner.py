@@ -353,8 +353,10 @@ class VerifierRunner:
                 res = verify_probs(probs, item.draft, gen)
             order.append(j)
             parts.append(torch.stack([res.num_accepted, res.next_tokens, res.is_bonus.long()]))
-        sampled = torch.cat(parts, dim=1).flatten() if parts else best.new_zeros(0)
-        flat = torch.cat([best, sampled.to(best.device)]).tolist()  # the one wait
+        if parts:
+            flat = torch.cat([best, torch.cat(parts, dim=1).flatten().to(best.device)]).tolist()  # the one wait
+        else:
+            flat = best.tolist()
         argmax, k = flat[: best.numel()], len(order)
         out: list[Optional[tuple[int, int, bool]]] = [None] * len(live)
         for j in greedy:  # greedy rule on the host, from the batch's one argmax: accept while x == argmax p, emit argmax p at the stop

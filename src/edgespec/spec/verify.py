@@ -111,15 +111,27 @@ def _check_layout(draft: DraftBatch, vocab_size: int, limits: DraftLimits) -> No
         raise DraftError("token_ids", f"must be a 1-D integer tensor, got {tuple(ids.shape)} {ids.dtype}")
     if cu.dim() != 1 or cu.numel() < 2 or cu.dtype not in (torch.int64, torch.int32):
         raise DraftError("cu_gammas", "must be a 1-D integer tensor of B+1 cumulative counts (B >= 1)")
-    if cu[0].item() != 0 or cu[-1].item() != ids.numel():
+    bounds = cu.tolist()  # B + 1 counts: checked on the host (one transfer, no per-check tensor ops)
+    if bounds[0] != 0 or bounds[-1] != ids.numel():
         raise DraftError("cu_gammas", f"must start at 0 and end at len(token_ids) = {ids.numel()}")
-    gammas = cu[1:] - cu[:-1]
-    if (gammas < 0).any():
+    gammas = [b - a for a, b in zip(bounds, bounds[1:])]
+    if min(gammas) < 0:
         raise DraftError("cu_gammas", "must be non-decreasing (a draft length is negative)")
-    if gammas.numel() and gammas.max().item() > limits.max_gamma:
-        raise DraftError("gamma", f"draft length {gammas.max().item()} exceeds the limit {limits.max_gamma}")
-    if ids.numel() and (ids.min().item() < 0 or ids.max().item() >= vocab_size):
-        raise DraftError("token_ids", f"ids must be in [0, {vocab_size})")
+    if max(gammas) > limits.max_gamma:
+        raise DraftError("gamma", f"draft length {max(gammas)} exceeds the limit {limits.max_gamma}")
+    if ids.numel():
+        lo, hi = _min_max(ids)
+        if lo < 0 or hi >= vocab_size:
+            raise DraftError("token_ids", f"ids must be in [0, {vocab_size})")
+
+
+def _min_max(values: torch.Tensor) -> tuple[int, int]:
+    """(min, max) of a non-empty integer tensor: on the host for a few values (a draft block), by one reduction for many."""
+    if values.numel() <= 256:
+        flat = values.flatten().tolist()
+        return min(flat), max(flat)
+    lo, hi = torch.aminmax(values)
+    return int(lo.item()), int(hi.item())
 
 
 def _check_full_q(draft: DraftBatch, vocab_size: int, limits: DraftLimits) -> None:
@@ -141,8 +153,10 @@ def _check_topk_q(draft: DraftBatch, vocab_size: int, limits: DraftLimits) -> No
         raise DraftError("top_k", f"K = {k} must be in [1, {limits.max_top_k}]")
     if ids.dtype not in (torch.int64, torch.int32):
         raise DraftError("q_ids", f"must be integers, got {ids.dtype}")
-    if n and (ids.min().item() < 0 or ids.max().item() >= vocab_size):
-        raise DraftError("q_ids", f"ids must be in [0, {vocab_size})")
+    if n:
+        lo, hi = _min_max(ids)
+        if lo < 0 or hi >= vocab_size:
+            raise DraftError("q_ids", f"ids must be in [0, {vocab_size})")
     if n and k > 1:
         srt = ids.sort(dim=-1).values
         if (srt[:, 1:] == srt[:, :-1]).any():
