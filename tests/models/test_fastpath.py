@@ -43,6 +43,32 @@ def test_fast_path_matches_transformers(twin, name):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
+def test_packed_projections_give_the_padded_forward(twin, monkeypatch):
+    """A batch mixing γ = 0 rows with a γ = 4 row runs its projections on its 8 real tokens, not on 4 × 5 positions
+    (`policy.load.packs`): same logits and the same cache as the padded forward, which the other run forces."""
+    from edgespec.models import runtime
+
+    fast, _ = twin
+    feeds = [[1, 2, 3, 4, 5], [6], [7], [8]]
+    assert runtime.packs(sum(map(len, feeds)), len(feeds), 5)
+    runs = []
+    for packed in (True, False):
+        if not packed:
+            monkeypatch.setattr(runtime, "packs", lambda tokens, rows, width: False)
+        kv = fast.new_kv(4)
+        fast.prefill(kv, [[3, 4, 5, 6], [7, 8], [9, 10, 11], [12]])
+        logits = fast.forward(kv, feeds)
+        after = fast.forward(kv, [[9], [9], [9], [9]])
+        runs.append((logits, after, kv))
+    (a, a2, kv_a), (b, b2, kv_b) = runs
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(a2, b2, atol=1e-5, rtol=1e-5)
+    assert torch.equal(kv_a.valid, kv_b.valid) and torch.equal(kv_a.lengths, kv_b.lengths)
+    for la, lb in zip(runtime._layers(kv_a.cache), runtime._layers(kv_b.cache)):
+        keep = kv_a.valid[:, None, :, None].expand_as(la.keys)
+        torch.testing.assert_close(la.keys[keep], lb.keys[keep], atol=1e-5, rtol=1e-5)
+
+
 def test_unsupported_models_use_transformers(tmp_path):
     path = make_toy_model(tmp_path / "m", vocab_size=32, hidden=16, layers=1, heads=2, seed=1)
     cfg_path = path / "config.json"

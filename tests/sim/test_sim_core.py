@@ -107,6 +107,23 @@ def test_single_session_speedup_matches_leviathan(alpha, gamma, c):
 # ----------------------------------------------------------------------------- monotonicity and seeds
 
 
+def test_a_ragged_batch_costs_as_the_runtime_runs_it():
+    """Padded to its widest draft unless the real tokens fill ≤ PACK_SHARE of it; packed, priced between the batch at
+    width 1 and at its width in proportion to the tokens beyond one per row (projections follow the tokens)."""
+    from edgespec.policy.load import computed_positions, packs
+    from edgespec.sim.costs import ConstantCost
+
+    cost = ConstantCost(0.010, per_token_s=0.005, per_seq_s=0.001)
+    narrow, wide = cost.step_s(24, 1, 0), cost.step_s(24, 5, 0)
+    assert cost.ragged_step_s(24, 24 * 5, 5, 0) == wide  # uniform: padded, nothing to pack
+    assert cost.ragged_step_s(24, 24, 1, 0) == narrow
+    assert not packs(100, 24, 5) and cost.ragged_step_s(24, 100, 5, 0) == wide  # 83 % real: padded
+    mixed = cost.ragged_step_s(24, 32, 5, 0)  # 22 AD rows and 2 rows with γ = 4
+    assert packs(32, 24, 5) and narrow < mixed < wide
+    assert mixed == pytest.approx(narrow + (wide - narrow) * 8 / 96)
+    assert computed_positions(32, 24, 5) == 32 and computed_positions(100, 24, 5) == 120
+
+
 def test_higher_acceptance_strictly_shortens_completion():
     times = [summarize(simulate(tiny_config(alpha=a, output_tokens=200, requests=20, nodes=4, kind="poisson", seed=5))).e2e_s.mean
              for a in (0.3, 0.5, 0.7, 0.9)]

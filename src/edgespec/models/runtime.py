@@ -35,6 +35,7 @@ from edgespec.models.gguf import GGUFError, resolve_model_dir
 from edgespec.models.subvocab import SubVocabHead
 from edgespec.models.device import resolve_device, resolve_dtype, upload
 from edgespec.models.graphs import GraphConfig, StaticCache
+from edgespec.policy.load import packs
 
 __all__ = [
     "CausalLM", "RaggedKV", "ModelLoadError", "TokenizerMismatchError", "check_same_tokenizer",
@@ -291,9 +292,12 @@ class CausalLM:
         count_t = torch.tensor(counts)
         new_valid = torch.arange(width)[None, :] < count_t[:, None]  # [B, n]
         positions = kv.lengths[:, None] + torch.arange(width)[None, :]
-        # 2. one forward under our own mask
+        # 2. one forward under our own mask (the lean forward projects only the real tokens of rows padded to the width)
         mask = self._mask(kv, new_valid)
-        hidden = self._hidden(upload(ids, self.device), mask, upload(positions, self.device), kv.cache)  # [B, n, H]
+        packed = None
+        if self.fast_path and packs(sum(counts), len(counts), width):
+            packed = upload(new_valid.flatten().nonzero().squeeze(-1), self.device)  # [T]
+        hidden = self._hidden(upload(ids, self.device), mask, upload(positions, self.device), kv.cache, packed)  # [B, n, H]
         # 3. bookkeeping: validity and lengths; drop columns nobody uses
         kv.valid = torch.cat([kv.valid, new_valid], dim=1)
         kv.lengths = kv.lengths + count_t
@@ -337,10 +341,11 @@ class CausalLM:
         self._trim(kv)
         return logits
 
-    def _hidden(self, ids, mask, positions, cache) -> torch.Tensor:
-        """Final hidden states [B, n, H] (logits where the head is not plain); all inputs on the device."""
+    def _hidden(self, ids, mask, positions, cache, packed: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Final hidden states [B, n, H] (logits where the head is not plain); all inputs on the device (`packed`: see
+        `fastpath.llama_hidden`; the lean forward only)."""
         if self.fast_path:
-            return fastpath.llama_hidden(self.model, ids, mask, positions, cache)
+            return fastpath.llama_hidden(self.model, ids, mask, positions, cache, packed)
         kwargs = {"input_ids": ids, "attention_mask": mask, "position_ids": positions, self._cache_kw: cache, "use_cache": True}
         if self._plain_head:
             return self._decoder(**kwargs).last_hidden_state

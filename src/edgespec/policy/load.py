@@ -21,11 +21,25 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-__all__ = ["ForwardCost", "VerifierHints", "ForwardCostFit", "CALIBRATION_SHAPES"]
+__all__ = ["ForwardCost", "VerifierHints", "ForwardCostFit", "CALIBRATION_SHAPES", "PACK_SHARE", "packs", "computed_positions"]
 
 # (rows, width) of a verifier's start-up calibration of the forward-time model: both terms identified at a few batch sizes
 CALIBRATION_SHAPES: tuple[tuple[int, int], ...] = ((1, 1), (1, 5), (4, 1), (4, 5), (16, 1), (16, 5), (1, 9), (32, 1), (32, 3))
 CALIBRATION_CONTEXT_TOKENS = 32  # context each calibration row holds
+
+# A ragged forward (rows padded to the widest) whose real tokens fill at most this share of rows × width runs its
+# projections and MLPs on the real tokens alone (the lean Llama forward, `models.fastpath`); attention stays padded
+PACK_SHARE = 0.75
+
+
+def packs(tokens: int, rows: int, width: int) -> bool:
+    """Whether a forward of `rows` rows padded to `width` new positions, `tokens` of them real, runs packed (see PACK_SHARE)."""
+    return width > 1 and tokens <= PACK_SHARE * rows * width
+
+
+def computed_positions(tokens: int, rows: int, width: int) -> int:
+    """Positions a forward's projections compute: the real tokens when it runs packed, else every padded position."""
+    return tokens if packs(tokens, rows, width) else rows * width
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from typing import Sequence
 
 from edgespec.plan.latency import prefill_time_s, step_time_s
 from edgespec.plan.scenario import NodeSpec
+from edgespec.policy.load import packs
 
 __all__ = ["ConstantCost", "NodeCost", "StepCost", "scaled"]
 
@@ -21,6 +22,16 @@ class StepCost:
 
     def prefill_s(self, batch_size: int, prompt_tokens: int) -> float:
         raise NotImplementedError
+
+    def ragged_step_s(self, batch_size: int, tokens: int, width: int, context_tokens: int) -> float:
+        """A verification forward of rows padded to `width` holding `tokens` real tokens, as the real runtime runs it: padded
+        (`step_s` at the width), or packed (`policy.load.packs`), then priced between the batch at width 1 and at `width`
+        in proportion to the real tokens beyond one per row — projections follow the tokens, attention stays padded."""
+        wide = self.step_s(batch_size, width, context_tokens)
+        if not packs(tokens, batch_size, width):
+            return wide
+        narrow = self.step_s(batch_size, 1, context_tokens)
+        return narrow + (wide - narrow) * (tokens - batch_size) / (batch_size * (width - 1))
 
     def draft_pass_s(self, gammas: Sequence[int], context_tokens: int) -> float:
         """One batched draft pass: step s runs the sessions that still draft at step s (γ_i >= s), one token each."""

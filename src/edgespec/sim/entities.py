@@ -17,7 +17,7 @@ import random
 from typing import Callable, Optional
 
 from edgespec.policy.gamma import GammaPolicy, RoundObservation
-from edgespec.policy.load import CALIBRATION_CONTEXT_TOKENS, CALIBRATION_SHAPES, ForwardCostFit, VerifierHints
+from edgespec.policy.load import CALIBRATION_CONTEXT_TOKENS, CALIBRATION_SHAPES, ForwardCostFit, VerifierHints, computed_positions
 from edgespec.policy.routing import VerifierLoad
 from edgespec.server.scheduler import QueuedDraft, Scheduler, SchedulerConfig
 from edgespec.sim.batching import make_batching
@@ -624,7 +624,7 @@ class VerifierNode:
         loop = self.loop
         now = loop.now_s
         sessions = [q.item for q in batch]
-        max_new, context, prefill, overlapped = 1, 0, [], 0
+        max_new, tokens, context, prefill, overlapped = 1, 0, 0, [], 0
         busy_s = self.busy_s
         for s in sessions:
             if s.overlapped:
@@ -637,13 +637,15 @@ class VerifierNode:
                 s.marks[3] = now
             if s.gamma + 1 > max_new:
                 max_new = s.gamma + 1
+            tokens += s.gamma + 1
             context += s.prompt_tokens + s.emitted
             if s.new_at_verifier:
                 prefill.append(s.prompt_tokens)
                 s.new_at_verifier = False
-        cost = self.cost.step_s(len(sessions), max_new, context // len(sessions))
+        rows = len(sessions)
+        cost = self.cost.ragged_step_s(rows, tokens, max_new, context // rows)
         if self.cost_fit is not None:
-            self._observe_forward(len(sessions), max_new, cost)
+            self._observe_forward(rows, computed_positions(tokens, rows, max_new) / rows, cost)
         if prefill:
             cost += self.cost.prefill_s(len(prefill), max(prefill))
         if self.framework is not None:
@@ -659,7 +661,7 @@ class VerifierNode:
         if self.later:
             self._sort_later()
 
-    def _observe_forward(self, rows: int, width: int, seconds: float) -> None:
+    def _observe_forward(self, rows: int, width: float, seconds: float) -> None:
         """The real node's bookkeeping after a verification forward: the forward-time model and the batch-shape averages."""
         self.cost_fit.observe(rows, width, seconds)
         if self.config.merge_share > 0.0:
