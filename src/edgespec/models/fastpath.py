@@ -76,43 +76,38 @@ def llama_hidden(model, ids: torch.Tensor, mask: Optional[torch.Tensor], positio
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     groups = cfg.num_attention_heads // cfg.num_key_value_heads
     scale = head_dim**-0.5
-    slots = _Slots(bsz, n, packed)
-    x = F.embedding(slots.pack(ids.reshape(bsz * n)), decoder.embed_tokens.weight)  # [T, H] (T = B·n unpacked)
+    total = bsz * n
+    x = F.embedding(_pack(ids.reshape(total), packed), decoder.embed_tokens.weight)  # [T, H] (T = B·n unpacked)
     cos, sin = _rope(decoder, positions, x.dtype)
     attn_mask = mask
     for i, layer in enumerate(decoder.layers):
         # 1. attention block: projections on the tokens, attention on the padded rows
         attn = layer.self_attn
         h = _rms_norm(x, layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon)
-        q = slots.unpack(_linear(attn.q_proj, h)).view(bsz, n, -1, head_dim).transpose(1, 2)  # [B, heads, n, d]
-        k = slots.unpack(_linear(attn.k_proj, h)).view(bsz, n, -1, head_dim).transpose(1, 2)  # [B, kv_heads, n, d]
-        v = slots.unpack(_linear(attn.v_proj, h)).view(bsz, n, -1, head_dim).transpose(1, 2)
+        q = _unpack(_linear(attn.q_proj, h), packed, total).view(bsz, n, -1, head_dim).transpose(1, 2)  # [B, heads, n, d]
+        k = _unpack(_linear(attn.k_proj, h), packed, total).view(bsz, n, -1, head_dim).transpose(1, 2)  # [B, kv_heads, n, d]
+        v = _unpack(_linear(attn.v_proj, h), packed, total).view(bsz, n, -1, head_dim).transpose(1, 2)
         q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
         k, v = cache.update(k, v, i)  # [B, kv_heads, C + n, d]
         if attn_mask is None and i == 0:
             attn_mask = _causal_tail(n, k.shape[2], x.device)  # the same for every layer
         o = attend(q, k, v, attn_mask, scale, groups)
-        x = x + _linear(attn.o_proj, slots.pack(o.transpose(1, 2).reshape(bsz * n, -1)))
+        x = x + _linear(attn.o_proj, _pack(o.transpose(1, 2).reshape(total, -1), packed))
         # 2. MLP block
         mlp = layer.mlp
         h = _rms_norm(x, layer.post_attention_layernorm.weight, layer.post_attention_layernorm.variance_epsilon)
         x = x + _linear(mlp.down_proj, F.silu(_linear(mlp.gate_proj, h)) * _linear(mlp.up_proj, h))
-    return slots.unpack(_rms_norm(x, decoder.norm.weight, decoder.norm.variance_epsilon)).view(bsz, n, -1)
+    return _unpack(_rms_norm(x, decoder.norm.weight, decoder.norm.variance_epsilon), packed, total).view(bsz, n, -1)
 
 
-class _Slots:
-    """Moves per-position rows between the padded layout [B·n, …] and the packed one [T, …] (identity when not packed)."""
+def _pack(x: torch.Tensor, index: Optional[torch.Tensor]) -> torch.Tensor:
+    """Rows [B·n, …] of the padded layout -> the real tokens' rows [T, …] (as they are without an index)."""
+    return x if index is None else x.index_select(0, index)
 
-    def __init__(self, bsz: int, n: int, packed: Optional[torch.Tensor]) -> None:
-        self.total, self.index = bsz * n, packed
 
-    def pack(self, x: torch.Tensor) -> torch.Tensor:
-        return x if self.index is None else x.index_select(0, self.index)
-
-    def unpack(self, x: torch.Tensor) -> torch.Tensor:
-        if self.index is None:
-            return x
-        return x.new_zeros((self.total, *x.shape[1:])).index_copy_(0, self.index, x)
+def _unpack(x: torch.Tensor, index: Optional[torch.Tensor], total: int) -> torch.Tensor:
+    """The real tokens' rows [T, …] -> the padded layout [total, …], zeros at padded positions (as they are without an index)."""
+    return x if index is None else x.new_zeros((total, *x.shape[1:])).index_copy_(0, index, x)
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor], scale: float, groups: int,
