@@ -110,6 +110,7 @@ class CausalLM:
         self._cache_kw = "cache" if "cache" in inspect.signature(type(self._decoder).forward).parameters else "past_key_values"
         self.graphs: Optional[GraphConfig] = None  # see `use_graphs`
         self._arenas: list = []
+        self.last_positions = 0  # positions the last forward's projections computed (rows × width, or its real tokens when packed)
         self._eos_token_id = tokenizer.eos_token_id
         self._decode = _plain_decoder(tokenizer)
 
@@ -273,6 +274,7 @@ class CausalLM:
         width = max(counts)
         if width == 0:
             return torch.zeros(0, self.vocab_size, device=self.device)
+        self.last_positions = len(counts) * width  # padded; a packed ragged forward sets its real tokens
         if self._graph_step_fits(kv, width):
             return self._forward_graph(kv, new_tokens, counts, last_n, width)
         if len(set(counts)) == 1 and len(set(last_n)) == 1 and bool(kv.valid.all()):
@@ -300,6 +302,7 @@ class CausalLM:
         packed = None
         if self.fast_path and packs(sum(counts), len(counts), width):
             packed = upload(new_valid.flatten().nonzero().squeeze(-1), self.device)  # [T]
+            self.last_positions = sum(counts)
         hidden = self._hidden(upload(ids, self.device), mask, upload(positions, self.device), kv.cache, packed)  # [B, n, H]
         # 3. bookkeeping: validity and lengths; drop columns nobody uses
         kv.valid = torch.cat([kv.valid, new_valid], dim=1)

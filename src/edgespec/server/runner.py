@@ -30,7 +30,7 @@ import torch
 
 from edgespec.models.device import StepClock
 from edgespec.models.runtime import CausalLM, RaggedKV, put_rows, resize_rows, take_rows
-from edgespec.policy.load import CALIBRATION_CONTEXT_TOKENS, CALIBRATION_SHAPES, computed_positions
+from edgespec.policy.load import CALIBRATION_CONTEXT_TOKENS, CALIBRATION_SHAPES
 from edgespec.spec.coupling import block_noise, verify_coupled
 from edgespec.spec.sampling import SamplingParams, greedy_tokens, probs_from_logits
 from edgespec.spec.verify import DraftBatch, verify_probs
@@ -219,24 +219,16 @@ class VerifierRunner:
         When at most half the rows take part, run on a cache of just those rows (no padded idle rows).
         """
         rows = sorted(feeds)
-        width = max(len(f) for f in feeds.values())
-        tokens = sum(len(f) for f in feeds.values())
         if 2 * len(rows) > self._kv.batch_size:
-            every = range(self._kv.batch_size)
-            self._shape = self._fit_shape(tokens, self._kv.batch_size, width)  # idle rows are padded to the width too
-            return self.target.forward(self._kv, [feeds.get(r, []) for r in every], [last_n.get(r, 0) for r in every])
-        self._shape = self._fit_shape(tokens, len(rows), width)
+            every = range(self._kv.batch_size)  # idle rows are padded to the width too
+            logits = self.target.forward(self._kv, [feeds.get(r, []) for r in every], [last_n.get(r, 0) for r in every])
+            self._shape = (self._kv.batch_size, self.target.last_positions / self._kv.batch_size)
+            return logits
         sub = take_rows(self.target, self._kv, rows)
         logits = self.target.forward(sub, [feeds[r] for r in rows], [last_n[r] for r in rows])
         self._kv = put_rows(self.target, self._kv, sub, rows)
+        self._shape = (len(rows), self.target.last_positions / len(rows))  # positions computed per row (packed: fewer)
         return logits
-
-    def _fit_shape(self, tokens: int, rows: int, width: int) -> tuple[int, float]:
-        """(rows, positions computed per row) of a forward, as the forward-time model takes them: a packed forward
-        (`policy.load.packs`, the lean forward only) computes its real tokens, not rows × width."""
-        if self.target.fast_path and self.target.graphs is None:
-            return rows, computed_positions(tokens, rows, width) / rows
-        return rows, float(width)
 
     def _reset_kv(self) -> None:
         """Drop the whole cache (after a failed forward); every session re-prefills from its transcript."""
