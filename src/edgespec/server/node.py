@@ -49,7 +49,7 @@ from edgespec.policy.load import ForwardCost, ForwardCostFit
 from edgespec.server.intake import checked_draft
 from edgespec.server.kvbudget import KvBudget, NodeLimits, NodeQuotas, is_loopback_host, missing_auth_error
 from edgespec.server.metrics import MetricsServer, VerifierMetrics
-from edgespec.server.runner import DraftItem, VerifierRunner
+from edgespec.server.runner import DraftItem, RoundResult, VerifierRunner
 from edgespec.server.scheduler import BatchPolicy, QueuedDraft, Scheduler, SchedulerConfig
 from edgespec.spec.sampling import SamplingParams
 from edgespec.spec.verify import DraftLimits
@@ -502,9 +502,8 @@ class VerifierNode:
             batch, wake_at = self.scheduler.next_batch(now, self.active_sessions)
             if batch:
                 await self._run_batch(batch)
-                await asyncio.sleep(0)  # let the writers send these verdicts before the next forward takes the core
                 continue
-            if self.runner.needs_reclaim:
+            if self.runner.needs_reclaim:  # no draft waits: crop the last batch's rejected tokens, free closed sessions' rows
                 await asyncio.to_thread(self.runner.reclaim)
                 self.metrics.kv_tokens_in_use.set(self.runner.kv_tokens_in_use)
                 continue
@@ -534,11 +533,22 @@ class VerifierNode:
                 self.quotas.release_draft(q.item.key)
         elapsed_s = time.perf_counter() - start
         self._verify_ms = 1000.0 * elapsed_s if not self._verify_ms else 0.8 * self._verify_ms + 200.0 * elapsed_s
+        rounds = self._post_verdicts(batch, results, start, earlier_forwards)
+        self.scheduler.release([q.item.key for q in batch], asyncio.get_running_loop().time())
+        await asyncio.sleep(0)  # the writers send the verdicts now; the books are kept after, off the verdicts' path
         self._observe_forward()
         forward_s = max((r.forward_s for r in results if r is not None), default=0.0)  # the batch's forwards (every row shares them)
         self.metrics.record_batch(len(batch), sum(q.cost_tokens for q in batch), elapsed_s, forward_s)
         self.metrics.kv_tokens_in_use.set(self.runner.kv_tokens_in_use)
+        for node, gamma, accepted, overhead_s in rounds:
+            self.metrics.record_round(node, gamma, accepted)
+            self.metrics.observe_round_overhead(node, overhead_s)
+
+    def _post_verdicts(self, batch: list[QueuedDraft], results: list[Optional[RoundResult]], start: float,
+                       earlier_forwards: list[tuple[float, float]]) -> list[tuple[str, int, int, float]]:
+        """Queue each result's Verdict (or error) to its drafter; returns (node, γ, accepted, verifier-side overhead) per verdict sent."""
         load = self._load()
+        rounds = []
         for q, result in zip(batch, results):
             peer = self._peers.get(q.node)
             if result is None or peer is None or peer.closed:
@@ -551,16 +561,12 @@ class VerifierNode:
                 log.warning("session %s of %s: %s", sid, peer.node, result.error)
                 self._post(peer, m.error(ErrorCode.INTERNAL, result.error, session_id=sid, effect=ErrorEffect.DRAFT_REJECTED))
                 continue
-            timing = self._timing(peer, q, result.forward_s, busy_wait_s(q.received_s, start, earlier_forwards))
-            self._post(peer, m.verdict(sid, result.position, result.accepted, result.next_token_id, result.is_bonus, load, timing))
-            self.metrics.record_round(peer.node, result.gamma, result.accepted)
-        self.scheduler.release([q.item.key for q in batch], asyncio.get_running_loop().time())
-
-    def _timing(self, peer: _Peer, q: QueuedDraft, forward_s: float, busy_wait: float) -> pb.RoundTiming:
-        """The verdict's RoundTiming; observes the verifier-side overhead (server − forward − busy wait) of the round."""
-        server_s = time.perf_counter() - q.received_s
-        self.metrics.observe_round_overhead(peer.node, max(0.0, server_s - forward_s - busy_wait))
-        return m.round_timing(server_s, forward_s, busy_wait)
+            busy_wait = busy_wait_s(q.received_s, start, earlier_forwards)
+            server_s = time.perf_counter() - q.received_s
+            self._post(peer, m.verdict(sid, result.position, result.accepted, result.next_token_id, result.is_bonus, load,
+                                       m.round_timing(server_s, result.forward_s, busy_wait)))
+            rounds.append((peer.node, result.gamma, result.accepted, max(0.0, server_s - result.forward_s - busy_wait)))
+        return rounds
 
 
 def _hello_node(transport: Transport, claimed: str) -> str:

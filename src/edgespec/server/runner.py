@@ -7,6 +7,8 @@ its rows (`runtime.take_rows`/`put_rows`), since a ragged forward pads every row
 prefilled in a forward of its own before its first verification, so one long prompt does not widen a
 whole batch. The runner keeps each session's transcript (prompt + every token it emitted: it decided
 them), so it knows which tokens its cache lacks; a draft at position P must have P == len(transcript).
+Rejected draft tokens stay in a row until `reclaim` crops it (the node calls it while no draft waits;
+a batch does it first otherwise), so that bookkeeping is not on the verdicts' path.
 The cache is only a cache: after a failed forward it is dropped and rebuilt from the transcripts.
 Each batch's target forwards are timed: `RoundResult.forward_s`, and `forward_windows` (recent batches).
 On a GPU the batch is queued whole (forwards, then verification) and the host waits once, for the
@@ -102,6 +104,7 @@ class VerifierRunner:
         self._kv: RaggedKV = target.new_kv(0)
         self._owner: list[Optional[_Session]] = []  # per row
         self._released: list[int] = []  # rows of closed sessions, still holding KV until `reclaim`
+        self._pending_keep: dict[int, int] = {}  # row -> kept prefix: rejected draft tokens still in the cache until `reclaim`
         self._sessions: dict[SessionKey, _Session] = {}
         self._lock = threading.Lock()
         self._tokens_in_use = 0
@@ -164,7 +167,7 @@ class VerifierRunner:
 
     @property
     def kv_tokens_in_use(self) -> int:
-        """Tokens held in the KV cache, including rows of closed sessions not yet reclaimed."""
+        """Tokens held in the KV cache, including rows of closed sessions and rejected draft tokens not yet reclaimed."""
         return self._tokens_in_use
 
     @property
@@ -173,22 +176,28 @@ class VerifierRunner:
 
     @property
     def needs_reclaim(self) -> bool:
-        return bool(self._released)
+        """Whether `reclaim` has work: rows of closed sessions to free, or rejected draft tokens to crop."""
+        return bool(self._released or self._pending_keep)
 
     # ------------------------------------------------------------------ KV rows (worker thread)
 
     def reclaim(self) -> None:
-        """Crop the rows of closed sessions to 0 tokens and drop trailing free rows (worker thread)."""
+        """Crop verified rows to their kept prefixes and closed sessions' rows to 0 tokens, drop trailing free rows (worker thread).
+
+        The node calls it while no draft waits, so this bookkeeping stays off the verdicts' path; the next
+        batch does it first otherwise.
+        """
         with self._lock:
             self._reclaim_locked()
 
     def _reclaim_locked(self) -> None:
-        """Free the released rows and recount the tokens in use (also when a batch then finds no live session)."""
-        while self._released:
-            row = self._released.pop()
-            if self._kv.length(row):
-                self.target.crop(self._kv, row, 0)
+        """Apply the pending crops, free the released rows and recount the tokens in use (also when a batch then finds no live session)."""
+        keep, self._pending_keep = self._pending_keep, {}
+        for row in self._released:
+            keep[row] = 0
             self._owner[row] = None
+        self._released.clear()
+        self.target.crop_rows(self._kv, keep)  # one pass over the host bookkeeping, the cache trimmed once
         keep = len(self._owner)
         while keep and self._owner[keep - 1] is None:
             keep -= 1
@@ -235,6 +244,7 @@ class VerifierRunner:
         for sess in self._sessions.values():
             sess.row, sess.cached_tokens = None, 0
         self._released.clear()
+        self._pending_keep.clear()
         self._owner = []
         self._kv = self.target.new_kv(0)
         self._tokens_in_use = 0
@@ -272,8 +282,8 @@ class VerifierRunner:
         """Verify one draft per session in one target forward; returns a result per item (None: the session was closed).
 
         Per session: feed the transcript tokens its cache lacks plus the γ drafted tokens, verify against
-        the γ + 1 target distributions under its sampling settings, crop its row to the kept prefix and
-        append accepted + 1 tokens to its transcript. Drafts must already be validated (`validate_draft`).
+        the γ + 1 target distributions under its sampling settings, append accepted + 1 tokens to its
+        transcript and leave its row to be cropped to the kept prefix by `reclaim` (or the next batch). Drafts must already be validated (`validate_draft`).
         """
         results: list[Optional[RoundResult]] = [None] * len(items)
         live: list[tuple[int, DraftItem, _Session]] = []
@@ -324,7 +334,7 @@ class VerifierRunner:
                 sess.cached_tokens = kept
                 sess.transcript.extend(item.draft.token_ids[:accepted].tolist())
                 sess.transcript.append(token)
-            self.target.crop_rows(self._kv, keep)  # every row cut back to its kept prefix, the cache trimmed once
+            self._pending_keep.update(keep)  # cut back to the kept prefixes by `reclaim`, after the verdicts are out
             self._tokens_in_use = int(self._kv.lengths.sum())
         return results
 
