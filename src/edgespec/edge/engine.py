@@ -333,6 +333,7 @@ class DraftEngine:
         self._sessions: dict[int, _Session] = {}
         self._policy_state: dict = {}  # what this node's sessions' γ policies pool (AWC: acceptance, wire floor, shared γ)
         self._observed: list[tuple[object, RoundObservation]] = []  # verdicts' observations, fed to the policies at the next plan
+        self._settling: list[tuple[_Session, _Block, pb.Verdict, float]] = []  # verdicts whose tokens are out, the rest of their handling due (`_settle`)
         self._last_hints: tuple = (b"", None)  # (serialized LoadHints, parsed): a batch's verdicts share theirs
         self._keys = itertools.count(1)
         self._releases: list[int] = []
@@ -636,20 +637,37 @@ class DraftEngine:
             return
         s.inflight = None
         n = int(verdict.accepted)
-        now = time.perf_counter()
-        verify_s = verdict.load.verify_ms / 1000.0 if verdict.HasField("load") and verdict.load.verify_ms > 0 else None
-        timing = verdict.timing if verdict.HasField("timing") else None
-        rtt_s = now - block.sent_at
-        if timing is not None:
-            upload_s: Optional[float] = max(0.0, rtt_s - timing.server_us / 1e6)
-        else:
-            upload_s = max(0.0, rtt_s - verify_s) if verify_s is not None else None
+        rtt_s = time.perf_counter() - block.sent_at
         s.stats.ad_rounds += block.gamma == 0
         for stats in (s.stats, self.stats):
             stats.rounds += 1
             stats.drafted_tokens += block.gamma
             stats.accepted_tokens += n
         s.rejections_in_row = 0
+        self._settling.append((s, block, verdict, rtt_s))
+        if len(self._settling) == 1:  # once per burst, ahead of the readers this wakes: it runs after the frame's other verdicts
+            asyncio.get_running_loop().call_soon(self._settle)
+        self._emit(s, list(block.drafted.tokens[:n]) + [int(verdict.next_token_id)])
+        if verdict.HasField("timing"):
+            self._record_overhead(time.perf_counter() - block.sent_at, verdict.timing)
+
+    def _settle(self) -> None:
+        """The rest of each verdict applied since the last call: what the γ policy learns, the round callback, the next send."""
+        settling, self._settling = self._settling, []
+        for s, block, verdict, rtt_s in settling:
+            self._learn(s, block, verdict, rtt_s)
+            if not s.done and not self._try_send(s):
+                self._wake.set()
+
+    def _learn(self, s: _Session, block: _Block, verdict: pb.Verdict, rtt_s: float) -> None:
+        """Queue the round's observation for the session's γ policy (it learns at the next plan) and report the round."""
+        n = int(verdict.accepted)
+        verify_s = verdict.load.verify_ms / 1000.0 if verdict.HasField("load") and verdict.load.verify_ms > 0 else None
+        timing = verdict.timing if verdict.HasField("timing") else None
+        if timing is not None:
+            upload_s: Optional[float] = max(0.0, rtt_s - timing.server_us / 1e6)
+        else:
+            upload_s = max(0.0, rtt_s - verify_s) if verify_s is not None else None
         load = self._hints(verdict.load) if verdict.HasField("load") else None
         self._observed.append((s.policy, RoundObservation(  # the policy learns at the next plan, off the verdict path
             drafted=block.gamma,
@@ -666,11 +684,6 @@ class DraftEngine:
         )))
         if self.on_round is not None:
             self.on_round(block.gamma, n, rtt_s)
-        self._emit(s, list(block.drafted.tokens[:n]) + [int(verdict.next_token_id)])
-        if timing is not None:
-            self._record_overhead(time.perf_counter() - block.sent_at, timing)
-        if not s.done and not self._try_send(s):
-            self._wake.set()
 
     def _hints(self, hints: pb.LoadHints):
         """The verdict's load hints as `VerifierHints`; the verdicts of one batch carry the same, parsed once."""
